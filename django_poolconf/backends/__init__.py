@@ -1,0 +1,1 @@
+"""Pooled database backends: Django's own wrappers, borrowing from a SQLAlchemy pool."""

@@ -1,0 +1,254 @@
+"""The mixin that makes a Django ``DatabaseWrapper`` borrow its connection from a pool.
+
+``connect()`` checks a connection out of the alias's SQLAlchemy pool and ``close()``
+checks it back in. Django's per-connection setup (``init_connection_state()`` and the
+``connection_created`` signal) runs once per physical connection, not per checkout.
+
+A vendor module subclasses Django's wrapper with this mixin first and supplies
+:class:`~django_poolconf.engines.ConnectionHooks` and an error classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Final
+
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.signals import connection_created
+from django.db.utils import DatabaseErrorWrapper
+from django.utils.asyncio import async_unsafe
+from django.utils.functional import cached_property
+from sqlalchemy import exc as sa_exc
+
+from django_poolconf import engines
+from django_poolconf.conf import PoolSettings, get_poolconf, pool_settings
+from django_poolconf.errors import PoolTimeout
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import PoolProxiedConnection
+
+__all__ = ["DISCONNECT", "READ_ONLY", "PooledDatabaseWrapperMixin"]
+
+logger = logging.getLogger(__name__)
+
+#: Error kinds returned by ``classify_error()``.
+DISCONNECT: Final = "disconnect"  # the connection is gone: replace older ones too
+READ_ONLY: Final = "read_only"  # a write reached a read-only server
+
+
+class _PoolErrorWrapper(DatabaseErrorWrapper):
+    """Django's error wrapper that first tells the pool what kind of error it saw."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_value is not None:
+            self.wrapper.note_pool_error(exc_value)
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+class PooledDatabaseWrapperMixin:
+    """Check connections out of the alias's pool on connect, and in on close.
+
+    Put it before Django's ``DatabaseWrapper`` in the bases. The ``__no_db__``
+    connection Django opens to create and drop test databases is never pooled.
+    """
+
+    # Declared for type checkers; Django's DatabaseWrapper defines them.
+    alias: str
+    settings_dict: dict[str, Any]
+    connection: Any
+
+    _pool_fairy: PoolProxiedConnection | None = None
+    _pool_error: str | None = None
+    _pool_settings_cache: tuple[object, object, PoolSettings] | None = None
+    _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None
+
+    # -- configuration ---------------------------------------------------------
+
+    @property
+    def is_pooled(self) -> bool:
+        """Whether this connection borrows from a pool (not the ``__no_db__`` one)."""
+        return self.alias != NO_DB_ALIAS
+
+    def get_pool_settings(self) -> PoolSettings:
+        """Return this alias's validated pool options.
+
+        :raises ImproperlyConfigured: when they are invalid.
+        """
+        raw = self.settings_dict.get("POOL")
+        poolconf = get_poolconf()
+        cached = self._pool_settings_cache
+        # Identity, not equality: override_settings swaps whole objects, and an
+        # identity test keeps this off the per-request cost.
+        if cached is not None and cached[0] is raw and cached[1] is poolconf:
+            return cached[2]
+        from django.db import connections
+
+        result = pool_settings(
+            self.alias, self.settings_dict, databases=connections.settings
+        )
+        self._pool_settings_cache = (raw, poolconf, result)
+        return result
+
+    def check_settings(self) -> None:
+        super().check_settings()  # type: ignore[misc]
+        if self.is_pooled:
+            self.get_pool_settings()
+
+    # -- vendor hooks ------------------------------------------------------------
+
+    def pool_fingerprint(self, conn_params: dict[str, Any]) -> Hashable:
+        """What identifies the server and session this alias's connections go to."""
+        raise NotImplementedError  # pragma: no cover
+
+    def make_pool_hooks(self, conn_params: dict[str, Any]) -> engines.ConnectionHooks:
+        """Return the hooks that open, check and reset this vendor's connections."""
+        raise NotImplementedError  # pragma: no cover
+
+    def classify_error(self, error: BaseException) -> str | None:
+        """Return :data:`DISCONNECT`, :data:`READ_ONLY` or ``None`` for a driver error."""
+        raise NotImplementedError  # pragma: no cover
+
+    def connection_is_broken(self, dbapi_connection: Any) -> bool:
+        """Whether a driver connection must be closed rather than pooled (no round trip)."""
+        raise NotImplementedError  # pragma: no cover
+
+    # -- the engine ----------------------------------------------------------------
+
+    def pooled_engine(self) -> Engine:
+        """Return the engine whose pool this connection borrows from.
+
+        Prefer :func:`django_poolconf.get_engine`.
+        """
+        return self._engine_for(self.get_connection_params())  # type: ignore[attr-defined]
+
+    def _engine_for(self, conn_params: dict[str, Any]) -> Engine:
+        settings = self.get_pool_settings()
+        cached = self._fingerprint_cache
+        # Backends reuse one params dict while nothing changes: fingerprint it once.
+        if cached is not None and cached[0] is conn_params and cached[1] is settings:
+            fingerprint = cached[2]
+        else:
+            fingerprint = (self.pool_fingerprint(conn_params), settings)
+            self._fingerprint_cache = (conn_params, settings, fingerprint)
+        return engines.engine_for(
+            self.alias,
+            fingerprint,
+            settings,
+            lambda: self.make_pool_hooks(conn_params),
+        )
+
+    # -- connect and close ------------------------------------------------------------
+
+    @async_unsafe
+    def connect(self) -> None:
+        """Borrow a connection from the pool (Django's ``connect()``, pooled)."""
+        if not self.is_pooled:
+            return super().connect()  # type: ignore[misc, no-any-return]
+        # What follows is Django's BaseDatabaseWrapper.connect() (unchanged from 4.2
+        # to 6.1), except that the per-connection setup runs only for a connection
+        # the pool has just opened or fully reset.
+        self.check_settings()
+        self.in_atomic_block = False
+        self.savepoint_ids: list[str] = []
+        self.atomic_blocks: list[Any] = []
+        self.needs_rollback = False
+        self.health_check_enabled = self.settings_dict["CONN_HEALTH_CHECKS"]
+        max_age = self.settings_dict["CONN_MAX_AGE"]
+        self.close_at = None if max_age is None else time.monotonic() + max_age
+        self.closed_in_transaction = False
+        self.errors_occurred = False
+        self.health_check_done = True
+        self._pool_error = None
+        conn_params = self.get_connection_params()  # type: ignore[attr-defined]
+        self.connection = self.get_new_connection(conn_params)  # type: ignore[attr-defined]
+        self.set_autocommit(self.settings_dict["AUTOCOMMIT"])  # type: ignore[attr-defined]
+        fairy = self._pool_fairy
+        if fairy is not None and fairy.info.get(engines.INFO_NEW):
+            self.init_connection_state()  # type: ignore[attr-defined]
+            connection_created.send(sender=self.__class__, connection=self)
+            # Whatever the setup did to the session is its baseline, not a change
+            # to reset on return.
+            self.mark_session_clean(self.connection)
+            fairy.info.pop(engines.INFO_NEW, None)
+        self.run_on_commit: list[Any] = []
+
+    def checkout_connection(self, conn_params: dict[str, Any]) -> Any:
+        """Check a driver connection out of the pool; vendors call it from ``get_new_connection()``.
+
+        :raises PoolTimeout: when no connection is free within ``pool_timeout``.
+        """
+        engine = self._engine_for(conn_params)
+        try:
+            fairy = engine.pool.connect()
+        except sa_exc.TimeoutError:
+            settings = self.get_pool_settings()
+            raise PoolTimeout(
+                f"No connection for {self.alias!r} within {settings.pool_timeout:g} s "
+                f"(pool_size={settings.pool_size}, max_overflow={settings.max_overflow})."
+            ) from None
+        self._pool_fairy = fairy
+        return fairy.dbapi_connection
+
+    def mark_session_clean(self, dbapi_connection: Any) -> None:
+        """Forget the session changes seen so far on ``dbapi_connection``."""
+
+    def _close(self) -> None:
+        fairy = self._pool_fairy
+        if fairy is None:
+            return super()._close()  # type: ignore[misc, no-any-return]
+        self._pool_fairy = None
+        dbapi_connection = self.connection
+        # As in Django's own pool: this wrapper must never touch the connection again,
+        # even when it is closed inside an atomic block.
+        self.connection = None
+        error = self._pool_error
+        self._pool_error = None
+        if error is not None or self.connection_is_broken(dbapi_connection):
+            self._discard(fairy, error)
+        else:
+            fairy.close()
+
+    def _discard(self, fairy: PoolProxiedConnection, error: str | None) -> None:
+        pool = fairy._pool  # type: ignore[attr-defined]
+        if error in (DISCONNECT, READ_ONLY):
+            # Connections opened before this one went to the same server before the
+            # same event: replace them too, as SQLAlchemy does on a disconnect.
+            logger.warning(
+                "invalidating the pool of %r: %s",
+                self.alias,
+                "the server closed a connection"
+                if error == DISCONNECT
+                else "a write reached a read-only server",
+            )
+            pool._invalidate(fairy)
+        else:
+            logger.warning("invalidating a broken connection of %r", self.alias)
+            fairy.invalidate()
+
+    def note_pool_error(self, error: BaseException) -> None:
+        """Remember how a driver error affects the borrowed connection (called by Django's error wrapper)."""
+        if self._pool_fairy is None:
+            return
+        kind = self.classify_error(error)
+        if kind == READ_ONLY and self.get_pool_settings().replica_of is not None:
+            kind = None  # a replica is read-only by design
+        if kind is not None and self._pool_error != DISCONNECT:
+            self._pool_error = kind
+
+    @cached_property
+    def wrap_database_errors(self) -> DatabaseErrorWrapper:
+        """Django's error wrapper, which also classifies errors for the pool."""
+        return _PoolErrorWrapper(self)
+
+    def forget_inherited_connection(self) -> None:
+        """Drop, without closing, a connection inherited from the parent across ``fork()``."""
+        fairy = self._pool_fairy
+        if fairy is None:
+            return
+        self._pool_fairy = None
+        self.connection = None
+        # Detaching hands the pool entry back without any I/O on the parent's socket.
+        fairy.detach()

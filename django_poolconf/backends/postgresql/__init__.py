@@ -1,0 +1,1 @@
+"""The pooled PostgreSQL backend. Django imports ``DatabaseWrapper`` from ``.base``."""

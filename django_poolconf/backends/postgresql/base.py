@@ -1,0 +1,388 @@
+"""The pooled PostgreSQL backend: ``ENGINE = "django_poolconf.backends.postgresql"``.
+
+Django's own PostgreSQL wrapper, with connections borrowed from a SQLAlchemy pool.
+Requires psycopg 3.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import select
+import time
+from collections.abc import Hashable
+from typing import Any, Final
+
+import psycopg
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.postgresql import base as postgresql_base
+from django.db.backends.postgresql import creation as postgresql_creation
+from psycopg import pq
+
+from django_poolconf import engines
+from django_poolconf.backends.base import (
+    DISCONNECT,
+    READ_ONLY,
+    PooledDatabaseWrapperMixin,
+)
+from django_poolconf.errors import ConnectionFailed
+
+__all__ = ["DatabaseCreation", "DatabaseWrapper", "PooledConnection"]
+
+#: libpq options given to every pooled connection unless OPTIONS sets them. Without
+#: them, a connection whose peer vanished (a dropped packet, a stalled proxy) blocks
+#: for the kernel's defaults: minutes to hours.
+TCP_DEFAULTS: Final[dict[str, int]] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
+
+# Statements that change session state beyond a transaction: after one, the
+# connection is fully reset (DISCARD ALL) before the next borrower gets it.
+_SESSION_CHANGE: Final = re.compile(
+    rb"""
+      (?:^|;)\s*(?:SET|RESET|LISTEN|PREPARE|LOAD|DECLARE)\b
+    | \bset_config\s*\(
+    | \bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(
+    | \bCREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?(?:TEMP|TEMPORARY)\b
+    | \bINTO\s+(?:TEMP|TEMPORARY)\b
+    | \bWITH\s+HOLD\b
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+_SESSION_CHANGE_STR: Final = re.compile(
+    _SESSION_CHANGE.pattern.decode(), _SESSION_CHANGE.flags
+)
+
+_IDLE: Final = pq.TransactionStatus.IDLE
+_BAD_STATUS: Final = frozenset(
+    {pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN}
+)
+
+
+def changes_session(query: object) -> bool:
+    """Whether a statement may leave session state behind (``SET``, temp tables, ...)."""
+    if isinstance(query, str):
+        return _SESSION_CHANGE_STR.search(query) is not None
+    if isinstance(query, bytes):
+        return _SESSION_CHANGE.search(query) is not None
+    # A psycopg.sql.Composable: too costly to render here; assume the worst.
+    return True
+
+
+class PooledConnection(psycopg.Connection[Any]):
+    """A psycopg connection owned by a pool.
+
+    Its repr names no host, user or database, so pool logs never carry them.
+    """
+
+    # psycopg skips its "deleted while still open" warning for pool-owned connections.
+    _pool = None
+    session_changed: bool = False
+    isolation_default: Any = None
+
+    def __repr__(self) -> str:
+        status = pq.TransactionStatus(self.pgconn.transaction_status).name
+        return f"<{type(self).__qualname__} [{status}] at 0x{id(self):x}>"
+
+
+class _SessionTrackingMixin:
+    """A cursor that notes statements changing session state on its connection."""
+
+    connection: PooledConnection
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        if changes_session(query):
+            self.connection.session_changed = True
+        return super().execute(query, params, **kwargs)  # type: ignore[misc]
+
+    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        if changes_session(query):
+            self.connection.session_changed = True
+        return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
+
+
+_tracking_cursors: dict[type, type] = {}
+
+
+def _tracking_cursor(factory: type) -> type:
+    tracking = _tracking_cursors.get(factory)
+    if tracking is None:
+        tracking = type(factory.__name__, (_SessionTrackingMixin, factory), {})
+        tracking.__module__ = __name__
+        _tracking_cursors[factory] = tracking
+    return tracking
+
+
+class PostgresHooks:
+    """How the pool opens, checks and resets psycopg connections."""
+
+    dialect_url = "postgresql+psycopg://"
+
+    def __init__(
+        self, alias: str, conn_params: dict[str, Any], isolation_level: Any
+    ) -> None:
+        self.alias = alias
+        self.conn_params = dict(conn_params)
+        self.isolation_level = isolation_level
+
+    def connect(self) -> PooledConnection:
+        try:
+            connection = PooledConnection.connect(**self.conn_params)
+        except psycopg.OperationalError as error:
+            # libpq names the host and port it tried; operators see them in the
+            # server's and the network's logs, not in ours or in a traceback.
+            raise ConnectionFailed(
+                f"Could not open a connection for {self.alias!r}: "
+                f"{_redact(str(error), self.conn_params)}"
+            ) from None
+        if self.isolation_level is not None:
+            connection.isolation_level = self.isolation_level
+        connection.isolation_default = connection.isolation_level
+        return connection
+
+    def lost_connection(self, dbapi_connection: PooledConnection) -> bool:
+        if dbapi_connection.closed or dbapi_connection.broken:
+            return True
+        pgconn = dbapi_connection.pgconn
+        # An idle connection has nothing to read. If it has, the server said
+        # something unasked, typically a FATAL error before closing the socket
+        # (pg_terminate_backend, a restart): one poll() call, no round trip.
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+        if not poller.poll(0):
+            return False
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+        return pgconn.status != pq.ConnStatus.OK
+
+    def ping(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
+        # SQLAlchemy's pre-ping has no deadline; this one is bounded by select().
+        pgconn = dbapi_connection.pgconn
+        deadline = time.monotonic() + timeout
+        try:
+            pgconn.send_query(b"SELECT 1")
+            while pgconn.flush():
+                if not _wait(pgconn.socket, deadline, write=True):
+                    return False
+            ok = False
+            while True:
+                while pgconn.is_busy():
+                    if not _wait(pgconn.socket, deadline, write=False):
+                        return False
+                    pgconn.consume_input()
+                result = pgconn.get_result()
+                if result is None:
+                    return ok
+                ok = result.status == pq.ExecStatus.TUPLES_OK
+        except (psycopg.Error, OSError):
+            return False
+
+    def reset(self, dbapi_connection: PooledConnection, policy: str) -> bool:
+        if dbapi_connection.pgconn.transaction_status in _BAD_STATUS:
+            raise psycopg.OperationalError(
+                "connection returned in the middle of a query"
+            )
+        if dbapi_connection.pgconn.transaction_status != _IDLE:
+            dbapi_connection.rollback()
+        full = policy == "full" or (
+            policy == "auto" and dbapi_connection.session_changed
+        )
+        if full:
+            dbapi_connection.autocommit = True
+            dbapi_connection.execute("DISCARD ALL")
+        dbapi_connection.session_changed = False
+        # What a fresh connection has, for the next borrower, Django or SQLAlchemy.
+        # These are client-side attributes: setting them costs no round trip.
+        if dbapi_connection.autocommit:
+            dbapi_connection.autocommit = False
+        if dbapi_connection.isolation_level != dbapi_connection.isolation_default:
+            dbapi_connection.isolation_level = dbapi_connection.isolation_default
+        if dbapi_connection.read_only is not None:
+            dbapi_connection.read_only = None
+        if dbapi_connection.deferrable is not None:
+            dbapi_connection.deferrable = None
+        return full
+
+    def async_connect_args(self) -> dict[str, Any]:
+        return {
+            key: value
+            for key, value in self.conn_params.items()
+            if key not in {"context", "cursor_factory"}
+        }
+
+
+def _wait(fileno: int, deadline: float, *, write: bool) -> bool:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    poller = select.poll()
+    poller.register(fileno, select.POLLOUT if write else select.POLLIN)
+    return bool(poller.poll(remaining * 1000))
+
+
+_LIBPQ_TARGET: Final = re.compile(
+    r'connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?(?:, port \d+)? failed: '
+)
+_SECRET_PARAMS: Final = ("password", "host", "hostaddr", "user", "dbname", "service")
+
+
+def _redact(message: str, conn_params: dict[str, Any]) -> str:
+    """Drop host, port, user and password from a libpq error message."""
+    message = _LIBPQ_TARGET.sub("", message)
+    for name in _SECRET_PARAMS:
+        value = conn_params.get(name)
+        if isinstance(value, str) and len(value) >= 3:
+            message = message.replace(value, "***")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines) or "the server refused or did not answer"
+
+
+def _escape_option(value: str) -> str:
+    # libpq splits "options" on spaces; a backslash escapes the next character.
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+class DatabaseCreation(postgresql_creation.DatabaseCreation):
+    """Test database creation that disposes of the pool first.
+
+    PostgreSQL refuses to drop a database, or to copy it as a template, while
+    connections to it are open, and idle pooled connections are open connections.
+    """
+
+    def _create_test_db(
+        self, verbosity: int, autoclobber: bool, keepdb: bool = False
+    ) -> str:
+        engines.dispose(self.connection.alias)
+        return super()._create_test_db(verbosity, autoclobber, keepdb)  # type: ignore[no-any-return]
+
+    def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
+        engines.dispose(self.connection.alias)
+        super()._clone_test_db(suffix, verbosity, keepdb)
+
+    def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
+        engines.dispose(self.connection.alias)
+        super()._destroy_test_db(test_database_name, verbosity)
+
+
+class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrapper):  # type: ignore[misc]
+    """Django's PostgreSQL wrapper, with connections borrowed from a pool."""
+
+    creation_class = DatabaseCreation
+
+    _params_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def get_connection_params(self) -> dict[str, Any]:
+        if not self.is_pooled:
+            return super().get_connection_params()  # type: ignore[no-any-return]
+        settings_dict = self.settings_dict
+        # Django rebuilds the parameters on every connect; they only change when these
+        # do, so the steady state reuses them.
+        key = (
+            settings_dict["NAME"],
+            settings_dict["USER"],
+            settings_dict["PASSWORD"],
+            settings_dict["HOST"],
+            settings_dict["PORT"],
+            id(settings_dict["OPTIONS"]),
+            self.timezone_name,
+            self.get_pool_settings(),
+        )
+        cached = self._params_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        params = super().get_connection_params()
+        settings = self.get_pool_settings()
+        params.setdefault(
+            "connect_timeout", max(2, math.ceil(settings.connect_timeout))
+        )
+        for name, value in TCP_DEFAULTS.items():
+            params.setdefault(name, value)
+        options = [params["options"]] if params.get("options") else []
+        if settings.statement_timeout is not None:
+            options.append(f"-c statement_timeout={settings.statement_timeout}")
+        if self.timezone_name:
+            # Set at connect, Django finds the time zone right and needs no SET TIME
+            # ZONE, and DISCARD ALL keeps it.
+            options.append(f"-c TimeZone={_escape_option(self.timezone_name)}")
+        if options:
+            params["options"] = " ".join(options)
+        params["cursor_factory"] = _tracking_cursor(params["cursor_factory"])
+        self._params_cache = (key, params)
+        return params
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if not self.is_pooled:
+            return super().get_new_connection(conn_params)
+        # Django's get_new_connection() also sets self.isolation_level; the pool's
+        # hooks apply the level to each new driver connection.
+        self.isolation_level = self._configured_isolation_level()
+        return self.checkout_connection(conn_params)
+
+    def _configured_isolation_level(self) -> Any:
+        value = self.settings_dict["OPTIONS"].get("isolation_level")
+        if value is None:
+            return postgresql_base.IsolationLevel.READ_COMMITTED
+        try:
+            return postgresql_base.IsolationLevel(value)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"Invalid transaction isolation level {value} specified. Use one of "
+                f"the psycopg.IsolationLevel values."
+            ) from None
+
+    def pool_fingerprint(self, conn_params: dict[str, Any]) -> Hashable:
+        return (
+            tuple(
+                sorted(
+                    (key, value)
+                    for key, value in conn_params.items()
+                    if isinstance(value, str | int | float | bool) or value is None
+                )
+            ),
+            id(conn_params.get("context")),
+            conn_params.get("cursor_factory"),
+            self.settings_dict["OPTIONS"].get("isolation_level"),
+        )
+
+    def make_pool_hooks(self, conn_params: dict[str, Any]) -> PostgresHooks:
+        level = self.settings_dict["OPTIONS"].get("isolation_level")
+        return PostgresHooks(
+            self.alias,
+            conn_params,
+            None if level is None else self._configured_isolation_level(),
+        )
+
+    def classify_error(self, error: BaseException) -> str | None:
+        if not isinstance(error, psycopg.Error):
+            return None
+        sqlstate = error.sqlstate or ""
+        if sqlstate == "25006":  # read_only_sql_transaction
+            return READ_ONLY
+        if sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}:
+            return DISCONNECT
+        connection = self.connection
+        if connection is not None and (connection.closed or connection.broken):
+            return DISCONNECT
+        return None
+
+    def connection_is_broken(self, dbapi_connection: Any) -> bool:
+        if dbapi_connection.closed or dbapi_connection.broken:
+            return True
+        return dbapi_connection.pgconn.transaction_status in _BAD_STATUS
+
+    def mark_session_clean(self, dbapi_connection: Any) -> None:
+        dbapi_connection.session_changed = False
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        cursor = super().create_cursor(name)
+        if name and self.is_pooled and self.connection.autocommit:
+            # A named cursor outside a transaction is declared WITH HOLD and outlives
+            # the transaction; if it is never closed, the next borrower inherits it.
+            self.connection.session_changed = True
+        return cursor

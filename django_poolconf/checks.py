@@ -1,0 +1,38 @@
+"""System checks over the pool configuration. They read settings and never connect."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.checks import CheckMessage, Error, Warning
+
+from django_poolconf.conf import validate_alias
+
+__all__ = ["check_pool_settings"]
+
+
+def check_pool_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Report every problem in ``DATABASES[*]["POOL"]``, ``REPLICA_OF`` and ``POOLCONF``."""
+    from django.db import connections
+
+    databases = connections.settings
+    messages: list[CheckMessage] = []
+    seen: set[tuple[str, str]] = set()
+    for alias, settings_dict in databases.items():
+        _, problems = validate_alias(alias, settings_dict, databases=databases)
+        for problem in problems:
+            # POOLCONF problems come back once per alias; report them once.
+            if (problem.id, problem.msg) in seen:
+                continue
+            seen.add((problem.id, problem.msg))
+            level = Error if problem.is_error else Warning
+            messages.append(
+                level(
+                    problem.msg, hint=problem.hint, id=f"django_poolconf.{problem.id}"
+                )
+            )
+    return messages

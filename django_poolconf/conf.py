@@ -1,0 +1,439 @@
+"""Read and validate the pool settings of every alias.
+
+This is the only module that reads raw settings: ``DATABASES[alias]["POOL"]``,
+``DATABASES[alias]["REPLICA_OF"]`` and the project-wide ``POOLCONF``. Everything
+downstream takes a frozen :class:`PoolSettings`.
+
+One validator serves two surfaces: :mod:`django_poolconf.checks` turns every
+:class:`Problem` into a system check message, and :func:`pool_settings` raises the
+first error as :class:`~django.core.exceptions.ImproperlyConfigured` when a
+connection is made.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from django_poolconf.sizing import AUTO_PRESET, PRESETS, calculate_pool_size
+
+__all__ = [
+    "POOLED_ENGINE_PREFIX",
+    "PoolSettings",
+    "Problem",
+    "get_poolconf",
+    "is_pooled",
+    "pool_settings",
+    "validate_alias",
+]
+
+#: ENGINE values starting with this are django-poolconf backends.
+POOLED_ENGINE_PREFIX: Final = "django_poolconf.backends."
+
+ResetOnReturn = Literal["auto", "rollback", "full"]
+RESET_CHOICES: Final[tuple[str, ...]] = ("auto", "rollback", "full")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolSettings:
+    """The validated pool options of one database alias.
+
+    Durations are seconds, except ``statement_timeout``, which is PostgreSQL's
+    milliseconds. Build one with :func:`pool_settings`, not by hand.
+    """
+
+    alias: str
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0  # seconds to wait for a free connection
+    pool_recycle: float | None = 3600.0  # seconds before a connection is replaced
+    pool_pre_ping: bool = True
+    pre_ping_threshold: float = 0.5  # idle seconds after which checkout pings
+    validation_timeout: float = 5.0  # seconds a ping may take
+    connect_timeout: float = 10.0  # seconds to open a new connection
+    statement_timeout: int | None = None  # milliseconds, None = server default
+    reset_on_return: ResetOnReturn = "auto"
+    replica_of: str | None = field(default=None)
+
+    @property
+    def capacity(self) -> int:
+        """The most connections this alias's pool opens at once."""
+        return self.pool_size + self.max_overflow
+
+
+#: The keys accepted in ``POOL`` and in ``POOLCONF["POOL"]``.
+POOL_KEYS: Final[tuple[str, ...]] = tuple(
+    f.name for f in fields(PoolSettings) if f.name not in {"alias", "replica_of"}
+)
+POOLCONF_KEYS: Final[tuple[str, ...]] = ("PRESET", "POOL")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration problem: a system check id, a message and a remedy."""
+
+    id: str  # "E002" or "W001"; checks prefix it with "django_poolconf."
+    msg: str
+    hint: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        """Whether the problem stops a connection (errors) or only warns."""
+        return self.id.startswith("E")
+
+    def __str__(self) -> str:
+        return self.msg if self.hint is None else f"{self.msg} {self.hint}"
+
+
+def is_pooled(settings_dict: Mapping[str, Any]) -> bool:
+    """Whether an alias's ENGINE is one of django-poolconf's backends."""
+    return str(settings_dict.get("ENGINE", "")).startswith(POOLED_ENGINE_PREFIX)
+
+
+def get_poolconf() -> Mapping[str, Any]:
+    """The project-wide ``POOLCONF`` setting, ``{}`` when unset."""
+    value = getattr(settings, "POOLCONF", None)
+    return {} if value is None else value  # type: ignore[no-any-return]
+
+
+def pool_settings(
+    alias: str,
+    settings_dict: Mapping[str, Any],
+    *,
+    databases: Mapping[str, Any] | None = None,
+    poolconf: Mapping[str, Any] | None = None,
+) -> PoolSettings:
+    """Validate one alias's pool options and return them, frozen.
+
+    :raises ImproperlyConfigured: on the first error, with the same text as the
+        system check that reports it.
+    """
+    result, problems = validate_alias(
+        alias, settings_dict, databases=databases, poolconf=poolconf
+    )
+    errors = [p for p in problems if p.is_error]
+    if errors or result is None:
+        raise ImproperlyConfigured(str(errors[0]))
+    return result
+
+
+def validate_alias(
+    alias: str,
+    settings_dict: Mapping[str, Any],
+    *,
+    databases: Mapping[str, Any] | None = None,
+    poolconf: Mapping[str, Any] | None = None,
+) -> tuple[PoolSettings | None, list[Problem]]:
+    """Validate one alias; return its settings (``None`` on error) and every problem.
+
+    ``databases`` is the whole ``DATABASES`` mapping, used to check ``REPLICA_OF``;
+    ``poolconf`` defaults to the ``POOLCONF`` setting.
+    """
+    if poolconf is None:
+        poolconf = get_poolconf()
+    problems: list[Problem] = []
+    where = f"DATABASES[{alias!r}]"
+
+    if not is_pooled(settings_dict):
+        if "POOL" in settings_dict:
+            problems.append(
+                Problem(
+                    "W001",
+                    f"{where} has a 'POOL' but its ENGINE "
+                    f"{settings_dict.get('ENGINE')!r} is not a django-poolconf backend, "
+                    "so the pool options are ignored.",
+                    hint="Set ENGINE to 'django_poolconf.backends.postgresql'.",
+                )
+            )
+        return None, problems
+
+    defaults, poolconf_problems = _project_defaults(poolconf)
+    problems.extend(poolconf_problems)
+
+    raw = settings_dict.get("POOL")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.append(
+            Problem(
+                "E001",
+                f"{where}['POOL'] must be a dict, got {_show(raw)}.",
+                hint="Write POOL as a dict, e.g. {'pool_size': 10}.",
+            )
+        )
+        raw = {}
+    values = dict(defaults)
+    values.update(_check_pool_dict(f"{where}['POOL']", raw, problems))
+
+    max_age = settings_dict.get("CONN_MAX_AGE", 0)
+    if max_age != 0:
+        problems.append(
+            Problem(
+                "E005",
+                f"{where}['CONN_MAX_AGE'] must be 0 with a pooled ENGINE, got "
+                f"{_show(max_age)}.",
+                hint="The pool keeps connections open; a persistent connection would "
+                "pin one to a thread outside the pool. Remove CONN_MAX_AGE.",
+            )
+        )
+    options = settings_dict.get("OPTIONS") or {}
+    if isinstance(options, Mapping) and options.get("pool"):
+        problems.append(
+            Problem(
+                "E006",
+                f"{where}['OPTIONS']['pool'] must not be set with a pooled ENGINE.",
+                hint="Django's own psycopg pool and django-poolconf's pool would pool "
+                "twice. Remove OPTIONS['pool'] and size the pool with POOL.",
+            )
+        )
+
+    replica_of = settings_dict.get("REPLICA_OF")
+    if replica_of is not None:
+        if not isinstance(replica_of, str) or replica_of == alias:
+            problems.append(
+                Problem(
+                    "E009",
+                    f"{where}['REPLICA_OF'] must name another database alias, got "
+                    f"{_show(replica_of)}.",
+                    hint="Set REPLICA_OF to the alias of the primary, e.g. 'default'.",
+                )
+            )
+            replica_of = None
+        elif databases is not None and replica_of not in databases:
+            close = difflib.get_close_matches(
+                replica_of, [str(a) for a in databases], 1
+            )
+            problems.append(
+                Problem(
+                    "E009",
+                    f"{where}['REPLICA_OF'] names {replica_of!r}, which is not in "
+                    "DATABASES.",
+                    hint=(
+                        f"Did you mean {close[0]!r}?"
+                        if close
+                        else "Set REPLICA_OF to the alias of the primary."
+                    ),
+                )
+            )
+
+    if any(p.is_error for p in problems):
+        return None, problems
+    return PoolSettings(alias=alias, replica_of=replica_of, **values), problems
+
+
+def _project_defaults(
+    poolconf: Mapping[str, Any],
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Apply ``POOLCONF``: the preset first, then ``POOLCONF["POOL"]``."""
+    problems: list[Problem] = []
+    if not isinstance(poolconf, Mapping):
+        problems.append(
+            Problem(
+                "E007",
+                f"POOLCONF must be a dict, got {_show(poolconf)}.",
+                hint="Write POOLCONF as a dict, e.g. {'PRESET': 'small_api'}.",
+            )
+        )
+        return {}, problems
+    for key in poolconf:
+        if key not in POOLCONF_KEYS:
+            problems.append(_unknown_key("E007", "POOLCONF", key, POOLCONF_KEYS))
+
+    defaults: dict[str, Any] = {}
+    preset = poolconf.get("PRESET")
+    if preset is not None:
+        choices = (*PRESETS, AUTO_PRESET)
+        if preset == AUTO_PRESET:
+            size = calculate_pool_size()
+        elif isinstance(preset, str) and preset in PRESETS:
+            size = PRESETS[preset]
+        else:
+            close = difflib.get_close_matches(str(preset), choices, 1)
+            problems.append(
+                Problem(
+                    "E008",
+                    f"POOLCONF['PRESET'] must be one of {_choices(choices)}, got "
+                    f"{_show(preset)}.",
+                    hint=f"Did you mean {close[0]!r}?" if close else None,
+                )
+            )
+            size = None
+        if size is not None:
+            defaults.update(pool_size=size.pool_size, max_overflow=size.max_overflow)
+
+    raw = poolconf.get("POOL")
+    if raw is not None:
+        if isinstance(raw, Mapping):
+            defaults.update(_check_pool_dict("POOLCONF['POOL']", raw, problems))
+        else:
+            problems.append(
+                Problem(
+                    "E001",
+                    f"POOLCONF['POOL'] must be a dict, got {_show(raw)}.",
+                    hint="Write POOL as a dict, e.g. {'pool_size': 10}.",
+                )
+            )
+    return defaults, problems
+
+
+def _check_pool_dict(
+    where: str, raw: Mapping[str, Any], problems: list[Problem]
+) -> dict[str, Any]:
+    """Validate each key of a POOL dict; return the good values."""
+    good: dict[str, Any] = {}
+    for key, value in raw.items():
+        rule = _RULES.get(key) if isinstance(key, str) else None
+        if rule is None:
+            problems.append(_unknown_key("E002", where, key, POOL_KEYS))
+            continue
+        problem = rule(f"{where}[{key!r}]", key, value)
+        if problem is None:
+            good[key] = (
+                float(value) if key in _FLOAT_KEYS and value is not None else value
+            )
+        else:
+            problems.append(problem)
+    return good
+
+
+def _unknown_key(
+    check_id: str, where: str, key: object, valid: tuple[str, ...]
+) -> Problem:
+    close = difflib.get_close_matches(str(key), valid, 1)
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    return Problem(
+        check_id,
+        f"{where} has an unknown key {_show(key)}.",
+        hint=f"{hint}Valid keys are {_choices(valid)}.",
+    )
+
+
+# Each rule returns a Problem for a bad value, None for a good one.
+Rule = Callable[[str, str, object], "Problem | None"]
+
+
+def _integer(minimum: int, *, optional: bool = False) -> Rule:
+    def rule(where: str, key: str, value: object) -> Problem | None:
+        if optional and value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return _type_problem(where, key, value, "an integer", optional)
+        if value < minimum:
+            return _range_problem(where, value, f"an integer >= {minimum}", optional)
+        return None
+
+    return rule
+
+
+def _number(minimum: float, *, inclusive: bool, optional: bool = False) -> Rule:
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+
+    def rule(where: str, key: str, value: object) -> Problem | None:
+        if optional and value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return _type_problem(where, key, value, "a number of seconds", optional)
+        if (
+            not math.isfinite(value)
+            or value < minimum
+            or (not inclusive and value == minimum)
+        ):
+            return _range_problem(where, value, f"a number {bound} (seconds)", optional)
+        return None
+
+    return rule
+
+
+def _boolean(where: str, key: str, value: object) -> Problem | None:
+    if isinstance(value, bool):
+        return None
+    return _type_problem(where, key, value, "True or False", False)
+
+
+def _choice(choices: tuple[str, ...]) -> Rule:
+    def rule(where: str, key: str, value: object) -> Problem | None:
+        if value in choices:
+            return None
+        close = difflib.get_close_matches(str(value), choices, 1)
+        return Problem(
+            "E004",
+            f"{where} must be one of {_choices(choices)}, got {_show(value)}.",
+            hint=f"Did you mean {close[0]!r}?" if close else None,
+        )
+
+    return rule
+
+
+def _type_problem(
+    where: str, key: str, value: object, expected: str, optional: bool
+) -> Problem:
+    also = " or None" if optional else ""
+    return Problem(
+        "E003",
+        f"{where} must be {expected}{also}, got {_show(value)} "
+        f"({type(value).__name__}).",
+        hint=f"Write {key} as a Python value, not a string: e.g. {key!s}={_example(key)}.",
+    )
+
+
+def _range_problem(where: str, value: object, expected: str, optional: bool) -> Problem:
+    also = " or None" if optional else ""
+    return Problem("E004", f"{where} must be {expected}{also}, got {_show(value)}.")
+
+
+_EXAMPLES: Final[Mapping[str, str]] = {
+    "pool_size": "10",
+    "max_overflow": "10",
+    "pool_timeout": "30",
+    "pool_recycle": "3600",
+    "pool_pre_ping": "True",
+    "pre_ping_threshold": "0.5",
+    "validation_timeout": "5",
+    "connect_timeout": "10",
+    "statement_timeout": "30000",
+}
+
+
+def _example(key: str) -> str:
+    return _EXAMPLES.get(key, "...")
+
+
+_RULES: Final[Mapping[str, Rule]] = {
+    "pool_size": _integer(1),
+    "max_overflow": _integer(0),
+    "pool_timeout": _number(0, inclusive=False),
+    "pool_recycle": _number(0, inclusive=False, optional=True),
+    "pool_pre_ping": _boolean,
+    "pre_ping_threshold": _number(0, inclusive=True),
+    "validation_timeout": _number(0, inclusive=False),
+    "connect_timeout": _number(0, inclusive=False),
+    "statement_timeout": _integer(0, optional=True),
+    "reset_on_return": _choice(RESET_CHOICES),
+}
+assert set(_RULES) == set(POOL_KEYS), "every POOL key needs a rule"
+
+_FLOAT_KEYS: Final = frozenset(
+    {
+        "pool_timeout",
+        "pool_recycle",
+        "pre_ping_threshold",
+        "validation_timeout",
+        "connect_timeout",
+    }
+)
+
+
+def _show(value: object) -> str:
+    """A short repr for messages: long values are cut, so nothing large leaks."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    return ", ".join(repr(v) for v in values)

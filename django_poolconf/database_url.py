@@ -1,0 +1,166 @@
+"""Build ``DATABASES`` entries from database URLs, with dj-database-url underneath.
+
+Pool options may ride in the URL's query string
+(``postgres://app@db/app?pool_size=10&pool_timeout=5``); they are validated like any
+other. Messages never repeat the URL, which may carry a password.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+from django_poolconf.conf import POOL_KEYS, validate_alias
+
+__all__ = ["database_from_url", "databases_from_env"]
+
+POSTGRES_ENGINE: Final = "django_poolconf.backends.postgresql"
+POSTGRES_SCHEMES: Final = frozenset({"postgres", "postgresql", "pgsql", "psql"})
+
+_INT_KEYS: Final = frozenset({"pool_size", "max_overflow", "statement_timeout"})
+_BOOL_KEYS: Final = frozenset({"pool_pre_ping"})
+_OPTIONAL_KEYS: Final = frozenset({"pool_recycle", "statement_timeout"})
+_TEXT_KEYS: Final = frozenset({"reset_on_return"})
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off"})
+
+
+def database_from_url(
+    url: str,
+    *,
+    alias: str = "default",
+    replica_of: str | None = None,
+    **pool: Any,
+) -> dict[str, Any]:
+    """Return one pooled ``DATABASES`` entry for a PostgreSQL URL.
+
+    Pool options come from ``pool`` keyword arguments, overridden by those in the
+    URL's query string (deploy-time settings win over code). ``alias`` names the entry
+    in error messages. With ``replica_of``,
+    the entry is a replica of that alias and mirrors it in tests.
+
+    :raises ImproperlyConfigured: for an unsupported scheme, a malformed URL or a bad
+        pool option; the message never contains the URL.
+    """
+    where = f"The database URL of {alias!r}"
+    try:
+        split = urlsplit(url)
+        split.port  # noqa: B018 - urlsplit checks the port lazily
+    except ValueError:
+        raise ImproperlyConfigured(f"{where} is not a valid URL.") from None
+    if split.scheme not in POSTGRES_SCHEMES:
+        raise ImproperlyConfigured(
+            f"{where} has the scheme {split.scheme!r}; django-poolconf supports "
+            "postgres:// and postgresql:// URLs."
+        )
+    pool_options: dict[str, Any] = {}
+    passed: list[tuple[str, str]] = []
+    for key, value in parse_qsl(split.query, keep_blank_values=True):
+        if key in POOL_KEYS:
+            pool_options[key] = _coerce(where, key, value)
+        elif key.startswith("pool_") or _looks_like_pool_key(key):
+            close = difflib.get_close_matches(key, POOL_KEYS, 1)
+            suggestion = f" Did you mean {close[0]!r}?" if close else ""
+            raise ImproperlyConfigured(
+                f"{where} has an unknown pool option {key!r} in its query string."
+                f"{suggestion}"
+            )
+        else:
+            passed.append((key, value))
+
+    import dj_database_url
+
+    try:
+        config: dict[str, Any] = dict(
+            dj_database_url.parse(
+                urlunsplit(split._replace(query=urlencode(passed))),
+                engine=POSTGRES_ENGINE,
+                conn_max_age=0,
+            )
+        )
+    except ValueError:  # dj_database_url.ParseError and friends
+        raise ImproperlyConfigured(f"{where} is not a valid database URL.") from None
+    config["POOL"] = {**pool, **pool_options}
+    if replica_of is not None:
+        config["REPLICA_OF"] = replica_of
+        config["TEST"] = {"MIRROR": replica_of}
+    _, problems = validate_alias(alias, config)
+    errors = [str(problem) for problem in problems if problem.is_error]
+    if errors:
+        raise ImproperlyConfigured(errors[0])
+    return config
+
+
+def databases_from_env(
+    environ: Mapping[str, str] | None = None,
+    *,
+    url_variable: str = "DATABASE_URL",
+    replica_variable: str = "DATABASE_REPLICA_URLS",
+    replica_prefix: str = "replica",
+    **pool: Any,
+) -> dict[str, dict[str, Any]]:
+    """Return ``DATABASES`` from ``DATABASE_URL`` and ``DATABASE_REPLICA_URLS``.
+
+    The primary is ``"default"``; the comma-separated replica URLs become
+    ``"replica1"``, ``"replica2"``, ... each with ``REPLICA_OF = "default"``. Keyword
+    arguments are pool options for every alias; options in a URL's query string
+    override them for that alias.
+
+    :raises ImproperlyConfigured: when ``DATABASE_URL`` is missing or a URL is bad.
+    """
+    if environ is None:
+        environ = os.environ
+    url = environ.get(url_variable, "").strip()
+    if not url:
+        raise ImproperlyConfigured(
+            f"The environment variable {url_variable} is not set. Set it to the "
+            "primary database's URL, e.g. postgres://user:password@host:5432/name."
+        )
+    databases = {"default": database_from_url(url, alias="default", **pool)}
+    replica_urls = [
+        part.strip()
+        for part in environ.get(replica_variable, "").split(",")
+        if part.strip()
+    ]
+    for number, replica_url in enumerate(replica_urls, start=1):
+        alias = f"{replica_prefix}{number}"
+        databases[alias] = database_from_url(
+            replica_url, alias=alias, replica_of="default", **pool
+        )
+    return databases
+
+
+def _coerce(where: str, key: str, raw: str) -> Any:
+    text = raw.strip()
+    if key in _OPTIONAL_KEYS and text.lower() in {"", "none", "null"}:
+        return None
+    if key in _TEXT_KEYS:
+        return text
+    if key in _BOOL_KEYS:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ImproperlyConfigured(f"{where} sets {key}={raw!r}; use true or false.")
+    try:
+        return int(text) if key in _INT_KEYS else float(text)
+    except ValueError:
+        kind = "an integer" if key in _INT_KEYS else "a number"
+        raise ImproperlyConfigured(
+            f"{where} sets {key}={raw!r}; it must be {kind}."
+        ) from None
+
+
+def _looks_like_pool_key(key: str) -> bool:
+    """A near miss of a pool option that is not a libpq or Django option either."""
+    if not difflib.get_close_matches(key, POOL_KEYS, 1, cutoff=0.85):
+        return False
+    from psycopg import pq
+
+    libpq_keywords = {option.keyword.decode() for option in pq.Conninfo.get_defaults()}
+    return key not in libpq_keywords

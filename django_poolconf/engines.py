@@ -1,0 +1,363 @@
+"""The engine registry: one SQLAlchemy :class:`~sqlalchemy.engine.Engine` per alias per process.
+
+Django's connection for an alias and every :func:`get_engine` user share the engine's
+pool, so a process never opens more than ``pool_size + max_overflow`` connections per
+alias. Engines are built lazily, from Django's own connection parameters, by the
+alias's backend; this module only keeps them, keeps them apart across ``fork()`` and
+disposes of them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import sqlalchemy
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DEFAULT_DB_ALIAS
+from sqlalchemy import event, exc
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
+
+from django_poolconf.conf import PoolSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = [
+    "ConnectionHooks",
+    "dispose",
+    "dispose_all",
+    "engine_for",
+    "get_async_engine",
+    "get_engine",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Keys this package keeps in a pooled connection's ``info`` dict.
+INFO_NEW: Final = "django_poolconf.new"  # Django has not initialized it yet
+INFO_RETURNED_AT: Final = "django_poolconf.returned_at"  # monotonic seconds
+
+#: Recycling takes up to this fraction off ``pool_recycle``, so that connections
+#: opened together are not all replaced together (psycopg_pool takes up to 5 %).
+RECYCLE_JITTER: Final = 0.05
+
+
+class ConnectionHooks(Protocol):
+    """What a vendor backend tells the registry about its driver connections."""
+
+    dialect_url: str
+
+    def connect(self) -> Any:
+        """Open a new driver connection."""
+
+    def lost_connection(self, dbapi_connection: Any) -> bool:
+        """Whether the server has visibly closed an idle connection, with no round trip."""
+
+    def ping(self, dbapi_connection: Any, timeout: float) -> bool:
+        """Whether the server answers within ``timeout`` seconds."""
+
+    def reset(self, dbapi_connection: Any, policy: str) -> bool:
+        """Make a returned connection clean; return whether session state was discarded.
+
+        Raise to have the connection closed instead of pooled.
+        """
+
+    def async_connect_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``psycopg.AsyncConnection.connect`` (no Django objects)."""
+
+
+@dataclass
+class _Registered:
+    engine: Engine
+    fingerprint: Hashable
+    settings: PoolSettings
+    hooks: ConnectionHooks
+    pid: int
+    async_engine: AsyncEngine | None = None
+
+
+_lock = threading.Lock()
+_registry: dict[str, _Registered] = {}
+
+
+def get_engine(alias: str = DEFAULT_DB_ALIAS) -> Engine:
+    """Return the SQLAlchemy engine whose pool Django's connection for ``alias`` uses.
+
+    Use it for SQLAlchemy Core or ORM work that should share Django's connection
+    budget: ``with get_engine().begin() as conn: ...``. Do not call ``dispose()`` on
+    it; use :func:`dispose_all`.
+
+    :raises ImproperlyConfigured: if ``alias`` is not in ``DATABASES`` or does not use
+        a django-poolconf backend.
+    """
+    return _pooled_wrapper(alias).pooled_engine()
+
+
+def get_async_engine(alias: str = DEFAULT_DB_ALIAS) -> AsyncEngine:
+    """Return a SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncEngine` for ``alias``.
+
+    It is built once per process from the same validated pool options and connection
+    parameters as :func:`get_engine`, on psycopg's async driver. An async driver
+    connection cannot serve Django's synchronous ORM, so this engine has a pool of its
+    own: count its capacity in the alias's connection budget.
+
+    :raises ImproperlyConfigured: as :func:`get_engine` does.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = get_engine(alias)
+    with _lock:
+        entry = _registry[alias]
+        if entry.engine is not engine:  # pragma: no cover - a concurrent rebuild
+            raise ImproperlyConfigured(f"The pool of {alias!r} was rebuilt; try again.")
+        if entry.async_engine is None:
+            import psycopg
+
+            settings = entry.settings
+            connect_args = entry.hooks.async_connect_args()
+
+            async def async_creator() -> psycopg.AsyncConnection[Any]:
+                return await psycopg.AsyncConnection.connect(**connect_args)
+
+            entry.async_engine = create_async_engine(
+                "postgresql+psycopg://",
+                async_creator=async_creator,
+                pool_size=settings.pool_size,
+                max_overflow=settings.max_overflow,
+                pool_timeout=settings.pool_timeout,
+                pool_recycle=-1
+                if settings.pool_recycle is None
+                else settings.pool_recycle,
+                pool_pre_ping=settings.pool_pre_ping,
+                pool_use_lifo=True,
+                hide_parameters=True,
+            )
+            logger.info(
+                "created async pool for %r (pool_size=%d, max_overflow=%d)",
+                alias,
+                settings.pool_size,
+                settings.max_overflow,
+            )
+        return entry.async_engine
+
+
+def _pooled_wrapper(alias: str) -> Any:
+    from django.db import connections
+    from django.utils.connection import ConnectionDoesNotExist
+
+    try:
+        wrapper = connections[alias]
+    except ConnectionDoesNotExist:
+        raise ImproperlyConfigured(f"DATABASES has no alias {alias!r}.") from None
+    if not hasattr(wrapper, "pooled_engine"):
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}]['ENGINE'] is {wrapper.settings_dict['ENGINE']!r}, "
+            "not a django-poolconf backend. Set it to "
+            "'django_poolconf.backends.postgresql'."
+        )
+    return wrapper
+
+
+def engine_for(
+    alias: str,
+    fingerprint: Hashable,
+    settings: PoolSettings,
+    hooks_factory: Callable[[], ConnectionHooks],
+) -> Engine:
+    """Return the alias's engine, building it when missing or when its parameters changed.
+
+    Backends call this on every connect; the fast path is one dict lookup and one
+    comparison. A changed ``fingerprint`` (as when the test runner renames the
+    database) disposes of the old engine and builds a new one.
+    """
+    entry = _registry.get(alias)
+    if entry is not None and entry.fingerprint == fingerprint and entry.pid == _pid:
+        return entry.engine
+    with _lock:
+        entry = _registry.get(alias)
+        if entry is not None and entry.pid != os.getpid():
+            # A fork that os.register_at_fork did not see (e.g. a C extension's).
+            _abandon_inherited(entry)
+        if entry is not None and entry.fingerprint == fingerprint:
+            return entry.engine
+        if entry is not None:
+            logger.info(
+                "connection parameters of %r changed; replacing its pool", alias
+            )
+            _dispose_entry(alias, entry)
+        hooks = hooks_factory()
+        engine = _build_engine(alias, settings, hooks)
+        _registry[alias] = _Registered(
+            engine, fingerprint, settings, hooks, os.getpid()
+        )
+        logger.info(
+            "created pool for %r (pool_size=%d, max_overflow=%d)",
+            alias,
+            settings.pool_size,
+            settings.max_overflow,
+        )
+        return engine
+
+
+def dispose(alias: str) -> None:
+    """Close the idle connections of ``alias``'s pool and forget the engine.
+
+    Connections still checked out are closed when they are returned. The next connect
+    builds a fresh engine. Call it before a database is dropped or used as a template.
+    """
+    with _lock:
+        entry = _registry.pop(alias, None)
+        if entry is not None:
+            _dispose_entry(alias, entry)
+
+
+def dispose_all() -> None:
+    """Dispose of every pool of this process, as at interpreter exit."""
+    with _lock:
+        for alias in list(_registry):
+            _dispose_entry(alias, _registry.pop(alias))
+
+
+def _dispose_entry(alias: str, entry: _Registered) -> None:
+    if entry.pid != os.getpid():
+        _abandon_inherited(entry)
+        return
+    entry.engine.dispose()
+    if entry.async_engine is not None:
+        # AsyncEngine.dispose() needs an event loop; the sync pool under it does not.
+        entry.async_engine.sync_engine.dispose()
+    logger.info("disposed pool for %r", alias)
+
+
+def _build_engine(alias: str, settings: PoolSettings, hooks: ConnectionHooks) -> Engine:
+    engine = sqlalchemy.create_engine(
+        hooks.dialect_url,
+        creator=hooks.connect,
+        poolclass=QueuePool,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_recycle=-1 if settings.pool_recycle is None else settings.pool_recycle,
+        # The checkout listener below pings only when it must; SQLAlchemy's own
+        # pre-ping costs a round trip on every checkout and has no deadline.
+        pool_pre_ping=False,
+        # The reset listener below decides how much reset a connection needs.
+        pool_reset_on_return=None,
+        # Reusing the most recently returned connection keeps the rest idle long
+        # enough to be recycled, and keeps the hot one inside the no-ping window.
+        pool_use_lifo=True,
+        use_native_hstore=False,
+        hide_parameters=True,
+    )
+    _listen(engine, settings, hooks)
+    return engine
+
+
+def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> None:
+    recycle = settings.pool_recycle
+    pre_ping = settings.pool_pre_ping
+    threshold = settings.pre_ping_threshold
+    validation_timeout = settings.validation_timeout
+    policy = settings.reset_on_return
+    alias = settings.alias
+    monotonic = time.monotonic
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        info = record.info
+        info[INFO_NEW] = True
+        info[INFO_RETURNED_AT] = monotonic()
+        if recycle is not None:
+            # Age the connection by a random fraction of its lifetime. Never age it
+            # past the pool's last invalidation, or it would be recycled at once.
+            jittered = record.starttime - random.uniform(0, RECYCLE_JITTER * recycle)  # type: ignore[attr-defined]
+            record.starttime = max(jittered, engine.pool._invalidate_time + 1e-6)  # type: ignore[attr-defined]
+        logger.debug("opened a connection for %r", alias)
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(
+        dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
+    ) -> None:
+        if not pre_ping:
+            return
+        if hooks.lost_connection(dbapi_connection):
+            logger.warning(
+                "connection for %r was closed by the server; reconnecting", alias
+            )
+            raise exc.DisconnectionError("closed by the server", invalidate_pool=True)
+        if monotonic() - record.info[INFO_RETURNED_AT] > threshold and not hooks.ping(
+            dbapi_connection, validation_timeout
+        ):
+            logger.warning(
+                "connection for %r failed its ping within %.1f s; reconnecting",
+                alias,
+                validation_timeout,
+            )
+            raise exc.DisconnectionError("ping failed", invalidate_pool=True)
+
+    @event.listens_for(engine, "checkin")
+    def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[INFO_RETURNED_AT] = monotonic()
+
+    @event.listens_for(engine, "reset")
+    def on_reset(
+        dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
+    ) -> None:
+        if state.terminate_only:
+            return
+        if hooks.reset(dbapi_connection, policy):
+            # The session is as new again: Django must initialize it once more.
+            record.info[INFO_NEW] = True
+
+
+# -- processes ----------------------------------------------------------------
+
+_pid = os.getpid()
+
+
+def _abandon_inherited(entry: _Registered) -> None:
+    """Drop a pool inherited across fork() without touching its sockets.
+
+    Closing the parent's connections from the child would end the parent's sessions,
+    so the child only forgets them; psycopg does not close a connection that another
+    process opened when it is garbage-collected.
+    """
+    entry.engine.dispose(close=False)
+    if entry.async_engine is not None:
+        entry.async_engine.sync_engine.dispose(close=False)
+    entry.pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid, _lock
+    _pid = os.getpid()
+    # Another thread of the parent may have held the lock at fork time.
+    _lock = threading.Lock()
+    for entry in list(_registry.values()):
+        _abandon_inherited(entry)
+    from django.db import connections
+
+    try:
+        wrappers = connections.all(initialized_only=True)
+    except ImproperlyConfigured:  # settings not configured: no Django connection
+        return
+    # The forking thread's Django connections may hold a checked-out connection of
+    # the parent: forget it, so the child opens its own.
+    for wrapper in wrappers:
+        forget = getattr(wrapper, "forget_inherited_connection", None)
+        if forget is not None:
+            forget()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(dispose_all)

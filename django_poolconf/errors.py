@@ -1,0 +1,29 @@
+"""Runtime exceptions raised by django-poolconf.
+
+Each one subclasses :class:`django.db.utils.OperationalError`, so code that already
+handles database errors handles these too.
+"""
+
+from __future__ import annotations
+
+from django.db.utils import OperationalError
+
+__all__ = ["ConnectionFailed", "PoolError", "PoolTimeout"]
+
+
+class PoolError(OperationalError):
+    """Base class for the errors of a django-poolconf connection pool."""
+
+    __module__ = "django_poolconf"
+
+
+class PoolTimeout(PoolError):
+    """No connection became free in the pool within ``pool_timeout``."""
+
+    __module__ = "django_poolconf"
+
+
+class ConnectionFailed(PoolError):
+    """The pool could not open a new connection to the database server."""
+
+    __module__ = "django_poolconf"

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from django.core.handlers.wsgi import WSGIHandler
+from django.db import connections
+from django.test import RequestFactory
+
+from django_poolconf import engines
+from django_poolconf.embedded import EmbeddedCluster
+from tests import servers
+
+
+class Response:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+_handler: WSGIHandler | None = None
+
+
+def wsgi_get(path: str, **query: str) -> Response:
+    """One whole request cycle, as a WSGI server runs it.
+
+    Unlike Django's test client, this sends request_started and request_finished with
+    close_old_connections connected, so the connection goes back to the pool.
+    """
+    global _handler
+    if _handler is None:
+        _handler = WSGIHandler()
+    request = RequestFactory().get(path, query)
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    result = _handler(request.environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        result.close()  # the WSGI server's close() sends request_finished
+    return Response(int(statuses[0].split()[0]), body)
+
+
+@pytest.fixture
+def get() -> Callable[..., Response]:
+    return wsgi_get
+
+
+@pytest.fixture(scope="session")
+def cluster() -> EmbeddedCluster:
+    """The embedded cluster, for tests that stop or restart a server."""
+    running = servers.cluster()
+    if running is None:  # pragma: no cover - external servers
+        pytest.skip("stopping servers needs the embedded cluster, not external servers")
+    return running
+
+
+@pytest.fixture
+def admin(db: None) -> Iterator[psycopg.Connection[Any]]:
+    """A plain psycopg connection to the primary, outside any pool, for inspection."""
+    settings_dict = connections["default"].settings_dict
+    with psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        user=settings_dict["USER"],
+        dbname="postgres",
+        autocommit=True,
+    ) as connection:
+        yield connection
+
+
+@pytest.fixture
+def test_db_name(db: None) -> str:
+    return str(connections["default"].settings_dict["NAME"])
+
+
+@pytest.fixture
+def pool_options() -> Iterator[Callable[..., None]]:
+    """Give the default alias other pool options for one test."""
+    settings_dict = connections.settings["default"]
+    original = settings_dict["POOL"]
+
+    def set_options(**options: Any) -> None:
+        connections["default"].close()
+        settings_dict["POOL"] = {**original, **options}
+
+    yield set_options
+    connections["default"].close()
+    settings_dict["POOL"] = original
+    engines.dispose("default")
+
+
+def server_pids(admin: psycopg.Connection[Any], dbname: str) -> set[int]:
+    """Backend pids of the client connections to ``dbname``, seen by the server."""
+    rows = admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
+        [dbname],
+    ).fetchall()
+    return {row[0] for row in rows}

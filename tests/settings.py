@@ -1,0 +1,30 @@
+"""Settings for django-poolconf's test suite."""
+
+from __future__ import annotations
+
+from tests.servers import databases
+
+SECRET_KEY = "django-poolconf-tests"
+DEBUG = False
+ALLOWED_HOSTS = ["testserver", "localhost"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django_poolconf",
+    "tests.testapp",
+]
+MIDDLEWARE: list[str] = []
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+DATABASES = databases()
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    # Views in these tests raise on purpose; keep their tracebacks off stderr.
+    "loggers": {"django.request": {"handlers": ["null"], "propagate": True}},
+}

