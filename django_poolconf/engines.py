@@ -59,8 +59,8 @@ class ConnectionHooks(Protocol):
     def connect(self) -> Any:
         """Open a new driver connection."""
 
-    def lost_connection(self, dbapi_connection: Any) -> bool:
-        """Whether the server has visibly closed an idle connection, with no round trip."""
+    def has_unread_input(self, dbapi_connection: Any) -> bool:
+        """Whether an idle connection has something to read, or is closed: a local check, no round trip."""
 
     def ping(self, dbapi_connection: Any, timeout: float) -> bool:
         """Whether the server answers within ``timeout`` seconds."""
@@ -289,20 +289,19 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
     ) -> None:
         if not pre_ping:
             return
-        if hooks.lost_connection(dbapi_connection):
+        # The ping is the only round trip here, and only for a connection that has
+        # been idle a while or that the server visibly wrote to while idle.
+        if (
+            monotonic() - record.info[INFO_RETURNED_AT] > threshold
+            or hooks.has_unread_input(dbapi_connection)
+        ) and not hooks.ping(dbapi_connection, validation_timeout):
             logger.warning(
-                "connection for %r was closed by the server; reconnecting", alias
-            )
-            raise exc.DisconnectionError("closed by the server", invalidate_pool=True)
-        if monotonic() - record.info[INFO_RETURNED_AT] > threshold and not hooks.ping(
-            dbapi_connection, validation_timeout
-        ):
-            logger.warning(
-                "connection for %r failed its ping within %.1f s; reconnecting",
+                "connection for %r is closed or failed its ping within %.1f s; "
+                "replacing it and every older connection",
                 alias,
                 validation_timeout,
             )
-            raise exc.DisconnectionError("ping failed", invalidate_pool=True)
+            raise exc.InvalidatePoolError("ping failed")
 
     @event.listens_for(engine, "checkin")
     def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

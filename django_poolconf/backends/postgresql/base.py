@@ -144,22 +144,18 @@ class PostgresHooks:
         connection.isolation_default = connection.isolation_level
         return connection
 
-    def lost_connection(self, dbapi_connection: PooledConnection) -> bool:
+    def has_unread_input(self, dbapi_connection: PooledConnection) -> bool:
         if dbapi_connection.closed or dbapi_connection.broken:
             return True
-        pgconn = dbapi_connection.pgconn
         # An idle connection has nothing to read. If it has, the server said
-        # something unasked, typically a FATAL error before closing the socket
-        # (pg_terminate_backend, a restart): one poll() call, no round trip.
+        # something unasked: typically a FATAL error before closing the socket
+        # (pg_terminate_backend, a restart). One poll() call, no round trip.
         poller = select.poll()
-        poller.register(pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
-        if not poller.poll(0):
-            return False
-        try:
-            pgconn.consume_input()
-        except psycopg.OperationalError:
-            return True
-        return pgconn.status != pq.ConnStatus.OK
+        poller.register(
+            dbapi_connection.pgconn.socket,
+            select.POLLIN | select.POLLERR | select.POLLHUP,
+        )
+        return bool(poller.poll(0))
 
     def ping(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
         # SQLAlchemy's pre-ping has no deadline; this one is bounded by select().

@@ -1,0 +1,433 @@
+"""The pooled PostgreSQL backend against a real server: checkout, checkin, reset, faults."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import OperationalError, connection, connections
+from django.db.backends.signals import connection_created
+
+from django_poolconf import PoolTimeout, engines, get_engine
+from django_poolconf.backends.postgresql.base import changes_session
+from tests.conftest import server_pids, wsgi_get
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_pools():
+    """Each test starts with empty pools, whatever the test before it left."""
+    connections.close_all()
+    engines.dispose_all()
+
+
+def _statements(admin: psycopg.Connection[Any], dbname: str) -> dict[str, int]:
+    rows = admin.execute(
+        "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+        "WHERE d.datname = %s",
+        [dbname],
+    ).fetchall()
+    return {query: calls for query, calls in rows}
+
+
+def _reset_statements(admin: psycopg.Connection[Any]) -> None:
+    admin.execute("SELECT pg_stat_statements_reset()")
+
+
+def test_request_reuses_one_pooled_connection(get):
+    pids = {get("/item/").json()["pid"] for _ in range(20)}
+
+    assert len(pids) == 1
+    assert connection.connection is None  # returned at request end
+
+
+def test_connection_created_is_sent_once_per_physical_connection(get):
+    seen: list[int] = []
+
+    def receiver(sender: Any, connection: Any, **kwargs: Any) -> None:
+        seen.append(connection.connection.info.backend_pid)
+
+    connection_created.connect(receiver)
+    try:
+        pids = {get("/item/").json()["pid"] for _ in range(30)}
+    finally:
+        connection_created.disconnect(receiver)
+
+    assert len(seen) == len(pids) <= 1
+
+
+def test_steady_state_costs_no_extra_round_trip(get, admin, test_db_name):
+    get("/item/")  # open and initialize the connection
+    _reset_statements(admin)
+
+    for _ in range(50):
+        get("/item/")
+
+    statements = _statements(admin, test_db_name)
+    # Only the view's own query reached the server: no ping, no ROLLBACK, no
+    # DISCARD ALL, no SET, no SELECT 1.
+    assert len(statements) == 1, statements
+    assert list(statements.values()) == [50]
+    assert "testapp_item" in next(iter(statements))
+
+
+def test_idle_connection_is_pinged_on_checkout(get, admin, test_db_name, pool_options):
+    pool_options(pre_ping_threshold=0.2)
+    get("/item/")
+    _reset_statements(admin)
+
+    time.sleep(0.3)
+    get("/item/")
+    get("/item/")  # used a moment ago: no ping
+
+    statements = _statements(admin, test_db_name)
+    assert statements.get("SELECT $1") == 1, statements  # normalized "SELECT 1"
+
+
+def test_pool_of_4_plus_4_opens_at_most_8_connections_under_32_threads(
+    get, admin, test_db_name
+):
+    stop = threading.Event()
+    seen_on_server: set[int] = set()
+    most_at_once = 0
+
+    def watch() -> None:
+        nonlocal most_at_once
+        with psycopg.connect(admin.info.dsn) as watcher:
+            while not stop.is_set():
+                pids = server_pids(watcher, test_db_name)
+                seen_on_server.update(pids)
+                most_at_once = max(most_at_once, len(pids))
+                time.sleep(0.005)
+
+    def worker() -> tuple[set[int], int]:
+        pids, errors = set(), 0
+        try:
+            for _ in range(200):
+                response = wsgi_get("/item/")
+                if response.status == 200:
+                    pids.add(response.json()["pid"])
+                else:
+                    errors += 1
+        finally:
+            connections.close_all()
+        return pids, errors
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(32) as executor:
+            results = list(executor.map(lambda _: worker(), range(32)))
+    finally:
+        stop.set()
+        watcher.join()
+
+    used = set().union(*(pids for pids, _ in results))
+    assert sum(errors for _, errors in results) == 0
+    assert len(used) <= 8
+    assert most_at_once <= 8
+    assert len(seen_on_server) <= 8
+    pool = get_engine().pool
+    assert pool.checkedout() == 0
+    assert pool.checkedin() == 4  # overflow connections close on return
+
+
+def test_pool_timeout_raises_operational_error_naming_the_pool(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=0.1)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        connection.ensure_connection()
+        holding.set()
+        release.wait(10)
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout) as raised:
+            connection.ensure_connection()
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join()
+
+    assert isinstance(raised.value, OperationalError)
+    assert str(raised.value) == (
+        "No connection for 'default' within 0.1 s (pool_size=1, max_overflow=0)."
+    )
+    assert 0.1 <= waited < 2
+
+
+def test_terminated_connections_cost_no_request(get, admin, test_db_name, pool_options):
+    # A long threshold: only the no-round-trip check can notice the dead sockets.
+    pool_options(pre_ping_threshold=3600)
+    with ThreadPoolExecutor(4) as executor:
+        list(executor.map(lambda _: _hold_briefly(), range(4)))
+    pooled = server_pids(admin, test_db_name)
+    assert len(pooled) >= 2
+
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+        [test_db_name],
+    )
+    _wait_until(lambda: not server_pids(admin, test_db_name) & pooled)
+
+    responses = [get("/item/") for _ in range(100)]
+
+    assert [r.status for r in responses] == [200] * 100
+    assert not {r.json()["pid"] for r in responses} & pooled
+
+
+def test_restart_of_the_server_costs_no_request(get, cluster, pool_options):
+    pool_options(pre_ping_threshold=3600)
+    before = get("/item/").json()["pid"]
+
+    cluster.primary.restart()
+    responses = [get("/item/") for _ in range(100)]
+
+    assert [r.status for r in responses] == [200] * 100
+    assert responses[0].json()["pid"] != before
+
+
+def test_view_raising_in_atomic_leaves_no_transaction_open(get):
+    first = get("/raise-in-atomic/")
+    after = get("/session/").json()
+
+    assert first.status == 500
+    assert after["in_transaction"] is False
+    assert get("/item/").json()["found"] is False
+
+
+def test_session_state_does_not_reach_the_next_borrower(get):
+    fresh = get("/session/").json()
+    changed = get("/change-session/").json()
+    after = get("/session/").json()
+
+    assert changed["pid"] == after["pid"] == fresh["pid"]  # the same connection
+    assert after == fresh
+
+
+def test_changed_session_is_reset_with_one_discard_all(get, admin, test_db_name):
+    get("/item/")
+    _reset_statements(admin)
+
+    get("/change-session/")
+    get("/item/")
+
+    assert _statements(admin, test_db_name).get("DISCARD ALL") == 1
+
+
+def test_rollback_policy_leaks_session_state(get, pool_options):
+    # Why "auto" is the default: a rollback alone leaves these to the next borrower.
+    pool_options(reset_on_return="rollback")
+    fresh = get("/session/").json()
+    get("/change-session/")
+    after = get("/session/").json()
+
+    assert after["pid"] == fresh["pid"]
+    assert after["search_path"] == "pg_catalog"
+    assert after["temp_table"] is True
+    assert after["advisory_locks"] == 1
+
+
+def test_full_policy_resets_every_connection(get, admin, test_db_name, pool_options):
+    pool_options(reset_on_return="full")
+    get("/item/")
+    _reset_statements(admin)
+
+    for _ in range(3):
+        get("/item/")
+
+    assert _statements(admin, test_db_name).get("DISCARD ALL") == 3
+
+
+def test_statement_timeout_applies_to_every_connection_and_keeps_it(get, pool_options):
+    pool_options(statement_timeout=200)
+    assert get("/session/").json()["statement_timeout"] == "200ms"
+
+    failed = get("/sql/", q="SELECT pg_sleep(2)")
+    after = get("/session/").json()
+
+    assert failed.status == 500
+    assert after["statement_timeout"] == "200ms"
+    assert get("/item/").json()["pid"] == after["pid"]
+
+
+def test_disconnect_replaces_every_older_connection(get, admin, test_db_name):
+    with ThreadPoolExecutor(3) as executor:
+        list(executor.map(lambda _: _hold_briefly(), range(3)))
+    older = server_pids(admin, test_db_name)
+    assert len(older) >= 2
+
+    failed = get("/sql/", q="SELECT pg_terminate_backend(pg_backend_pid())")
+    with ThreadPoolExecutor(3) as executor:
+        pids = set(executor.map(lambda _: _hold_briefly(), range(3)))
+
+    assert failed.status == 500
+    assert not pids & older
+
+
+def test_write_on_read_only_primary_replaces_the_pool(get, admin, test_db_name):
+    with ThreadPoolExecutor(2) as executor:
+        list(executor.map(lambda _: _hold_briefly(), range(2)))
+    older = server_pids(admin, test_db_name)
+
+    # As after a failover that left this alias pointing at a standby.
+    failed = get(
+        "/sql/",
+        q="SET TRANSACTION READ ONLY; INSERT INTO testapp_item (name) VALUES ('x')",
+    )
+    with ThreadPoolExecutor(2) as executor:
+        pids = set(executor.map(lambda _: _hold_briefly(), range(2)))
+
+    assert failed.status == 500
+    assert not pids & older
+
+
+def test_connection_closed_in_atomic_is_never_reused_by_the_wrapper():
+    from django.db import transaction
+
+    with transaction.atomic():
+        connection.ensure_connection()
+        connection.close()
+        assert connection.connection is None
+        with pytest.raises(
+            Exception, match="Cannot open a new connection in an atomic block"
+        ):
+            connection.ensure_connection()
+    assert get_engine().pool.checkedout() == 0
+
+
+def test_recycled_connection_is_replaced(get, pool_options):
+    pool_options(pool_recycle=0.2)
+    first = get("/item/").json()["pid"]
+    time.sleep(0.5)
+
+    assert get("/item/").json()["pid"] != first
+
+
+def test_recycle_time_has_jitter(pool_options):
+    pool_options(pool_recycle=1000)
+    engine = get_engine()
+    fairies = [engine.pool.connect() for _ in range(8)]
+    try:
+        starts = [fairy._connection_record.starttime for fairy in fairies]
+    finally:
+        for fairy in fairies:
+            fairy.close()
+
+    now = time.time()
+    assert len(set(starts)) == 8
+    assert all(now - 50 - 1 <= start <= now for start in starts)
+    assert max(starts) - min(starts) > 1  # spread, not opened-together
+
+
+def test_connect_failure_names_no_host_port_or_password(settings):
+    from django.db.utils import ConnectionHandler
+
+    from django_poolconf import ConnectionFailed
+
+    secret = "s3cr3t-pa55"
+    handler = ConnectionHandler(
+        {
+            "default": {
+                "ENGINE": "django_poolconf.backends.postgresql",
+                "NAME": "nowhere",
+                "USER": "someone",
+                "PASSWORD": secret,
+                "HOST": "127.0.0.1",
+                "PORT": "1",
+                "POOL": {"connect_timeout": 2},
+            }
+        }
+    )
+    wrapper = handler["default"]
+    try:
+        with pytest.raises(ConnectionFailed) as raised:
+            wrapper.ensure_connection()
+    finally:
+        wrapper.close()
+        from django_poolconf import engines
+
+        engines.dispose("default")
+
+    message = str(raised.value)
+    assert message.startswith("Could not open a connection for 'default': ")
+    for leak in (secret, "127.0.0.1", "someone", "nowhere", '"1"', "port 1"):
+        assert leak not in message
+    assert raised.value.__cause__ is None
+
+
+def test_pooled_connection_repr_names_no_server(db):
+    connection.ensure_connection()
+    try:
+        text = repr(connection.connection) + repr(get_engine())
+    finally:
+        connection.close()
+    settings_dict = connection.settings_dict
+    assert settings_dict["HOST"] not in text
+    assert str(settings_dict["PORT"]) not in text
+    assert settings_dict["NAME"] not in text
+
+
+@pytest.mark.parametrize(
+    ("statement", "changes"),
+    [
+        ("SELECT * FROM testapp_item WHERE name = %s", False),
+        ("UPDATE testapp_item SET name = 'x'", False),
+        ("INSERT INTO t VALUES (1); SET search_path TO x", True),
+        ("set statement_timeout = 5", True),
+        ("RESET ALL", True),
+        ("SELECT set_config('search_path', 'x', false)", True),
+        ("SELECT pg_advisory_lock(1)", True),
+        ("SELECT pg_try_advisory_lock_shared(1)", True),
+        ("SELECT pg_advisory_xact_lock(1)", False),
+        ("CREATE TEMPORARY TABLE t (id int)", True),
+        ("create temp table t (id int)", True),
+        ("SELECT 1 INTO TEMP t", True),
+        ("LISTEN channel", True),
+        ("PREPARE q AS SELECT 1", True),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", True),
+        (b"SET search_path TO x", True),
+    ],
+)
+def test_changes_session_detects_session_level_statements(statement, changes):
+    assert changes_session(statement) is changes
+
+
+def test_bad_pool_settings_raise_on_connect(pool_options):
+    from django.core.exceptions import ImproperlyConfigured
+
+    pool_options(pool_szie=3)
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"unknown key 'pool_szie'\. Did you mean 'pool_size'\?",
+    ):
+        connection.ensure_connection()
+
+
+def _hold_briefly() -> int:
+    """Check a connection out in this thread, long enough to overlap the others."""
+    try:
+        connection.ensure_connection()
+        time.sleep(0.2)
+        return connection.connection.info.backend_pid  # type: ignore[no-any-return]
+    finally:
+        connections.close_all()
+
+
+def _wait_until(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
