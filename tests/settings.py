@@ -20,6 +20,8 @@ ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 DATABASES = databases()
+# A database on another backend, which django-poolconf leaves alone.
+DATABASES["plain"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 
 LOGGING = {
     "version": 1,

@@ -41,9 +41,16 @@ def assert_replica_streams(cluster, table):
 
 
 def occupy(port):
+    """Listen on ``port`` so that a server cannot bind it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", port))
-    sock.listen()
+    try:
+        # Connections to the stopped server may linger in TIME_WAIT; PostgreSQL sets this too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 

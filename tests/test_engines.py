@@ -1,0 +1,265 @@
+"""The engine registry: sharing with SQLAlchemy, async engines, fork, disposal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, connections
+
+from django_poolconf import dispose_all, engines, get_async_engine, get_engine
+from tests.conftest import server_pids, wsgi_get
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_pools():
+    connections.close_all()
+    engines.dispose_all()
+
+
+def test_get_engine_shares_the_pool_django_uses():
+    engine = get_engine("default")
+    connection.ensure_connection()
+    try:
+        assert engine.pool.checkedout() == 1
+        django_pid = connection.connection.info.backend_pid
+    finally:
+        connection.close()
+    assert engine.pool.checkedout() == 0
+
+    with engine.connect() as conn:
+        sqlalchemy_pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+    assert sqlalchemy_pid == django_pid
+    assert get_engine() is engine
+
+
+def test_sqlalchemy_transaction_rolls_back_after_django_used_the_connection():
+    wsgi_get("/item/")  # Django used the connection, in autocommit mode
+    engine = get_engine()
+
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO testapp_item (name) VALUES ('rolled back')")
+        raise RuntimeError("abort")
+
+    with engine.connect() as conn:
+        count = conn.exec_driver_sql("SELECT count(*) FROM testapp_item").scalar()
+    assert count == 0
+
+
+def test_django_autocommits_after_sqlalchemy_used_the_connection():
+    engine = get_engine()
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")  # leaves the driver in non-autocommit mode
+
+    from tests.testapp.models import Item
+
+    Item.objects.create(name="kept")
+    pid = connection.connection.info.backend_pid
+    connection.close()
+
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+        assert conn.exec_driver_sql("SELECT count(*) FROM testapp_item").scalar() == 1
+
+
+def test_get_engine_rejects_an_unknown_alias():
+    with pytest.raises(ImproperlyConfigured, match=r"^DATABASES has no alias 'nope'\.$"):
+        get_engine("nope")
+
+
+def test_get_engine_rejects_an_alias_on_another_backend():
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"^DATABASES\['plain'\]\['ENGINE'\] is 'django.db.backends.sqlite3', not a "
+        r"django-poolconf backend\.",
+    ):
+        get_engine("plain")
+
+
+def test_async_engine_runs_queries_with_the_same_options(pool_options):
+    pool_options(pool_size=2, max_overflow=1, statement_timeout=1500)
+    engine = get_async_engine()
+
+    async def run() -> tuple[Any, Any]:
+        async with engine.connect() as conn:
+            timeout = (await conn.exec_driver_sql("SHOW statement_timeout")).scalar()
+            recovery = (await conn.exec_driver_sql("SELECT pg_is_in_recovery()")).scalar()
+        await engine.dispose()
+        return timeout, recovery
+
+    assert asyncio.run(run()) == ("1500ms", False)
+    assert engine.pool.size() == 2
+    assert get_async_engine() is engine
+
+
+def test_changed_database_name_gets_a_fresh_pool():
+    engine = get_engine()
+    settings_dict = connections["default"].settings_dict
+    original = settings_dict["NAME"]
+    settings_dict["NAME"] = "postgres"
+    try:
+        other = get_engine()
+        with other.connect() as conn:
+            assert conn.exec_driver_sql("SELECT current_database()").scalar() == "postgres"
+    finally:
+        settings_dict["NAME"] = original
+        connections["default"].close()
+    assert other is not engine
+    assert get_engine() is not other
+
+
+def test_dispose_all_closes_idle_connections(admin, test_db_name):
+    wsgi_get("/item/")
+    assert server_pids(admin, test_db_name)
+
+    dispose_all()
+
+    deadline = time.monotonic() + 5
+    while server_pids(admin, test_db_name) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not server_pids(admin, test_db_name)
+
+
+def test_forked_child_opens_its_own_connections(admin, test_db_name):
+    parent_pid = wsgi_get("/item/").json()["pid"]
+    reader, writer = os.pipe()
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(reader)
+            child_pid = wsgi_get("/item/").json()["pid"]
+            os.write(writer, str(child_pid).encode())
+            connections.close_all()
+            dispose_all()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        child_backend = int(pipe.read() or 0)
+    _, status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_backend not in (0, parent_pid)
+    # The parent's pooled connection survived the child's exit.
+    assert wsgi_get("/item/").json()["pid"] == parent_pid
+
+
+def test_child_forked_mid_request_forgets_the_borrowed_connection():
+    connection.ensure_connection()
+    parent_backend = connection.connection.info.backend_pid
+    reader, writer = os.pipe()
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(reader)
+            assert connection.connection is None
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                os.write(writer, str(cursor.fetchone()[0]).encode())
+            connections.close_all()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        child_backend = int(pipe.read() or 0)
+    _, status = os.waitpid(child, 0)
+
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert child_backend not in (0, parent_backend)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            assert cursor.fetchone()[0] == parent_backend
+    finally:
+        connection.close()
+
+
+class _StallingProxy:
+    """A TCP proxy to the primary that can stop forwarding, like a dead network path."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled = threading.Event()
+        self.closing = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    return
+                while self.stalled.is_set() and not self.closing.is_set():
+                    time.sleep(0.01)  # swallow the traffic: nothing comes back
+                if self.closing.is_set():
+                    return
+                sink.sendall(data)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.closing.set()
+        for sock in self.sockets:
+            # shutdown() wakes the threads blocked in recv(); close() alone would not,
+            # and the server would keep the session open.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_ping_of_a_stalled_connection_is_bounded_by_validation_timeout(pool_options):
+    settings_dict = connections["default"].settings_dict
+    proxy = _StallingProxy(settings_dict["HOST"], int(settings_dict["PORT"]))
+    original_port = settings_dict["PORT"]
+    settings_dict["PORT"] = str(proxy.port)
+    pool_options(pre_ping_threshold=0, validation_timeout=0.5, connect_timeout=2)
+    try:
+        first = wsgi_get("/item/").json()["pid"]
+        proxy.stalled.set()
+        started = time.monotonic()
+        with pytest.raises(Exception) as raised:
+            connection.ensure_connection()
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.stalled.clear()
+        connections.close_all()
+        proxy.close()
+        settings_dict["PORT"] = original_port
+        engines.dispose_all()
+
+    assert first
+    # The ping gave up after validation_timeout; the reconnect through the stalled
+    # path then gave up after connect_timeout: never longer.
+    assert 0.5 <= elapsed < 0.5 + 2 + 1.5, elapsed
+    assert "127.0.0.1" not in str(raised.value)
