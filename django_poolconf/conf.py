@@ -99,7 +99,7 @@ def is_pooled(settings_dict: Mapping[str, Any]) -> bool:
 def get_poolconf() -> Mapping[str, Any]:
     """The project-wide ``POOLCONF`` setting, ``{}`` when unset."""
     value = getattr(settings, "POOLCONF", None)
-    return {} if value is None else value  # type: ignore[no-any-return]
+    return {} if value is None else value
 
 
 def pool_settings(
@@ -227,9 +227,7 @@ def validate_alias(
     return PoolSettings(alias=alias, replica_of=replica_of, **values), problems
 
 
-def _project_defaults(
-    poolconf: Mapping[str, Any],
-) -> tuple[dict[str, Any], list[Problem]]:
+def _project_defaults(poolconf: object) -> tuple[dict[str, Any], list[Problem]]:
     """Apply ``POOLCONF``: the preset first, then ``POOLCONF["POOL"]``."""
     problems: list[Problem] = []
     if not isinstance(poolconf, Mapping):
@@ -283,7 +281,7 @@ def _project_defaults(
 
 
 def _check_pool_dict(
-    where: str, raw: Mapping[str, Any], problems: list[Problem]
+    where: str, raw: Mapping[object, Any], problems: list[Problem]
 ) -> dict[str, Any]:
     """Validate each key of a POOL dict; return the good values."""
     good: dict[str, Any] = {}
@@ -292,6 +290,7 @@ def _check_pool_dict(
         if rule is None:
             problems.append(_unknown_key("E002", where, key, POOL_KEYS))
             continue
+        assert isinstance(key, str)
         problem = rule(f"{where}[{key!r}]", key, value)
         if problem is None:
             good[key] = (

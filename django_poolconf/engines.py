@@ -99,7 +99,8 @@ def get_engine(alias: str = DEFAULT_DB_ALIAS) -> Engine:
     :raises ImproperlyConfigured: if ``alias`` is not in ``DATABASES`` or does not use
         a django-poolconf backend.
     """
-    return _pooled_wrapper(alias).pooled_engine()
+    engine: Engine = _pooled_wrapper(alias).pooled_engine()
+    return engine
 
 
 def get_async_engine(alias: str = DEFAULT_DB_ALIAS) -> AsyncEngine:

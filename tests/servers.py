@@ -29,7 +29,7 @@ def cluster() -> EmbeddedCluster | None:
 
 def databases() -> dict[str, dict[str, Any]]:
     """DATABASES for the test settings: a pooled primary and its replica."""
-    pool = {"pool_size": 4, "max_overflow": 4, "pool_timeout": 10}
+    pool: dict[str, Any] = {"pool_size": 4, "max_overflow": 4, "pool_timeout": 10}
     primary_url = os.environ.get("POOLCONF_TEST_PRIMARY_URL")
     if primary_url:
         from django_poolconf import database_from_url

@@ -32,7 +32,7 @@ def _statements(admin: psycopg.Connection[Any], dbname: str) -> dict[str, int]:
         "WHERE d.datname = %s",
         [dbname],
     ).fetchall()
-    return {query: calls for query, calls in rows}
+    return dict(rows)
 
 
 def _reset_statements(admin: psycopg.Connection[Any]) -> None:

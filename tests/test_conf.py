@@ -29,7 +29,9 @@ VALID_KEYS = (
     "'pool_pre_ping', 'pre_ping_threshold', 'validation_timeout', 'connect_timeout', "
     "'statement_timeout', 'reset_on_return'."
 )
-PRESET_CHOICES = "'development', 'small_api', 'high_traffic', 'background_worker', 'auto'"
+PRESET_CHOICES = (
+    "'development', 'small_api', 'high_traffic', 'background_worker', 'auto'"
+)
 
 
 def whole(message):
@@ -89,7 +91,9 @@ def test_defaults_without_pool():
 
 
 def test_dataclass_defaults_match_validated_defaults():
-    assert PoolSettings(alias="default") == pool_settings("default", pooled(), poolconf={})
+    assert PoolSettings(alias="default") == pool_settings(
+        "default", pooled(), poolconf={}
+    )
 
 
 def test_pool_none_means_defaults():
@@ -305,7 +309,14 @@ def type_message(key, expected, shown, type_name, example):
             "Decimal",
             "30",
         ),
-        ("pool_recycle", "3600", "a number of seconds or None", "'3600'", "str", "3600"),
+        (
+            "pool_recycle",
+            "3600",
+            "a number of seconds or None",
+            "'3600'",
+            "str",
+            "3600",
+        ),
         ("pool_recycle", False, "a number of seconds or None", "False", "bool", "3600"),
         ("pre_ping_threshold", "0.5", "a number of seconds", "'0.5'", "str", "0.5"),
         ("pre_ping_threshold", None, "a number of seconds", "None", "NoneType", "0.5"),
@@ -396,7 +407,9 @@ def test_unknown_reset_on_return_suggests_closest():
         pool_settings("default", with_pool(reset_on_return="Rollback"), poolconf={})
 
 
-@pytest.mark.parametrize(("value", "shown"), [("never", "'never'"), (None, "None"), (1, "1")])
+@pytest.mark.parametrize(
+    ("value", "shown"), [("never", "'never'"), (None, "None"), (1, "1")]
+)
 def test_bad_reset_on_return_without_near_match_has_no_hint(value, shown):
     problem = only_problem(with_pool(reset_on_return=value))
 
@@ -479,7 +492,9 @@ def test_every_bad_key_is_reported():
 # CONN_MAX_AGE, OPTIONS: E005, E006
 
 
-@pytest.mark.parametrize(("max_age", "shown"), [(60, "60"), (None, "None"), (0.5, "0.5")])
+@pytest.mark.parametrize(
+    ("max_age", "shown"), [(60, "60"), (None, "None"), (0.5, "0.5")]
+)
 def test_conn_max_age_other_than_zero_is_e005(max_age, shown):
     message = (
         f"DATABASES['default']['CONN_MAX_AGE'] must be 0 with a pooled ENGINE, got "
@@ -527,7 +542,9 @@ def test_other_options_are_accepted():
 # POOLCONF: E007, E008, E001
 
 
-@pytest.mark.parametrize(("poolconf", "shown"), [(["small_api"], "['small_api']"), ("x", "'x'")])
+@pytest.mark.parametrize(
+    ("poolconf", "shown"), [(["small_api"], "['small_api']"), ("x", "'x'")]
+)
 def test_poolconf_not_a_dict_is_e007(poolconf, shown):
     message = (
         f"POOLCONF must be a dict, got {shown}. "
@@ -558,7 +575,9 @@ def test_poolconf_unknown_key_without_near_match_lists_valid_keys():
     problem = only_problem(pooled(), poolconf={"SIZE": 3})
 
     assert problem == Problem(
-        "E007", "POOLCONF has an unknown key 'SIZE'.", "Valid keys are 'PRESET', 'POOL'."
+        "E007",
+        "POOLCONF has an unknown key 'SIZE'.",
+        "Valid keys are 'PRESET', 'POOL'.",
     )
 
 
@@ -575,7 +594,9 @@ def test_unknown_preset_suggests_closest():
         pool_settings("default", pooled(), poolconf={"PRESET": "smal_api"})
 
 
-@pytest.mark.parametrize(("preset", "shown"), [("huge", "'huge'"), (20, "20"), ("", "''")])
+@pytest.mark.parametrize(
+    ("preset", "shown"), [("huge", "'huge'"), (20, "20"), ("", "''")]
+)
 def test_unknown_preset_without_near_match_has_no_hint(preset, shown):
     problem = only_problem(pooled(), poolconf={"PRESET": preset})
 
@@ -677,7 +698,9 @@ def test_poolconf_pool_overrides_preset():
 
 def test_poolconf_pool_overrides_defaults():
     result = pool_settings(
-        "default", pooled(), poolconf={"POOL": {"pool_timeout": 4, "pool_recycle": None}}
+        "default",
+        pooled(),
+        poolconf={"POOL": {"pool_timeout": 4, "pool_recycle": None}},
     )
 
     assert result.pool_timeout == 4.0
@@ -749,7 +772,9 @@ def test_auto_preset_without_env_is_small(monkeypatch):
 def test_alias_pool_overrides_auto_preset(monkeypatch):
     monkeypatch.setenv("ENV", "production")
 
-    result = pool_settings("default", with_pool(pool_size=2), poolconf={"PRESET": "auto"})
+    result = pool_settings(
+        "default", with_pool(pool_size=2), poolconf={"PRESET": "auto"}
+    )
 
     assert result.pool_size == 2
 
@@ -823,7 +848,10 @@ def test_replica_of_itself_or_not_a_string_is_e009(replica_of, shown):
 
 
 def test_pool_on_non_pooled_engine_is_w001():
-    settings_dict = {"ENGINE": "django.db.backends.postgresql", "POOL": {"pool_size": 3}}
+    settings_dict = {
+        "ENGINE": "django.db.backends.postgresql",
+        "POOL": {"pool_size": 3},
+    }
 
     result, problems = validate(settings_dict, alias="legacy")
 
@@ -898,9 +926,9 @@ def test_pool_settings_raises_first_error_as_str_of_problem():
 
 
 def test_pool_settings_returns_validated_settings():
-    assert pool_settings("default", with_pool(pool_size=9), poolconf={}) == PoolSettings(
-        alias="default", pool_size=9
-    )
+    assert pool_settings(
+        "default", with_pool(pool_size=9), poolconf={}
+    ) == PoolSettings(alias="default", pool_size=9)
 
 
 def test_validate_alias_returns_no_settings_on_error():

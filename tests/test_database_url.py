@@ -141,7 +141,9 @@ def test_other_query_options_go_to_options():
 
 
 def test_encoded_query_options_keep_their_value():
-    config = database_from_url(f"{URL}?options=-c%20search_path%3Dtenant&application_name=a+b")
+    config = database_from_url(
+        f"{URL}?options=-c%20search_path%3Dtenant&application_name=a+b"
+    )
 
     assert config["OPTIONS"] == {
         "options": "-c search_path=tenant",
@@ -231,12 +233,16 @@ def test_near_miss_of_pool_option_is_rejected():
 
 
 def test_unknown_pool_option_names_alias():
-    with pytest.raises(ImproperlyConfigured, match=r"\AThe database URL of 'replica1' "):
+    with pytest.raises(
+        ImproperlyConfigured, match=r"\AThe database URL of 'replica1' "
+    ):
         database_from_url(f"{URL}?pool_szie=3", alias="replica1")
 
 
 def test_unknown_keyword_pool_option_suggests_closest():
-    with pytest.raises(ImproperlyConfigured, match=re.escape("Did you mean 'pool_size'?")):
+    with pytest.raises(
+        ImproperlyConfigured, match=re.escape("Did you mean 'pool_size'?")
+    ):
         database_from_url(URL, pool_szie=3)
 
 
@@ -252,7 +258,10 @@ def test_libpq_option_is_not_mistaken_for_pool_option():
         ("pool_size=ten", "sets pool_size='ten'; it must be an integer."),
         ("pool_size=7.5", "sets pool_size='7.5'; it must be an integer."),
         ("pool_size=", "sets pool_size=''; it must be an integer."),
-        ("statement_timeout=30s", "sets statement_timeout='30s'; it must be an integer."),
+        (
+            "statement_timeout=30s",
+            "sets statement_timeout='30s'; it must be an integer.",
+        ),
         ("pool_timeout=soon", "sets pool_timeout='soon'; it must be a number."),
         ("pool_recycle=hourly", "sets pool_recycle='hourly'; it must be a number."),
         ("pool_pre_ping=maybe", "sets pool_pre_ping='maybe'; use true or false."),
@@ -398,7 +407,9 @@ def test_env_without_replicas_is_only_default():
 
 @pytest.mark.parametrize("value", ["", " ", ",", " , ,"])
 def test_env_blank_replica_list_adds_no_replicas(value):
-    databases = databases_from_env({"DATABASE_URL": URL, "DATABASE_REPLICA_URLS": value})
+    databases = databases_from_env(
+        {"DATABASE_URL": URL, "DATABASE_REPLICA_URLS": value}
+    )
 
     assert list(databases) == ["default"]
 
@@ -430,7 +441,9 @@ def test_env_missing_database_url_names_variable(environ):
 
 
 def test_env_missing_custom_variable_names_it():
-    with pytest.raises(ImproperlyConfigured, match=r"\AThe environment variable PRIMARY_DSN "):
+    with pytest.raises(
+        ImproperlyConfigured, match=r"\AThe environment variable PRIMARY_DSN "
+    ):
         databases_from_env({"DATABASE_URL": URL}, url_variable="PRIMARY_DSN")
 
 
@@ -503,7 +516,9 @@ def test_env_reads_os_environ_by_default(monkeypatch):
 def test_env_missing_from_os_environ_names_variable(monkeypatch):
     monkeypatch.delenv("DATABASE_URL", raising=False)
 
-    with pytest.raises(ImproperlyConfigured, match=r"\AThe environment variable DATABASE_URL "):
+    with pytest.raises(
+        ImproperlyConfigured, match=r"\AThe environment variable DATABASE_URL "
+    ):
         databases_from_env()
 
 
@@ -524,7 +539,11 @@ def test_env_works_before_settings_are_configured():
     env["PYTHONPATH"] = str(Path(django_poolconf.__file__).resolve().parents[1])
 
     result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
     assert "Requested setting POOLCONF" not in result.stderr

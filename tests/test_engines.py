@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-import sqlalchemy
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 
@@ -74,7 +73,9 @@ def test_django_autocommits_after_sqlalchemy_used_the_connection():
 
 
 def test_get_engine_rejects_an_unknown_alias():
-    with pytest.raises(ImproperlyConfigured, match=r"^DATABASES has no alias 'nope'\.$"):
+    with pytest.raises(
+        ImproperlyConfigured, match=r"^DATABASES has no alias 'nope'\.$"
+    ):
         get_engine("nope")
 
 
@@ -94,7 +95,9 @@ def test_async_engine_runs_queries_with_the_same_options(pool_options):
     async def run() -> tuple[Any, Any]:
         async with engine.connect() as conn:
             timeout = (await conn.exec_driver_sql("SHOW statement_timeout")).scalar()
-            recovery = (await conn.exec_driver_sql("SELECT pg_is_in_recovery()")).scalar()
+            recovery = (
+                await conn.exec_driver_sql("SELECT pg_is_in_recovery()")
+            ).scalar()
         await engine.dispose()
         return timeout, recovery
 
@@ -111,7 +114,9 @@ def test_changed_database_name_gets_a_fresh_pool():
     try:
         other = get_engine()
         with other.connect() as conn:
-            assert conn.exec_driver_sql("SELECT current_database()").scalar() == "postgres"
+            assert (
+                conn.exec_driver_sql("SELECT current_database()").scalar() == "postgres"
+            )
     finally:
         settings_dict["NAME"] = original
         connections["default"].close()

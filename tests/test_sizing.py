@@ -25,7 +25,12 @@ def test_auto_is_not_a_fixed_preset():
 
 @pytest.mark.parametrize(
     ("preset", "capacity"),
-    [("development", 10), ("small_api", 20), ("high_traffic", 50), ("background_worker", 10)],
+    [
+        ("development", 10),
+        ("small_api", 20),
+        ("high_traffic", 50),
+        ("background_worker", 10),
+    ],
 )
 def test_preset_capacity(preset, capacity):
     assert PRESETS[preset].capacity == capacity

@@ -42,9 +42,13 @@ READ_ONLY: Final = "read_only"  # a write reached a read-only server
 class _PoolErrorWrapper(DatabaseErrorWrapper):
     """Django's error wrapper that first tells the pool what kind of error it saw."""
 
+    def __init__(self, wrapper: PooledDatabaseWrapperMixin) -> None:
+        super().__init__(wrapper)
+        self.pooled = wrapper
+
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_value is not None:
-            self.wrapper.note_pool_error(exc_value)
+            self.pooled.note_pool_error(exc_value)
         super().__exit__(exc_type, exc_value, traceback)
 
 
@@ -212,7 +216,7 @@ class PooledDatabaseWrapperMixin:
             fairy.close()
 
     def _discard(self, fairy: PoolProxiedConnection, error: str | None) -> None:
-        pool = fairy._pool  # type: ignore[attr-defined]
+        pool = fairy._pool
         if error in (DISCONNECT, READ_ONLY):
             # Connections opened before this one went to the same server before the
             # same event: replace them too, as SQLAlchemy does on a disconnect.

@@ -255,18 +255,18 @@ class DatabaseCreation(postgresql_creation.DatabaseCreation):
         self, verbosity: int, autoclobber: bool, keepdb: bool = False
     ) -> str:
         engines.dispose(self.connection.alias)
-        return super()._create_test_db(verbosity, autoclobber, keepdb)  # type: ignore[no-any-return]
+        return super()._create_test_db(verbosity, autoclobber, keepdb)  # type: ignore[misc, no-any-return]
 
     def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
         engines.dispose(self.connection.alias)
-        super()._clone_test_db(suffix, verbosity, keepdb)
+        super()._clone_test_db(suffix, verbosity, keepdb)  # type: ignore[misc]
 
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
         engines.dispose(self.connection.alias)
-        super()._destroy_test_db(test_database_name, verbosity)
+        super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
 
 
-class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrapper):  # type: ignore[misc]
+class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrapper):
     """Django's PostgreSQL wrapper, with connections borrowed from a pool."""
 
     creation_class = DatabaseCreation
@@ -275,7 +275,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     def get_connection_params(self) -> dict[str, Any]:
         if not self.is_pooled:
-            return super().get_connection_params()  # type: ignore[no-any-return]
+            return super().get_connection_params()
         settings_dict = self.settings_dict
         # Django rebuilds the parameters on every connect; they only change when these
         # do, so the steady state reuses them.
@@ -323,9 +323,9 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
     def _configured_isolation_level(self) -> Any:
         value = self.settings_dict["OPTIONS"].get("isolation_level")
         if value is None:
-            return postgresql_base.IsolationLevel.READ_COMMITTED
+            return psycopg.IsolationLevel.READ_COMMITTED
         try:
-            return postgresql_base.IsolationLevel(value)
+            return psycopg.IsolationLevel(value)
         except ValueError:
             raise ImproperlyConfigured(
                 f"Invalid transaction isolation level {value} specified. Use one of "
