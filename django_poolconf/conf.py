@@ -118,8 +118,13 @@ def pool_settings(
         alias, settings_dict, databases=databases, poolconf=poolconf
     )
     errors = [p for p in problems if p.is_error]
-    if errors or result is None:
+    if errors:
         raise ImproperlyConfigured(str(errors[0]))
+    if result is None:
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}] does not use a django-poolconf backend, so it has no "
+            "pool settings. Set its ENGINE to 'django_poolconf.backends.postgresql'."
+        )
     return result
 
 
@@ -338,8 +343,12 @@ def _number(minimum: float, *, inclusive: bool, optional: bool = False) -> Rule:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return _type_problem(where, key, value, "a number of seconds", optional)
+        try:
+            as_float = float(value)
+        except OverflowError:  # an int too large for a float
+            as_float = math.inf
         if (
-            not math.isfinite(value)
+            not math.isfinite(as_float)
             or value < minimum
             or (not inclusive and value == minimum)
         ):

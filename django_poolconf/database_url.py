@@ -20,7 +20,7 @@ from django_poolconf.conf import POOL_KEYS, validate_alias
 __all__ = ["database_from_url", "databases_from_env"]
 
 POSTGRES_ENGINE: Final = "django_poolconf.backends.postgresql"
-POSTGRES_SCHEMES: Final = frozenset({"postgres", "postgresql", "pgsql", "psql"})
+POSTGRES_SCHEMES: Final = frozenset({"postgres", "postgresql", "pgsql"})
 
 _INT_KEYS: Final = frozenset({"pool_size", "max_overflow", "statement_timeout"})
 _BOOL_KEYS: Final = frozenset({"pool_pre_ping"})
@@ -89,7 +89,9 @@ def database_from_url(
     if replica_of is not None:
         config["REPLICA_OF"] = replica_of
         config["TEST"] = {"MIRROR": replica_of}
-    _, problems = validate_alias(alias, config)
+    # POOLCONF is not consulted: this runs inside settings modules, before Django's
+    # settings exist. Presets and project defaults apply when the pool is built.
+    _, problems = validate_alias(alias, config, poolconf={})
     errors = [str(problem) for problem in problems if problem.is_error]
     if errors:
         raise ImproperlyConfigured(errors[0])

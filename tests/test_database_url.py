@@ -74,14 +74,9 @@ def test_postgres_schemes_are_accepted(scheme):
     assert config["NAME"] == "appdb"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ImproperlyConfigured,
-    reason="database_url.py POSTGRES_SCHEMES lists 'psql', but dj_database_url does "
-    "not know it, so psql:// URLs fail as 'is not a valid database URL.'",
-)
-def test_psql_scheme_is_accepted():
-    assert database_from_url(f"psql://app@{HOST}/appdb")["ENGINE"] == ENGINE
+def test_psql_scheme_is_rejected_naming_the_scheme():
+    with pytest.raises(ImproperlyConfigured, match=r"has the scheme 'psql'"):
+        database_from_url(f"psql://app@{HOST}/appdb")
 
 
 def test_without_pool_options_pool_is_empty():
@@ -522,14 +517,6 @@ def test_env_missing_from_os_environ_names_variable(monkeypatch):
         databases_from_env()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="database_url.py database_from_url() calls validate_alias(alias, config) "
-    "without poolconf, so conf.get_poolconf() reads settings.POOLCONF; before settings "
-    "are configured (settings.configure(DATABASES=databases_from_env()), a script) it "
-    "raises 'Requested setting POOLCONF, but settings are not configured.'",
-)
 def test_env_works_before_settings_are_configured():
     code = (
         "from django_poolconf import databases_from_env\n"
