@@ -8,7 +8,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, Warning
 
-from django_poolconf.conf import validate_alias
+from django_poolconf.conf import validate_alias, validate_poolconf
 
 __all__ = ["check_pool_settings"]
 
@@ -22,17 +22,16 @@ def check_pool_settings(
     databases = connections.settings
     messages: list[CheckMessage] = []
     seen: set[tuple[str, str]] = set()
+    problems = validate_poolconf()
     for alias, settings_dict in databases.items():
-        _, problems = validate_alias(alias, settings_dict, databases=databases)
-        for problem in problems:
-            # POOLCONF problems come back once per alias; report them once.
-            if (problem.id, problem.msg) in seen:
-                continue
-            seen.add((problem.id, problem.msg))
-            level = Error if problem.is_error else Warning
-            messages.append(
-                level(
-                    problem.msg, hint=problem.hint, id=f"django_poolconf.{problem.id}"
-                )
-            )
+        problems += validate_alias(alias, settings_dict, databases=databases)[1]
+    for problem in problems:
+        # POOLCONF problems come back once per pooled alias too; report them once.
+        if (problem.id, problem.msg) in seen:
+            continue
+        seen.add((problem.id, problem.msg))
+        level = Error if problem.is_error else Warning
+        messages.append(
+            level(problem.msg, hint=problem.hint, id=f"django_poolconf.{problem.id}")
+        )
     return messages

@@ -31,6 +31,7 @@ __all__ = [
     "is_pooled",
     "pool_settings",
     "validate_alias",
+    "validate_poolconf",
 ]
 
 #: ENGINE values starting with this are django-poolconf backends.
@@ -232,6 +233,11 @@ def validate_alias(
     return PoolSettings(alias=alias, replica_of=replica_of, **values), problems
 
 
+def validate_poolconf(poolconf: object | None = None) -> list[Problem]:
+    """Return the problems of the ``POOLCONF`` setting alone."""
+    return _project_defaults(get_poolconf() if poolconf is None else poolconf)[1]
+
+
 def _project_defaults(poolconf: object) -> tuple[dict[str, Any], list[Problem]]:
     """Apply ``POOLCONF``: the preset first, then ``POOLCONF["POOL"]``."""
     problems: list[Problem] = []
@@ -386,13 +392,22 @@ def _type_problem(
         "E003",
         f"{where} must be {expected}{also}, got {_show(value)} "
         f"({type(value).__name__}).",
-        hint=f"Write {key} as a Python value, not a string: e.g. {key!s}={_example(key)}.",
+        hint=(
+            f"Write {key} as a Python value, not a string: e.g. {key}={_example(key)}."
+            if isinstance(value, str)
+            else f"For example: {key}={_example(key)}."
+        ),
     )
 
 
 def _range_problem(where: str, value: object, expected: str, optional: bool) -> Problem:
     also = " or None" if optional else ""
-    return Problem("E004", f"{where} must be {expected}{also}, got {_show(value)}.")
+    key = where.rsplit("[", 1)[-1].strip("[]'\"")
+    return Problem(
+        "E004",
+        f"{where} must be {expected}{also}, got {_show(value)}.",
+        hint=f"For example: {key}={_example(key)}.",
+    )
 
 
 _EXAMPLES: Final[Mapping[str, str]] = {

@@ -56,7 +56,7 @@ def database_from_url(
     if split.scheme not in POSTGRES_SCHEMES:
         raise ImproperlyConfigured(
             f"{where} has the scheme {split.scheme!r}; django-poolconf supports "
-            "postgres:// and postgresql:// URLs."
+            "postgres://, postgresql:// and pgsql:// URLs."
         )
     pool_options: dict[str, Any] = {}
     passed: list[tuple[str, str]] = []

@@ -16,6 +16,7 @@ import pathlib
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -67,6 +68,23 @@ BASE_SETTINGS: Final[Mapping[str, str]] = {
     # With the default 5 s, a replica is slow to reconnect after a test restarts the primary.
     "wal_retrieve_retry_interval": "200ms",
 }
+
+# Run by a helper process that stops a cluster whose owner died without stopping it: killed,
+# or gone through os._exit() (as mypy does after the django-stubs plugin loaded settings
+# that start a cluster), where atexit handlers never run.
+WATCHDOG_SCRIPT: Final = """
+import os, shutil, subprocess, sys, time
+owner, pg_ctl, base_dir, remove, uid, gid, *data_dirs = sys.argv[1:]
+while os.getppid() == int(owner):
+    time.sleep(0.5)
+ids = {"user": int(uid), "group": int(gid), "extra_groups": []} if uid else {}
+for data_dir in data_dirs:
+    if os.path.exists(os.path.join(data_dir, "postmaster.pid")):
+        stop = [pg_ctl, "-D", data_dir, "-w", "-t", "30", "-m", "fast", "stop"]
+        subprocess.run(stop, capture_output=True, cwd="/", timeout=60, **ids)
+if remove:
+    shutil.rmtree(base_dir, ignore_errors=True)
+"""
 
 _clusters: list[EmbeddedCluster] = []
 
@@ -157,6 +175,14 @@ def _tail(log: pathlib.Path | None) -> str:
     return f"\nLast lines of {log}:\n" + "\n".join(lines)
 
 
+def _environ() -> dict[str, str]:
+    # PG* variables meant for the application (PGSSLMODE, PGSERVICE, ...) must not steer
+    # our tools; LC_ALL=C keeps messages in English for the "port taken" check.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
 def _run(
     program: str,
     args: Sequence[str],
@@ -173,10 +199,6 @@ def _run(
     kwargs: dict[str, Any] = {}
     if ids is not None:
         kwargs = {"user": ids[0], "group": ids[1], "extra_groups": []}
-    # PG* variables meant for the application (PGSSLMODE, PGSERVICE, ...) must not steer
-    # our tools; LC_ALL=C keeps messages in English for the "port taken" check.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-    env["LC_ALL"] = "C"
     command = [str(_bin_dir() / program), *args]
     # A file rather than a pipe: a server forked by pg_ctl might otherwise hold it open.
     with tempfile.TemporaryFile("w+") as out:
@@ -187,7 +209,7 @@ def _run(
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd="/",
-                env=env,
+                env=_environ(),
                 timeout=timeout,
                 check=False,
                 **kwargs,
@@ -382,7 +404,9 @@ class EmbeddedCluster:
         with EmbeddedCluster.start() as cluster:
             DATABASES = cluster.databases()
 
-    Clusters still running at interpreter exit are stopped by the process that started them.
+    Clusters still running at interpreter exit are stopped by the process that started them;
+    if that process dies without a chance to (killed, or ``os._exit()``), a helper process that
+    watches it stops them.
     """
 
     def __init__(
@@ -401,6 +425,7 @@ class EmbeddedCluster:
         self._settings = settings
         self._remove_base_dir = remove_base_dir
         self._owner_pid = os.getpid()
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<EmbeddedCluster primary={self.primary!r} replica={self.replica!r}>"
@@ -428,6 +453,7 @@ class EmbeddedCluster:
         cluster = cls(path, settings=settings, remove_base_dir=base_dir is None)
         _clusters.append(cluster)
         try:
+            cluster._start_watchdog()
             cluster._start_primary()
             if replica:
                 cluster._start_replica()
@@ -502,6 +528,27 @@ class EmbeddedCluster:
             _clusters.remove(self)
         if self._remove_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+        if self._watchdog is not None and os.getpid() == self._owner_pid:
+            self._watchdog.terminate()
+            self._watchdog.wait()
+            self._watchdog = None
+
+    def _start_watchdog(self) -> None:
+        ids = _os_user()
+        uid, gid = ("", "") if ids is None else (str(ids[0]), str(ids[1]))
+        args = [str(os.getpid()), str(_bin_dir() / "pg_ctl"), str(self.base_dir)]
+        args += ["1" if self._remove_base_dir else "", uid, gid]
+        args += [str(self.base_dir / "replica"), str(self.primary.data_dir)]
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG_SCRIPT, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            env=_environ(),
+            # Out of the terminal's process group, so that Ctrl-C leaves it to do its job.
+            start_new_session=True,
+        )
 
     def wait_for_replica(self, timeout: float = 30.0) -> None:
         """Block until the replica has replayed everything committed on the primary so far.

@@ -286,3 +286,18 @@ def test_check_command_honours_silenced_ids(databases):
 
     with override_settings(SILENCED_SYSTEM_CHECKS=["django_poolconf.E005"]):
         call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+def test_poolconf_is_checked_without_any_pooled_alias(monkeypatch, settings):
+    from django.db import connections
+
+    from django_poolconf.checks import check_pool_settings
+
+    monkeypatch.setitem(
+        connections.__dict__,
+        "settings",
+        {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    )
+    settings.POOLCONF = {"PRESET": "huge"}
+
+    assert [m.id for m in check_pool_settings()] == ["django_poolconf.E008"]

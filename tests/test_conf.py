@@ -12,6 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
+from django_poolconf import conf
 from django_poolconf.conf import (
     POOL_KEYS,
     POOLED_ENGINE_PREFIX,
@@ -278,10 +279,14 @@ def test_several_good_keys_together():
 
 
 def type_message(key, expected, shown, type_name, example):
+    hint = (
+        f"Write {key} as a Python value, not a string: e.g. {key}={example}."
+        if type_name == "str"
+        else f"For example: {key}={example}."
+    )
     return (
         f"DATABASES['default']['POOL'][{key!r}] must be {expected}, got {shown} "
-        f"({type_name}). Write {key} as a Python value, not a string: "
-        f"e.g. {key}={example}."
+        f"({type_name}). {hint}"
     )
 
 
@@ -374,12 +379,15 @@ def test_long_bad_value_is_cut_in_message():
     ],
 )
 def test_out_of_range_is_e004(key, value, message):
-    expected = f"DATABASES['default']['POOL'][{key!r}] {message}"
+    expected = (
+        f"DATABASES['default']['POOL'][{key!r}] {message} "
+        f"For example: {key}={conf._EXAMPLES[key]}."
+    )
 
     problem = only_problem(with_pool(**{key: value}))
 
     assert problem.id == "E004"
-    assert problem.hint is None
+    assert problem.hint == f"For example: {key}={conf._EXAMPLES[key]}."
     with pytest.raises(ImproperlyConfigured, match=whole(expected)):
         pool_settings("default", with_pool(**{key: value}), poolconf={})
 
@@ -613,7 +621,9 @@ def test_poolconf_pool_bad_value_names_poolconf():
     problem = only_problem(pooled(), poolconf={"POOL": {"pool_size": 0}})
 
     assert problem == Problem(
-        "E004", "POOLCONF['POOL']['pool_size'] must be an integer >= 1, got 0."
+        "E004",
+        "POOLCONF['POOL']['pool_size'] must be an integer >= 1, got 0.",
+        "For example: pool_size=10.",
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 import django_poolconf
+from django_poolconf import conf
 from django_poolconf.conf import pool_settings
 from django_poolconf.database_url import database_from_url, databases_from_env
 
@@ -301,6 +302,9 @@ def test_unparsable_pool_option_is_rejected(query, message):
     ],
 )
 def test_out_of_range_pool_option_is_rejected(query, message):
+    key = query.split("=")[0]
+    if key != "reset_on_return":
+        message += f" For example: {key}={conf._EXAMPLES[key]}."
     with pytest.raises(ImproperlyConfigured, match=whole(message)) as excinfo:
         database_from_url(f"{URL}?{query}")
 
@@ -329,7 +333,7 @@ def test_bad_keyword_pool_option_is_rejected():
 def test_unsupported_scheme_is_named_without_url(url, scheme):
     message = (
         f"The database URL of 'default' has the scheme {scheme!r}; django-poolconf "
-        "supports postgres:// and postgresql:// URLs."
+        "supports postgres://, postgresql:// and pgsql:// URLs."
     )
 
     with pytest.raises(ImproperlyConfigured, match=whole(message)) as excinfo:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import socket
+import subprocess
 import sys
+import time
 import warnings
 
 import psycopg
@@ -237,3 +240,30 @@ def test_databases_without_replica_has_no_replica_alias(tmp_path):
 def test_wait_for_replica_without_replica_raises(tmp_path):
     with pytest.raises(RuntimeError, match="This embedded cluster has no replica."):
         EmbeddedCluster(tmp_path).wait_for_replica()
+
+
+def test_servers_stop_when_owner_exits_without_stopping_them():
+    # os._exit() skips atexit handlers, as when mypy's django plugin loads settings.
+    script = (
+        "import os\n"
+        "from django_poolconf.embedded import EmbeddedCluster\n"
+        "cluster = EmbeddedCluster.start(replica=False)\n"
+        "print(cluster.base_dir, cluster.primary.pid(), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    root = pathlib.Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    base_dir, pid = result.stdout.split()
+    deadline = time.monotonic() + 30
+    while embedded._process_alive(int(pid)) or pathlib.Path(base_dir).exists():
+        assert time.monotonic() < deadline, (
+            "the watchdog did not stop the orphaned server"
+        )
+        time.sleep(0.1)

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Set up and run django-poolconf's example project, test suite and linters.
+
+Needs only Python 3.10+ and pip: each command creates a virtual environment in the
+repository (``.venv`` by default), installs what it needs, and runs.
+
+    python3 dev.py example   # the example project on an embedded primary and replica
+    python3 dev.py test      # the whole test suite, on its own embedded servers
+    python3 dev.py lint      # ruff and mypy
+
+Arguments after the command go to the program it runs (``python3 dev.py test -k fork``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+EXTRAS = {"example": "embedded", "test": "test", "lint": "test,lint"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=sorted(EXTRAS))
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter for the venv (default: this one)",
+    )
+    parser.add_argument(
+        "--venv", default=".venv", help="venv directory (default: .venv)"
+    )
+    parser.add_argument(
+        "--django",
+        default="",
+        help="a Django requirement to test against, e.g. 'django>=6,<7'",
+    )
+    args, rest = parser.parse_known_args()
+
+    python = _ensure_venv(
+        ROOT / args.venv, args.python, EXTRAS[args.command], args.django
+    )
+    os.chdir(ROOT)
+    if args.command == "example":
+        return _run([python, "example_project/run.py", *rest])
+    if args.command == "test":
+        return _run(
+            [
+                python,
+                "-m",
+                "pytest",
+                "--cov",
+                "--cov-report=term-missing:skip-covered",
+                *rest,
+            ]
+        )
+    code = _run([python, "-m", "ruff", "check", "."])
+    code |= _run([python, "-m", "ruff", "format", "--check", "."])
+    return code | _run([python, "-m", "mypy"])
+
+
+def _ensure_venv(path: Path, base_python: str, extras: str, django: str) -> str:
+    python = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if not python.exists():
+        print(f"creating {path.name} with {base_python}", flush=True)
+        subprocess.run([base_python, "-m", "venv", str(path)], check=True)
+    # Reinstall only when what is asked for, or the project's requirements, change.
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + f"{extras}|{django}".encode()
+    ).hexdigest()
+    stamp = path / ".django-poolconf-installed"
+    if stamp.exists() and stamp.read_text() == wanted:
+        return str(python)
+    print(f"installing django-poolconf[{extras}] into {path.name}", flush=True)
+    pip = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
+    subprocess.run(
+        [*pip, "--editable", f".[{extras}]", *([django] if django else [])],
+        check=True,
+        cwd=ROOT,
+    )
+    stamp.write_text(wanted)
+    return str(python)
+
+
+def _run(command: list[str]) -> int:
+    print("$", " ".join(command), flush=True)
+    return subprocess.run(command).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
