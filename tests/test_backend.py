@@ -449,3 +449,24 @@ def _wait_until(condition: Any, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def test_test_database_can_be_cloned_and_dropped_with_idle_pooled_connections(
+    get, admin, test_db_name
+):
+    with ThreadPoolExecutor(3) as executor:
+        list(executor.map(lambda _: _hold_briefly(), range(3)))
+    assert server_pids(admin, test_db_name)  # idle in the pool
+
+    # PostgreSQL refuses to copy a database that has other sessions, and Django's
+    # parallel test runner copies the test database this way.
+    connection.creation.clone_test_db(suffix="clone", verbosity=0)
+    clone = f"{test_db_name}_clone"
+    try:
+        exists = admin.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = %s", [clone]
+        ).fetchone()
+        assert exists == (1,)
+    finally:
+        connection.creation._destroy_test_db(clone, verbosity=0)
+    assert get("/item/").status == 200
