@@ -136,17 +136,15 @@ def test_dispose_all_closes_idle_connections(admin, test_db_name):
     assert not server_pids(admin, test_db_name)
 
 
-def test_forked_child_opens_its_own_connections(admin, test_db_name):
-    parent_pid = wsgi_get("/item/").json()["pid"]
+def _in_child(work: Any) -> int:
+    """Run ``work()`` in a forked child; return the integer it returns there."""
     reader, writer = os.pipe()
-
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
             os.close(reader)
-            child_pid = wsgi_get("/item/").json()["pid"]
-            os.write(writer, str(child_pid).encode())
+            os.write(writer, str(work()).encode())
             connections.close_all()
             dispose_all()
             code = 0
@@ -154,44 +152,40 @@ def test_forked_child_opens_its_own_connections(admin, test_db_name):
             os._exit(code)
     os.close(writer)
     with os.fdopen(reader) as pipe:
-        child_backend = int(pipe.read() or 0)
+        result = int(pipe.read() or 0)
     _, status = os.waitpid(child, 0)
-
     assert os.waitstatus_to_exitcode(status) == 0
-    assert child_backend not in (0, parent_pid)
+    return result
+
+
+def _backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]  # type: ignore[no-any-return]
+
+
+def test_forked_child_opens_its_own_connections():
+    parent_pid = wsgi_get("/item/").json()["pid"]
+
+    child_pid = _in_child(lambda: wsgi_get("/item/").json()["pid"])
+
+    assert child_pid not in (0, parent_pid)
     # The parent's pooled connection survived the child's exit.
     assert wsgi_get("/item/").json()["pid"] == parent_pid
 
 
 def test_child_forked_mid_request_forgets_the_borrowed_connection():
     connection.ensure_connection()
-    parent_backend = connection.connection.info.backend_pid
-    reader, writer = os.pipe()
+    parent_pid = connection.connection.info.backend_pid
 
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(reader)
-            assert connection.connection is None
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                os.write(writer, str(cursor.fetchone()[0]).encode())
-            connections.close_all()
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(writer)
-    with os.fdopen(reader) as pipe:
-        child_backend = int(pipe.read() or 0)
-    _, status = os.waitpid(child, 0)
+    def in_child() -> int:
+        assert connection.connection is None
+        return _backend_pid()
 
     try:
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert child_backend not in (0, parent_backend)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid()")
-            assert cursor.fetchone()[0] == parent_backend
+        child_pid = _in_child(in_child)
+        assert child_pid not in (0, parent_pid)
+        assert _backend_pid() == parent_pid
     finally:
         connection.close()
 
