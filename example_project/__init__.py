@@ -1,0 +1,1 @@
+"""An example Django project on django-poolconf's pooled PostgreSQL backend."""

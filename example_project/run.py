@@ -1,0 +1,299 @@
+"""Run the example project on an embedded PostgreSQL primary and streaming replica.
+
+    python example_project/run.py              # serve on http://127.0.0.1:8000/
+    python example_project/run.py --port 8001
+    python example_project/run.py --smoke      # a few requests, then exit 0 or 1
+
+The servers live in a temporary directory and are stopped, and their data removed,
+when this script exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from django_poolconf.embedded import EmbeddedCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE_NAME = "example"
+SEED_NOTES = (
+    "Django borrows a connection from the pool for each request.",
+    "At the end of the request the connection goes back to the pool, still open.",
+    "The replica streams everything written on the primary.",
+)
+PAGES = (
+    ("/", "the notes, with a form to add one"),
+    ("/api/notes", "the notes as JSON"),
+    ("/pool", "each pool's numbers and which server answered, as JSON"),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--port", type=int, default=8000, help="default: 8000")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="send a few requests through Django's WSGI handler instead of serving",
+    )
+    args = parser.parse_args(argv)
+
+    # The project is imported as example_project.*, from the repository root.
+    sys.path.insert(0, str(ROOT))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "example_project.settings"
+    if not args.smoke and not _port_is_free(args.port):
+        # Checked before starting PostgreSQL: runserver leaves with os._exit() when it
+        # cannot bind, which would skip stopping the cluster.
+        print(f"Port {args.port} on 127.0.0.1 is in use; try --port.", file=sys.stderr)
+        return 1
+    # Ctrl-C and `kill <pid>` both end in the finally clause that stops PostgreSQL.
+    # SIGINT is set as well because a shell without job control starts `run.py &`
+    # with SIGINT ignored, and then `kill -INT` would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    from django_poolconf.embedded import EmbeddedCluster
+
+    print("Starting PostgreSQL: a primary and a streaming replica ...", flush=True)
+    started = time.monotonic()
+    try:
+        # start() stops whatever it started when it fails or is interrupted.
+        cluster = EmbeddedCluster.start()
+    except RuntimeError as err:
+        print(f"Could not start PostgreSQL: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    try:
+        print(
+            f"Started in {time.monotonic() - started:.1f} s, in {cluster.base_dir}"
+            " (removed at exit).",
+            flush=True,
+        )
+        _prepare(cluster)
+        if args.smoke:
+            return _smoke()
+        _serve(args.port)  # runserver turns Ctrl-C into sys.exit(0)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        _shutdown(cluster)
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As runserver's socketserver does, so that a port in TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def _prepare(cluster: EmbeddedCluster) -> None:
+    """Point the settings at the cluster, set Django up, migrate and seed."""
+    assert cluster.replica is not None
+    cluster.create_database(DATABASE_NAME)
+    # What a deployment would put in the environment; settings.py reads it.
+    os.environ["DATABASE_URL"] = cluster.primary.url(DATABASE_NAME)
+    os.environ["DATABASE_REPLICA_URLS"] = cluster.replica.url(DATABASE_NAME)
+    print(f"DATABASE_URL={os.environ['DATABASE_URL']}")
+    print(f"DATABASE_REPLICA_URLS={os.environ['DATABASE_REPLICA_URLS']}", flush=True)
+
+    import django
+    from django.core.management import call_command
+    from django.db import connections
+
+    django.setup()
+    call_command("migrate", verbosity=1)
+
+    from example_project.notes.models import Note
+
+    if not Note.objects.exists():
+        Note.objects.bulk_create(Note(text=text) for text in SEED_NOTES)
+    # Return this thread's connections to their pools before serving.
+    connections.close_all()
+    # The replica has the database and the seed rows before the first request.
+    cluster.wait_for_replica()
+
+
+def _serve(port: int) -> None:
+    from django.core.management import call_command
+
+    url = f"http://127.0.0.1:{port}"
+    width = max(len(path) for path, _ in PAGES)
+    print()
+    print(f"The example project is at {url}/")
+    for path, what in PAGES:
+        print(f"  {url}{path:<{width}}  {what}")
+    print("Stop it with Ctrl-C; that also stops PostgreSQL.")
+    print(flush=True)
+    # The autoreloader would run this script again in a child process, with a second cluster.
+    # call_command() skips system checks unless told otherwise; runserver should run them.
+    call_command(
+        "runserver", f"127.0.0.1:{port}", use_reloader=False, skip_checks=False
+    )
+
+
+def _smoke() -> int:
+    """Send requests as a WSGI server would and check the answers; return the exit status."""
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.management import call_command
+    from django.db import connections
+    from django.test import RequestFactory
+    from sqlalchemy.pool import QueuePool
+
+    from django_poolconf import get_engine
+
+    # As runserver does, plus the checks that connect to each database.
+    call_command("check", databases=list(connections))
+    connections.close_all()
+    handler = WSGIHandler()
+    factory = RequestFactory(HTTP_HOST="127.0.0.1")
+    failures: list[str] = []
+
+    def request(method: str, path: str, expected: int, **kwargs: Any) -> _Response:
+        environ = getattr(factory, method.lower())(path, **kwargs).environ
+        response = _call(handler, environ)
+        ok = response.status == expected
+        print(
+            f"{method:<4} {path:<11} {response.status}  {response.elapsed_ms:6.1f} ms"
+        )
+        if not ok:
+            failures.append(
+                f"{method} {path} answered {response.status}, not {expected}"
+            )
+        return response
+
+    def check(condition: bool, failure: str) -> None:
+        if not condition:
+            failures.append(failure)
+
+    page = request("GET", "/", 200)
+    check(SEED_NOTES[0] in page.text, "the notes page does not list the seed notes")
+
+    # The form's CSRF protection is on: send back the cookie and its token, as a browser does.
+    token = page.cookies.get("csrftoken")
+    check(token is not None, "the notes page set no csrftoken cookie")
+    text = "Written by the smoke test."
+    posted = request(
+        "POST",
+        "/",
+        302,
+        data={"text": text, "csrfmiddlewaretoken": token or ""},
+        HTTP_COOKIE=f"csrftoken={token}",
+    )
+    check(posted.headers.get("Location") == "/", "adding a note did not redirect to /")
+
+    notes = request("GET", "/api/notes", 200).json()["notes"]
+    check(notes[0]["text"] == text, "the new note is not the first in /api/notes")
+
+    for _ in range(3):
+        aliases = request("GET", "/pool", 200).json()["aliases"]
+    check(
+        aliases["default"]["server"]["in_recovery"] is False,
+        "'default' is not served by the primary",
+    )
+    check(
+        aliases["replica1"]["server"]["in_recovery"] is True,
+        "'replica1' is not served by the replica",
+    )
+    check(
+        aliases["default"]["checked_out"] == 1,
+        "/pool did not see its own checked-out connection",
+    )
+    request("GET", "/", 200)
+
+    print()
+    for alias in ("default", "replica1"):
+        pool = cast(QueuePool, get_engine(alias).pool)
+        print(f"{alias}: {pool.status()}")
+        check(pool.checkedout() == 0, f"{alias!r} has connections checked out")
+
+    if failures:
+        print("\nSmoke test FAILED:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    print("\nSmoke test passed: every request answered as expected.")
+    return 0
+
+
+class _Response:
+    def __init__(
+        self, status: int, headers: dict[str, str], body: bytes, elapsed_ms: float
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.elapsed_ms = elapsed_ms
+        cookies: SimpleCookie = SimpleCookie()
+        for name, value in headers.items():
+            if name.lower() == "set-cookie":
+                cookies.load(value)
+        self.cookies = {name: morsel.value for name, morsel in cookies.items()}
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _call(handler: WSGIHandler, environ: dict[str, Any]) -> _Response:
+    """One whole request cycle, as a WSGI server runs it.
+
+    Django's test client keeps the connection checked out between requests; a server
+    calls ``close()`` on the response, which sends ``request_finished``, which returns
+    the connection to the pool.
+    """
+    started = time.perf_counter()
+    statuses: list[str] = []
+    headers: dict[str, str] = {}
+
+    def start_response(
+        status: str, response_headers: Any, exc_info: Any = None
+    ) -> None:
+        statuses.append(status)
+        # Only one Set-Cookie (csrftoken) is expected; a dict is enough here.
+        headers.update(response_headers)
+
+    result = handler(environ, start_response)
+    with contextlib.closing(result):
+        body = b"".join(result)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return _Response(int(statuses[0].split()[0]), headers, body, elapsed_ms)
+
+
+def _shutdown(cluster: EmbeddedCluster) -> None:
+    print("Stopping PostgreSQL ...", flush=True)
+    from django_poolconf import dispose_all
+
+    try:
+        # Close the pooled connections first, so the servers stop without ending sessions.
+        dispose_all()
+    finally:
+        cluster.stop()
+    print("Stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

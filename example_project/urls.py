@@ -1,0 +1,9 @@
+"""URLs of the example project."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("example_project.notes.urls")),
+]
