@@ -16,6 +16,7 @@ import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from django.conf import settings
@@ -97,10 +98,17 @@ def is_pooled(settings_dict: Mapping[str, Any]) -> bool:
     return str(settings_dict.get("ENGINE", "")).startswith(POOLED_ENGINE_PREFIX)
 
 
+_NO_POOLCONF: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
 def get_poolconf() -> Mapping[str, Any]:
-    """The project-wide ``POOLCONF`` setting, ``{}`` when unset."""
+    """The project-wide ``POOLCONF`` setting, empty when unset.
+
+    The same object comes back while the setting is unchanged, so callers may cache
+    on its identity.
+    """
     value = getattr(settings, "POOLCONF", None)
-    return {} if value is None else value
+    return _NO_POOLCONF if value is None else value
 
 
 def pool_settings(

@@ -28,7 +28,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
 from django_poolconf.conf import PoolSettings
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
@@ -70,6 +70,9 @@ class ConnectionHooks(Protocol):
 
         Raise to have the connection closed instead of pooled.
         """
+
+    def for_sqlalchemy(self, dbapi_connection: Any) -> None:
+        """Prepare a connection for a SQLAlchemy ``Connection`` (Django's differ)."""
 
     def async_connect_args(self) -> dict[str, Any]:
         """Keyword arguments for ``psycopg.AsyncConnection.connect`` (no Django objects)."""
@@ -303,6 +306,10 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
                 validation_timeout,
             )
             raise exc.InvalidatePoolError("ping failed")
+
+    @event.listens_for(engine, "engine_connect")
+    def on_engine_connect(connection: Connection) -> None:
+        hooks.for_sqlalchemy(connection.connection.dbapi_connection)
 
     @event.listens_for(engine, "checkin")
     def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

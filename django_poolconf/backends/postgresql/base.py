@@ -193,10 +193,9 @@ class PostgresHooks:
             dbapi_connection.autocommit = True
             dbapi_connection.execute("DISCARD ALL")
         dbapi_connection.session_changed = False
-        # What a fresh connection has, for the next borrower, Django or SQLAlchemy.
-        # These are client-side attributes: setting them costs no round trip.
-        if dbapi_connection.autocommit:
-            dbapi_connection.autocommit = False
+        # What a fresh connection has, for the next borrower. These are client-side
+        # attributes: setting them costs no round trip. Autocommit stays as it is:
+        # Django sets it on every checkout, and so does for_sqlalchemy().
         if dbapi_connection.isolation_level != dbapi_connection.isolation_default:
             dbapi_connection.isolation_level = dbapi_connection.isolation_default
         if dbapi_connection.read_only is not None:
@@ -204,6 +203,12 @@ class PostgresHooks:
         if dbapi_connection.deferrable is not None:
             dbapi_connection.deferrable = None
         return full
+
+    def for_sqlalchemy(self, dbapi_connection: PooledConnection) -> None:
+        # SQLAlchemy drives transactions itself, on a non-autocommit connection;
+        # Django leaves its connections in autocommit mode.
+        if dbapi_connection.autocommit:
+            dbapi_connection.autocommit = False
 
     def async_connect_args(self) -> dict[str, Any]:
         return {
