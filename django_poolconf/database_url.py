@@ -48,11 +48,17 @@ def database_from_url(
         pool option; the message never contains the URL.
     """
     where = f"The database URL of {alias!r}"
+    encode = (
+        "Percent-encode special characters in the user and password "
+        "(@ is %40, / is %2F, : is %3A, # is %23)."
+    )
     try:
         split = urlsplit(url)
+        if "@" in split.path or split.fragment:
+            raise ValueError
         split.port  # noqa: B018 - urlsplit checks the port lazily
     except ValueError:
-        raise ImproperlyConfigured(f"{where} is not a valid URL.") from None
+        raise ImproperlyConfigured(f"{where} is not a valid URL. {encode}") from None
     if split.scheme not in POSTGRES_SCHEMES:
         raise ImproperlyConfigured(
             f"{where} has the scheme {split.scheme!r}; django-poolconf supports "

@@ -395,10 +395,21 @@ class EmbeddedServer:
 class EmbeddedCluster:
     """A primary and (optionally) a streaming replica of it, in a temporary directory.
 
-    Start it with :meth:`start`, best as a context manager::
+    Start it with :meth:`start`. In a script or a test session, a ``with`` block stops it
+    at the end::
 
         with EmbeddedCluster.start() as cluster:
-            DATABASES = cluster.databases()
+            cluster.create_database("app")
+            run_tests(cluster.databases("app"))
+
+    A process that needs it for its whole life (a development server) starts it and
+    lets interpreter exit stop it::
+
+        cluster = EmbeddedCluster.start()
+        cluster.create_database("app")
+        DATABASES = cluster.databases("app")
+
+    The data lives in a temporary directory and is gone when the cluster stops.
 
     Clusters still running at interpreter exit are stopped by the process that started them;
     if that process dies without a chance to (killed, or ``os._exit()``), a helper process that

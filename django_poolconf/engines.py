@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 #: Keys this package keeps in a pooled connection's ``info`` dict.
 INFO_NEW: Final = "django_poolconf.new"  # Django has not initialized it yet
 INFO_RETURNED_AT: Final = "django_poolconf.returned_at"  # monotonic seconds
+INFO_FRESH: Final = "django_poolconf.fresh"  # opened, not yet checked out
 
 #: Recycling takes up to this fraction off ``pool_recycle``, so that connections
 #: opened together are not all replaced together (psycopg_pool takes up to 5 %).
@@ -74,8 +75,8 @@ class ConnectionHooks(Protocol):
     def for_sqlalchemy(self, dbapi_connection: Any) -> None:
         """Prepare a connection for a SQLAlchemy ``Connection`` (Django's differ)."""
 
-    def async_connect_args(self) -> dict[str, Any]:
-        """Keyword arguments for ``psycopg.AsyncConnection.connect`` (no Django objects)."""
+    async def async_connect(self) -> Any:
+        """Open a new asyncio driver connection, for :func:`get_async_engine`."""
 
 
 @dataclass
@@ -124,17 +125,10 @@ def get_async_engine(alias: str = DEFAULT_DB_ALIAS) -> AsyncEngine:
         if entry.engine is not engine:  # pragma: no cover - a concurrent rebuild
             raise ImproperlyConfigured(f"The pool of {alias!r} was rebuilt; try again.")
         if entry.async_engine is None:
-            import psycopg
-
             settings = entry.settings
-            connect_args = entry.hooks.async_connect_args()
-
-            async def async_creator() -> psycopg.AsyncConnection[Any]:
-                return await psycopg.AsyncConnection.connect(**connect_args)
-
             entry.async_engine = create_async_engine(
                 "postgresql+psycopg://",
-                async_creator=async_creator,
+                async_creator=entry.hooks.async_connect,
                 pool_size=settings.pool_size,
                 max_overflow=settings.max_overflow,
                 pool_timeout=settings.pool_timeout,
@@ -184,7 +178,13 @@ def engine_for(
     database) disposes of the old engine and builds a new one.
     """
     entry = _registry.get(alias)
-    if entry is not None and entry.fingerprint == fingerprint and entry.pid == _pid:
+    # Comparing with os.getpid() here, not only in the fork hook, also catches a
+    # fork that bypassed Python's hooks; it costs one system call per checkout.
+    if (
+        entry is not None
+        and entry.fingerprint == fingerprint
+        and entry.pid == os.getpid()
+    ):
         return entry.engine
     with _lock:
         entry = _registry.get(alias)
@@ -237,9 +237,22 @@ def _dispose_entry(alias: str, entry: _Registered) -> None:
         return
     entry.engine.dispose()
     if entry.async_engine is not None:
-        # AsyncEngine.dispose() needs an event loop; the sync pool under it does not.
-        entry.async_engine.sync_engine.dispose()
+        _dispose_async(entry.async_engine)
     logger.info("disposed pool for %r", alias)
+
+
+def _dispose_async(engine: AsyncEngine) -> None:
+    """Close an async pool's idle connections from synchronous code."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop in this thread: run one for the closing
+        asyncio.run(engine.dispose())
+    else:
+        # Inside a running loop, nothing here may wait: drop the connections and
+        # let the garbage collector close them.
+        engine.sync_engine.dispose(close=False)
 
 
 def _build_engine(alias: str, settings: PoolSettings, hooks: ConnectionHooks) -> Engine:
@@ -278,7 +291,7 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         info = record.info
-        info[INFO_NEW] = True
+        info[INFO_NEW] = info[INFO_FRESH] = True
         info[INFO_RETURNED_AT] = monotonic()
         if recycle is not None:
             # Age the connection by a random fraction of its lifetime. Never age it
@@ -291,12 +304,13 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
     def on_checkout(
         dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
     ) -> None:
-        if not pre_ping:
-            return
+        info = record.info
+        if info.pop(INFO_FRESH, False) or not pre_ping:
+            return  # a connection opened just now needs no ping
         # The ping is the only round trip here, and only for a connection that has
         # been idle a while or that the server visibly wrote to while idle.
         if (
-            monotonic() - record.info[INFO_RETURNED_AT] > threshold
+            monotonic() - info[INFO_RETURNED_AT] > threshold
             or hooks.has_unread_input(dbapi_connection)
         ) and not hooks.ping(dbapi_connection, validation_timeout):
             logger.warning(
@@ -328,8 +342,6 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
 
 # -- processes ----------------------------------------------------------------
 
-_pid = os.getpid()
-
 
 def _abandon_inherited(entry: _Registered) -> None:
     """Drop a pool inherited across fork() without touching its sockets.
@@ -345,8 +357,7 @@ def _abandon_inherited(entry: _Registered) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _pid, _lock
-    _pid = os.getpid()
+    global _lock
     # Another thread of the parent may have held the lock at fork time.
     _lock = threading.Lock()
     for entry in list(_registry.values()):

@@ -351,7 +351,10 @@ def test_unsupported_scheme_is_named_without_url(url, scheme):
     ],
 )
 def test_malformed_url_is_rejected_without_url(url):
-    message = "The database URL of 'default' is not a valid URL."
+    message = (
+        "The database URL of 'default' is not a valid URL. Percent-encode special "
+        "characters in the user and password (@ is %40, / is %2F, : is %3A, # is %23)."
+    )
 
     with pytest.raises(ImproperlyConfigured, match=whole(message)) as excinfo:
         database_from_url(url)
@@ -539,3 +542,12 @@ def test_env_works_before_settings_are_configured():
 
     assert "Requested setting POOLCONF" not in result.stderr
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("password", ["p@ss/w:rd", "pa#ss"])
+def test_unencoded_password_is_reported_without_the_url(password):
+    with pytest.raises(ImproperlyConfigured, match="Percent-encode") as raised:
+        database_from_url(f"postgres://app:{password}@db.example:5432/app")
+
+    assert password not in str(raised.value)
+    assert "db.example" not in str(raised.value)

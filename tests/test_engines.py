@@ -262,3 +262,28 @@ def test_ping_of_a_stalled_connection_is_bounded_by_validation_timeout(pool_opti
     # path then gave up after connect_timeout: never longer.
     assert 0.5 <= elapsed < 0.5 + 2 + 1.5, elapsed
     assert "127.0.0.1" not in str(raised.value)
+
+
+def test_async_connect_failure_is_redacted(pool_options):
+    from django_poolconf import ConnectionFailed
+
+    settings_dict = connections.settings["default"]
+    original = settings_dict["PORT"]
+    settings_dict["PORT"] = "1"
+    pool_options(connect_timeout=2)
+    engine = get_async_engine()
+
+    async def run() -> None:
+        try:
+            async with engine.connect():
+                pass  # pragma: no cover - the server is not there
+        finally:
+            await engine.dispose()
+
+    try:
+        with pytest.raises(ConnectionFailed) as raised:
+            asyncio.run(run())
+    finally:
+        settings_dict["PORT"] = original
+    assert "127.0.0.1" not in str(raised.value)
+    assert "port 1" not in str(raised.value)

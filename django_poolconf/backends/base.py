@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 
 from django_poolconf import engines
 from django_poolconf.conf import PoolSettings, get_poolconf, pool_settings
-from django_poolconf.errors import PoolTimeout
+from django_poolconf.errors import ConnectionFailed, PoolTimeout
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -66,7 +66,7 @@ class PooledDatabaseWrapperMixin:
 
     _pool_fairy: PoolProxiedConnection | None = None
     _pool_error: str | None = None
-    _pool_settings_cache: tuple[object, object, PoolSettings] | None = None
+    _pool_settings_cache: tuple[tuple[object, ...], PoolSettings] | None = None
     _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None
 
     # -- configuration ---------------------------------------------------------
@@ -81,20 +81,33 @@ class PooledDatabaseWrapperMixin:
 
         :raises ImproperlyConfigured: when they are invalid.
         """
-        raw = self.settings_dict.get("POOL")
-        poolconf = get_poolconf()
+        settings_dict = self.settings_dict
+        # What validation reads. Objects compare by identity, not equality:
+        # override_settings swaps whole objects, and identity keeps this cheap.
+        key = (
+            id(settings_dict.get("POOL")),
+            id(get_poolconf()),
+            id(settings_dict.get("OPTIONS")),
+            settings_dict.get("CONN_MAX_AGE"),
+            settings_dict.get("REPLICA_OF"),
+        )
         cached = self._pool_settings_cache
-        # Identity, not equality: override_settings swaps whole objects, and an
-        # identity test keeps this off the per-request cost.
-        if cached is not None and cached[0] is raw and cached[1] is poolconf:
-            return cached[2]
+        if cached is not None and cached[0] == key:
+            return cached[1]
         from django.db import connections
 
         result = pool_settings(
-            self.alias, self.settings_dict, databases=connections.settings
+            self.alias, settings_dict, databases=connections.settings
         )
-        self._pool_settings_cache = (raw, poolconf, result)
+        self._pool_settings_cache = (key, result)
         return result
+
+    def close_if_health_check_failed(self) -> None:
+        # Django calls this before connecting, and its PostgreSQL wrapper then loads
+        # its own pool for OPTIONS["pool"]: report our configuration error first.
+        if self.connection is None and self.is_pooled:
+            self.get_pool_settings()
+        super().close_if_health_check_failed()  # type: ignore[misc]
 
     def check_settings(self) -> None:
         super().check_settings()  # type: ignore[misc]
@@ -190,8 +203,14 @@ class PooledDatabaseWrapperMixin:
         except sa_exc.TimeoutError:
             settings = self.get_pool_settings()
             raise PoolTimeout(
-                f"No connection for {self.alias!r} within {settings.pool_timeout:g} s "
+                f"No connection for {self.alias!r} within {settings.pool_timeout} s "
                 f"(pool_size={settings.pool_size}, max_overflow={settings.max_overflow})."
+            ) from None
+        except sa_exc.SQLAlchemyError:
+            # SQLAlchemy gave up after reconnecting failed its checks twice.
+            raise ConnectionFailed(
+                f"Could not get a working connection for {self.alias!r}: new "
+                "connections failed their checks."
             ) from None
         self._pool_fairy = fairy
         return fairy.dbapi_connection

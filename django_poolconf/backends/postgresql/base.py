@@ -210,12 +210,20 @@ class PostgresHooks:
         if dbapi_connection.autocommit:
             dbapi_connection.autocommit = False
 
-    def async_connect_args(self) -> dict[str, Any]:
-        return {
+    async def async_connect(self) -> psycopg.AsyncConnection[Any]:
+        # Django's adapters and cursor classes are for synchronous connections.
+        params = {
             key: value
             for key, value in self.conn_params.items()
             if key not in {"context", "cursor_factory"}
         }
+        try:
+            return await psycopg.AsyncConnection.connect(**params)
+        except psycopg.OperationalError as error:
+            raise ConnectionFailed(
+                f"Could not open a connection for {self.alias!r}: "
+                f"{_redact(str(error), self.conn_params)}"
+            ) from None
 
 
 def _wait(fileno: int, deadline: float, *, write: bool) -> bool:
@@ -230,16 +238,20 @@ def _wait(fileno: int, deadline: float, *, write: bool) -> bool:
 _LIBPQ_TARGET: Final = re.compile(
     r'connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?(?:, port \d+)? failed: '
 )
-_SECRET_PARAMS: Final = ("password", "host", "hostaddr", "user", "dbname", "service")
+# User and database names stay: they are no secret, and an operator needs them.
+_SECRET_PARAMS: Final = ("password", "host", "hostaddr")
 
 
 def _redact(message: str, conn_params: dict[str, Any]) -> str:
-    """Drop host, port, user and password from a libpq error message."""
+    """Drop the host, port and password from a libpq error message."""
     message = _LIBPQ_TARGET.sub("", message)
     for name in _SECRET_PARAMS:
         value = conn_params.get(name)
-        if isinstance(value, str) and len(value) >= 3:
-            message = message.replace(value, "***")
+        if isinstance(value, str) and value:
+            # Whole words only, so that a short host such as "db" is hidden without
+            # mangling the words around it.
+            pattern = rf"(?<![\w.-]){re.escape(value)}(?![\w.-])"
+            message = re.sub(pattern, "***", message)
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return " ".join(lines) or "the server refused or did not answer"
 
@@ -364,7 +376,16 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             return None
         sqlstate = error.sqlstate or ""
         if sqlstate == "25006":  # read_only_sql_transaction
-            return READ_ONLY
+            # A standby reports in_hot_standby=on (PostgreSQL 14+) with no round trip:
+            # only then did the primary move. A transaction the application made read
+            # only is its own business. Older servers do not say: assume the worst.
+            connection = self.connection
+            standby = (
+                None
+                if connection is None
+                else connection.info.parameter_status("in_hot_standby")
+            )
+            return None if standby == "off" else READ_ONLY
         if sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}:
             return DISCONNECT
         connection = self.connection
