@@ -7,6 +7,7 @@ repository (``.venv`` by default), installs what it needs, and runs.
     python3 dev.py example   # the example project on an embedded primary and replica
     python3 dev.py test      # the whole test suite, on its own embedded servers
     python3 dev.py lint      # ruff and mypy
+    python3 dev.py docs      # the Sphinx docs, warnings as errors
 
 Arguments after the command go to the program it runs (``python3 dev.py test -k fork``).
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-EXTRAS = {"example": "embedded", "test": "test", "lint": "test,lint"}
+EXTRAS = {"example": "embedded", "test": "test", "lint": "test,lint", "docs": "docs"}
 
 
 def main() -> int:
@@ -57,6 +59,21 @@ def main() -> int:
                 "--cov",
                 "--cov-report=term-missing:skip-covered",
                 *rest,
+            ]
+        )
+    if args.command == "docs":
+        return _run(
+            [
+                python,
+                "-m",
+                "sphinx",
+                "-W",
+                "--keep-going",
+                "-q",
+                "-b",
+                "html",
+                "docs",
+                "docs/_build/html",
             ]
         )
     code = _run([python, "-m", "ruff", "check", "."])
@@ -96,7 +113,14 @@ def _ensure_venv(path: Path, base_python: str, extras: str, django: str) -> str:
 
 def _run(command: list[str]) -> int:
     print("$", " ".join(command), flush=True)
-    return subprocess.run(command).returncode
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the whole process group; a SIGINT sent to this process
+        # alone must still let the program (and the servers it started) stop cleanly.
+        process.send_signal(signal.SIGINT)
+        return process.wait()
 
 
 if __name__ == "__main__":
