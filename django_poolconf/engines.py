@@ -28,7 +28,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
 from django_poolconf.conf import PoolSettings
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
@@ -72,9 +72,6 @@ class ConnectionHooks(Protocol):
         Raise to have the connection closed instead of pooled.
         """
 
-    def for_sqlalchemy(self, dbapi_connection: Any) -> None:
-        """Prepare a connection for a SQLAlchemy ``Connection`` (Django's differ)."""
-
     async def async_connect(self) -> Any:
         """Open a new asyncio driver connection, for :func:`get_async_engine`."""
 
@@ -91,6 +88,9 @@ class _Registered:
 
 _lock = threading.Lock()
 _registry: dict[str, _Registered] = {}
+
+#: Connections a forked child inherited checked out: kept, never used or closed.
+INHERITED: list[object] = []
 
 
 def get_engine(alias: str = DEFAULT_DB_ALIAS) -> Engine:
@@ -320,10 +320,6 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
                 validation_timeout,
             )
             raise exc.InvalidatePoolError("ping failed")
-
-    @event.listens_for(engine, "engine_connect")
-    def on_engine_connect(connection: Connection) -> None:
-        hooks.for_sqlalchemy(connection.connection.dbapi_connection)
 
     @event.listens_for(engine, "checkin")
     def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

@@ -100,7 +100,8 @@ def test_pool_of_4_plus_4_opens_at_most_8_connections_under_32_threads(
 
     def watch() -> None:
         nonlocal most_at_once
-        with psycopg.connect(admin.info.dsn) as watcher:
+        # Autocommit: inside one transaction pg_stat_activity is a frozen snapshot.
+        with psycopg.connect(admin.info.dsn, autocommit=True) as watcher:
             while not stop.is_set():
                 pids = server_pids(watcher, test_db_name)
                 most_at_once = max(most_at_once, len(pids))
@@ -533,3 +534,92 @@ def test_django_pool_option_is_reported_before_django_loads_its_pool():
             cursor.execute("SELECT 1")
     finally:
         settings_dict["OPTIONS"] = original
+
+
+def test_connection_closed_inside_atomic_is_rolled_back_for_the_next_borrower(get):
+    from django.db import transaction
+
+    from tests.testapp.models import Item
+
+    with transaction.atomic():
+        Item.objects.create(name="a")
+        pid = connection.connection.info.backend_pid
+        connection.close()  # returned to the pool in the middle of a transaction
+
+    after = get("/session/").json()
+    assert after["pid"] == pid
+    assert after["in_transaction"] is False
+    assert get("/item/").json()["found"] is False
+
+
+def test_read_only_flag_set_by_a_borrower_is_not_inherited(get):
+    from django.db import transaction
+
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    connection.connection.read_only = True  # e.g. code that used the driver directly
+    connection.close()
+
+    with transaction.atomic():
+        assert connection.connection.info.backend_pid == pid
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW transaction_read_only")
+            assert cursor.fetchone() == ("off",)
+    connection.close()
+
+
+def test_session_set_up_on_connection_created_is_kept_and_costs_no_reset(
+    get, admin, test_db_name
+):
+    def set_up(sender: Any, connection: Any, **kwargs: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SET application_name = 'set-up-by-receiver'")
+
+    connection_created.connect(set_up)
+    try:
+        get("/item/")
+        _reset_statements(admin)
+        for _ in range(5):
+            get("/item/")
+        name = get("/sql/", q="SHOW application_name").json()["row"]
+    finally:
+        connection_created.disconnect(set_up)
+
+    assert "DISCARD ALL" not in _statements(admin, test_db_name)
+    assert name == ["set-up-by-receiver"]
+
+
+def test_fully_reset_connection_is_set_up_again(get):
+    created: list[int] = []
+
+    def count(sender: Any, connection: Any, **kwargs: Any) -> None:
+        created.append(connection.connection.info.backend_pid)
+
+    connection_created.connect(count)
+    try:
+        first = get("/change-session/").json()["pid"]
+        second = get("/item/").json()["pid"]
+    finally:
+        connection_created.disconnect(count)
+
+    assert first == second
+    assert created == [first, first]  # once when opened, once after DISCARD ALL
+
+
+def test_test_database_can_be_cloned_while_another_alias_has_idle_connections(
+    admin, test_db_name
+):
+    # A second alias on the same database, as a mirror or a replica alias that
+    # points at the primary in development: its pool holds connections too.
+    connections.settings["mirror"] = dict(connections["default"].settings_dict)
+    try:
+        with get_engine("mirror").connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        assert server_pids(admin, test_db_name)
+
+        connection.creation.clone_test_db(suffix="mirror", verbosity=0)
+        connection.creation._destroy_test_db(f"{test_db_name}_mirror", verbosity=0)
+    finally:
+        engines.dispose("mirror")
+        del connections["mirror"]
+        del connections.settings["mirror"]

@@ -287,3 +287,52 @@ def test_async_connect_failure_is_redacted(pool_options):
         settings_dict["PORT"] = original
     assert "127.0.0.1" not in str(raised.value)
     assert "port 1" not in str(raised.value)
+
+
+def test_sqlalchemy_autocommit_isolation_level_is_honoured():
+    wsgi_get("/item/")  # Django used the connection last
+    engine = get_engine().execution_options(isolation_level="AUTOCOMMIT")
+
+    with engine.connect() as conn:
+        conn.exec_driver_sql("VACUUM testapp_item")  # refused inside a transaction
+
+
+def test_raw_connection_after_django_is_not_in_autocommit():
+    wsgi_get("/item/")
+
+    raw = get_engine().raw_connection()
+    try:
+        assert raw.driver_connection.autocommit is False
+    finally:
+        raw.close()
+
+
+def test_fork_while_another_thread_holds_the_pool_lock_does_not_hang():
+    connection.ensure_connection()  # the forking thread borrows a connection
+    pool = get_engine().pool
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with pool._pool.mutex:
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            os._exit(0 if connection.connection is None else 1)
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(child, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(child, 9)
+                os.waitpid(child, 0)
+                pytest.fail("the child hung in the fork hook")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        release.set()
+        holder.join()
+        connection.close()

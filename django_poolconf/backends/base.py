@@ -273,5 +273,8 @@ class PooledDatabaseWrapperMixin:
             return
         self._pool_fairy = None
         self.connection = None
-        # Detaching hands the pool entry back without any I/O on the parent's socket.
-        fairy.detach()
+        # Touch nothing of the parent's pool: another thread of the parent may have
+        # held its lock at fork time, and it stays held in the child forever. Keep
+        # the borrowed entry alive instead: collected, SQLAlchemy would return it,
+        # taking that lock, and reset it, writing to the parent's socket.
+        engines.INHERITED.append(fairy)

@@ -193,9 +193,11 @@ class PostgresHooks:
             dbapi_connection.autocommit = True
             dbapi_connection.execute("DISCARD ALL")
         dbapi_connection.session_changed = False
-        # What a fresh connection has, for the next borrower. These are client-side
-        # attributes: setting them costs no round trip. Autocommit stays as it is:
-        # Django sets it on every checkout, and so does for_sqlalchemy().
+        # What a fresh connection has, for the next borrower, Django or SQLAlchemy
+        # (which begins transactions itself, on a non-autocommit connection). These
+        # are client-side attributes: setting them costs no round trip.
+        if dbapi_connection.autocommit:
+            dbapi_connection.autocommit = False
         if dbapi_connection.isolation_level != dbapi_connection.isolation_default:
             dbapi_connection.isolation_level = dbapi_connection.isolation_default
         if dbapi_connection.read_only is not None:
@@ -203,12 +205,6 @@ class PostgresHooks:
         if dbapi_connection.deferrable is not None:
             dbapi_connection.deferrable = None
         return full
-
-    def for_sqlalchemy(self, dbapi_connection: PooledConnection) -> None:
-        # SQLAlchemy drives transactions itself, on a non-autocommit connection;
-        # Django leaves its connections in autocommit mode.
-        if dbapi_connection.autocommit:
-            dbapi_connection.autocommit = False
 
     async def async_connect(self) -> psycopg.AsyncConnection[Any]:
         # Django's adapters and cursor classes are for synchronous connections.
@@ -268,18 +264,21 @@ class DatabaseCreation(postgresql_creation.DatabaseCreation):
     connections to it are open, and idle pooled connections are open connections.
     """
 
+    # Every pool, not only this alias's: a mirror, or a replica alias that points at
+    # the primary in development, holds connections to the same database.
+
     def _create_test_db(
         self, verbosity: int, autoclobber: bool, keepdb: bool = False
     ) -> str:
-        engines.dispose(self.connection.alias)
+        engines.dispose_all()
         return super()._create_test_db(verbosity, autoclobber, keepdb)  # type: ignore[misc, no-any-return]
 
     def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
-        engines.dispose(self.connection.alias)
+        engines.dispose_all()
         super()._clone_test_db(suffix, verbosity, keepdb)  # type: ignore[misc]
 
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
-        engines.dispose(self.connection.alias)
+        engines.dispose_all()
         super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
 
 
