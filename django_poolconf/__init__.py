@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConnectionFailed",
+    "PoolClosed",
     "PoolError",
     "PoolTimeout",
     "database_from_url",
@@ -20,7 +21,12 @@ __all__ = [
 if TYPE_CHECKING:
     from django_poolconf.database_url import database_from_url, databases_from_env
     from django_poolconf.engines import dispose_all, get_async_engine, get_engine
-    from django_poolconf.errors import ConnectionFailed, PoolError, PoolTimeout
+    from django_poolconf.errors import (
+        ConnectionFailed,
+        PoolClosed,
+        PoolError,
+        PoolTimeout,
+    )
 
 # Imported on first use, so that `import django_poolconf` in a settings module (for
 # databases_from_env) does not import Django's database layer or SQLAlchemy.
@@ -31,6 +37,7 @@ _LAZY = {
     "get_async_engine": "django_poolconf.engines",
     "get_engine": "django_poolconf.engines",
     "ConnectionFailed": "django_poolconf.errors",
+    "PoolClosed": "django_poolconf.errors",
     "PoolError": "django_poolconf.errors",
     "PoolTimeout": "django_poolconf.errors",
 }

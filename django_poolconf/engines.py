@@ -26,6 +26,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
 
 from django_poolconf.conf import PoolSettings
+from django_poolconf.errors import PoolClosed
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -91,6 +92,10 @@ _registry: dict[str, _Registered] = {}
 
 #: Connections a forked child inherited checked out: kept, never used or closed.
 INHERITED: list[object] = []
+
+# Bumped each time an alias's engine is disposed; an engine built for an older
+# generation is retired.
+_generations: dict[str, int] = {}
 
 
 def get_engine(alias: str = DEFAULT_DB_ALIAS) -> Engine:
@@ -235,6 +240,9 @@ def _dispose_entry(alias: str, entry: _Registered) -> None:
     if entry.pid != os.getpid():
         _abandon_inherited(entry)
         return
+    # Retire the engine: connections still checked out are closed when returned,
+    # and the engine itself refuses new checkouts (PoolClosed).
+    _generations[alias] = _generations.get(alias, 0) + 1
     entry.engine.dispose()
     if entry.async_engine is not None:
         _dispose_async(entry.async_engine)
@@ -287,6 +295,7 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
     policy = settings.reset_on_return
     alias = settings.alias
     monotonic = time.monotonic
+    generation = _generations.get(alias, 0)
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -304,6 +313,11 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
     def on_checkout(
         dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
     ) -> None:
+        if _generations.get(alias, 0) != generation:
+            raise PoolClosed(
+                f"This engine of {alias!r} was disposed (its connection parameters "
+                "changed, or dispose_all() ran). Call get_engine() again."
+            )
         info = record.info
         if info.pop(INFO_FRESH, False) or not pre_ping:
             return  # a connection opened just now needs no ping
@@ -323,6 +337,10 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
 
     @event.listens_for(engine, "checkin")
     def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None and _generations.get(alias, 0) != generation:
+            # Borrowed before the pool was disposed: close it, do not keep it.
+            record.invalidate()
+            return
         record.info[INFO_RETURNED_AT] = monotonic()
 
     @event.listens_for(engine, "reset")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db.utils import OperationalError
 
-__all__ = ["ConnectionFailed", "PoolError", "PoolTimeout"]
+__all__ = ["ConnectionFailed", "PoolClosed", "PoolError", "PoolTimeout"]
 
 
 class PoolError(OperationalError):
@@ -25,5 +25,11 @@ class PoolTimeout(PoolError):
 
 class ConnectionFailed(PoolError):
     """The pool could not open a new connection to the database server."""
+
+    __module__ = "django_poolconf"
+
+
+class PoolClosed(PoolError):
+    """The engine's pool was disposed; get the current one from ``get_engine()``."""
 
     __module__ = "django_poolconf"

@@ -328,6 +328,15 @@ def test_read_only_transaction_of_the_application_keeps_the_pool(get):
             'FATAL:  password authentication failed for user "app"',
         ),
         (
+            'connection failed: connection to server at "10.0.0.5", port 5433 failed: '
+            "Connection refused\nMultiple connection attempts failed. All failures were:\n"
+            "- host: 'db', port: '5433', hostaddr: '10.0.0.5': connection failed: "
+            "Connection refused",
+            {"host": "db", "hostaddr": "10.0.0.5"},
+            "connection failed: Connection refused Multiple connection attempts failed. "
+            "All failures were: connection failed: Connection refused",
+        ),
+        (
             'FATAL:  database "shopdb" does not exist',
             {"dbname": "shopdb", "host": "shop", "user": "db"},
             'FATAL:  database "shopdb" does not exist',
@@ -442,6 +451,12 @@ def test_pooled_connection_repr_names_no_server(db):
         ("LISTEN channel", True),
         ("PREPARE q AS SELECT 1", True),
         ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", True),
+        ("/* app=web */ SET search_path TO x", True),
+        ("-- tagged\nSET search_path TO x", True),
+        ("/* a */ /* b */\n reset all", True),
+        ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", True),
+        ("SELECT 1 INTO LOCAL TEMP t", True),
+        ("SELECT 'SET x' AS label", False),
         (b"SET search_path TO x", True),
     ],
 )
@@ -623,3 +638,28 @@ def test_test_database_can_be_cloned_while_another_alias_has_idle_connections(
         engines.dispose("mirror")
         del connections["mirror"]
         del connections.settings["mirror"]
+
+
+def test_iterator_cursors_closed_by_django_cost_no_reset(admin, test_db_name):
+    from tests.testapp.models import Item
+
+    Item.objects.create(name="a")
+    connection.close()
+    _reset_statements(admin)
+
+    for _ in range(3):
+        assert [item.name for item in Item.objects.iterator(chunk_size=1)] == ["a"]
+        connection.close()
+
+    assert "DISCARD ALL" not in _statements(admin, test_db_name)
+
+
+def test_named_cursor_left_open_is_discarded_before_the_next_borrower(get):
+    cursor = connection.chunked_cursor()
+    cursor.execute("SELECT 1")  # a WITH HOLD cursor, never closed
+    pid = connection.connection.info.backend_pid
+    connection.close()
+
+    after = get("/sql/", q="SELECT count(*) FROM pg_cursors").json()
+    assert after["pid"] == pid
+    assert after["row"] == [0]

@@ -336,3 +336,34 @@ def test_fork_while_another_thread_holds_the_pool_lock_does_not_hang():
         release.set()
         holder.join()
         connection.close()
+
+
+def test_disposed_engine_refuses_checkouts():
+    from django.db import OperationalError
+
+    from django_poolconf import PoolClosed
+
+    engine = get_engine()
+    dispose_all()
+
+    with pytest.raises(PoolClosed, match=r"Call get_engine\(\) again") as raised:
+        engine.connect()
+    assert isinstance(raised.value, OperationalError)
+    with get_engine().connect() as conn:
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+
+
+def test_connection_borrowed_before_dispose_is_closed_when_returned(
+    admin, test_db_name
+):
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+
+    engines.dispose("default")
+    assert pid in server_pids(admin, test_db_name)  # still borrowed
+    connection.close()
+
+    deadline = time.monotonic() + 5
+    while pid in server_pids(admin, test_db_name) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pid not in server_pids(admin, test_db_name)

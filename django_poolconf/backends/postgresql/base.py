@@ -44,14 +44,16 @@ TCP_DEFAULTS: Final[dict[str, int]] = {
 # connection is fully reset (DISCARD ALL) before the next borrower gets it.
 _SESSION_CHANGE: Final = re.compile(
     rb"""
-      (?:^|;)\s*(?:SET|RESET|LISTEN|PREPARE|LOAD|DECLARE)\b
+      # a statement, after any comments (query tags), that changes the session
+      (?:^|;)\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*
+        (?:SET|RESET|LISTEN|PREPARE|LOAD|DECLARE)\b
     | \bset_config\s*\(
     | \bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(
-    | \bCREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?(?:TEMP|TEMPORARY)\b
-    | \bINTO\s+(?:TEMP|TEMPORARY)\b
+    | \bCREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:GLOBAL|LOCAL)\s+)?(?:TEMP|TEMPORARY)\b
+    | \bINTO\s+(?:(?:GLOBAL|LOCAL)\s+)?(?:TEMP|TEMPORARY)\b
     | \bWITH\s+HOLD\b
     """,
-    re.IGNORECASE | re.VERBOSE,
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
 _SESSION_CHANGE_STR: Final = re.compile(
     _SESSION_CHANGE.pattern.decode(), _SESSION_CHANGE.flags
@@ -83,6 +85,7 @@ class PooledConnection(psycopg.Connection[Any]):
     _pool = None
     session_changed: bool = False
     isolation_default: Any = None
+    named_cursors: list[Any]  # named cursors made by the current borrower
 
     def __repr__(self) -> str:
         status = pq.TransactionStatus(self.pgconn.transaction_status).name
@@ -133,16 +136,24 @@ class PostgresHooks:
         try:
             connection = PooledConnection.connect(**self.conn_params)
         except psycopg.OperationalError as error:
-            # libpq names the host and port it tried; operators see them in the
-            # server's and the network's logs, not in ours or in a traceback.
-            raise ConnectionFailed(
-                f"Could not open a connection for {self.alias!r}: "
-                f"{_redact(str(error), self.conn_params)}"
-            ) from None
-        if self.isolation_level is not None:
-            connection.isolation_level = self.isolation_level
-        connection.isolation_default = connection.isolation_level
-        return connection
+            failure = str(error)
+        else:
+            connection.named_cursors = []
+            if self.isolation_level is not None:
+                connection.isolation_level = self.isolation_level
+            connection.isolation_default = connection.isolation_level
+            return connection
+        # Raised outside the except block, so that the driver's message (which names
+        # the host and port) is not kept as the exception's __context__ either.
+        raise self._connect_failed(failure)
+
+    def _connect_failed(self, failure: str) -> ConnectionFailed:
+        # libpq names the host and port it tried; operators see them in the server's
+        # and the network's logs, not in ours or in a traceback.
+        return ConnectionFailed(
+            f"Could not open a connection for {self.alias!r}: "
+            f"{_redact(failure, self.conn_params)}"
+        )
 
     def has_unread_input(self, dbapi_connection: PooledConnection) -> bool:
         if dbapi_connection.closed or dbapi_connection.broken:
@@ -184,6 +195,15 @@ class PostgresHooks:
             raise psycopg.OperationalError(
                 "connection returned in the middle of a query"
             )
+        # Named cursors are WITH HOLD outside a transaction and outlive it: close what
+        # the borrower left open (Django closes what it exhausts: usually nothing).
+        named, dbapi_connection.named_cursors = dbapi_connection.named_cursors, []
+        for cursor in named:
+            if not cursor.closed:
+                try:
+                    cursor.close()
+                except psycopg.Error:
+                    dbapi_connection.session_changed = True  # DISCARD ALL closes it
         if dbapi_connection.pgconn.transaction_status != _IDLE:
             dbapi_connection.rollback()
         full = policy == "full" or (
@@ -216,10 +236,8 @@ class PostgresHooks:
         try:
             return await psycopg.AsyncConnection.connect(**params)
         except psycopg.OperationalError as error:
-            raise ConnectionFailed(
-                f"Could not open a connection for {self.alias!r}: "
-                f"{_redact(str(error), self.conn_params)}"
-            ) from None
+            failure = str(error)
+        raise self._connect_failed(failure)
 
 
 def _wait(fileno: int, deadline: float, *, write: bool) -> bool:
@@ -231,6 +249,10 @@ def _wait(fileno: int, deadline: float, *, write: bool) -> bool:
     return bool(poller.poll(remaining * 1000))
 
 
+# psycopg's summary of several connection attempts: "- host: '...', port: '...', ...: "
+_PSYCOPG_ATTEMPT: Final = re.compile(
+    r"^- host: '[^']*', port: '[^']*'(?:, hostaddr: '[^']*')?: ", re.MULTILINE
+)
 _LIBPQ_TARGET: Final = re.compile(
     r'connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?(?:, port \d+)? failed: '
 )
@@ -240,7 +262,7 @@ _SECRET_PARAMS: Final = ("password", "host", "hostaddr")
 
 def _redact(message: str, conn_params: dict[str, Any]) -> str:
     """Drop the host, port and password from a libpq error message."""
-    message = _LIBPQ_TARGET.sub("", message)
+    message = _PSYCOPG_ATTEMPT.sub("", _LIBPQ_TARGET.sub("", message))
     for name in _SECRET_PARAMS:
         value = conn_params.get(name)
         if isinstance(value, str) and value:
@@ -402,8 +424,8 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)
-        if name and self.is_pooled and self.connection.autocommit:
+        if name and self.is_pooled:
             # A named cursor outside a transaction is declared WITH HOLD and outlives
-            # the transaction; if it is never closed, the next borrower inherits it.
-            self.connection.session_changed = True
+            # it: if it is still open on return, the next borrower would inherit it.
+            self.connection.named_cursors.append(cursor)
         return cursor
