@@ -21,6 +21,8 @@ from typing import Any, Final, Literal
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from django_poolconf.sizing import AUTO_PRESET, PRESETS, calculate_pool_size
 
@@ -99,16 +101,30 @@ def is_pooled(settings_dict: Mapping[str, Any]) -> bool:
 
 
 _NO_POOLCONF: Final[Mapping[str, Any]] = MappingProxyType({})
+_UNREAD: Final = object()
+_poolconf: Any = _UNREAD
 
 
 def get_poolconf() -> Mapping[str, Any]:
     """The project-wide ``POOLCONF`` setting, empty when unset.
 
     The same object comes back while the setting is unchanged, so callers may cache
-    on its identity.
+    on its identity. Read once; ``override_settings`` makes it read again.
     """
-    value = getattr(settings, "POOLCONF", None)
-    return _NO_POOLCONF if value is None else value
+    global _poolconf
+    value = _poolconf
+    if value is _UNREAD:
+        # An unset setting costs an exception inside Django on every read: keep it.
+        value = getattr(settings, "POOLCONF", None)
+        value = _poolconf = _NO_POOLCONF if value is None else value
+    return value  # type: ignore[no-any-return]
+
+
+@receiver(setting_changed)
+def _forget_poolconf(*, setting: str, **kwargs: Any) -> None:
+    global _poolconf
+    if setting == "POOLCONF":
+        _poolconf = _UNREAD
 
 
 def pool_settings(
