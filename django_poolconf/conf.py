@@ -222,6 +222,19 @@ def validate_alias(
                 "twice. Remove OPTIONS['pool'] and size the pool with POOL.",
             )
         )
+    if (
+        isinstance(options, Mapping)
+        and "connect_timeout" in options
+        and "connect_timeout" in raw
+    ):
+        problems.append(
+            Problem(
+                "W002",
+                f"{where}['OPTIONS']['connect_timeout'] overrides "
+                f"{where}['POOL']['connect_timeout'].",
+                hint="Set connect_timeout in one place: POOL.",
+            )
+        )
 
     replica_of = settings_dict.get("REPLICA_OF")
     if replica_of is not None:

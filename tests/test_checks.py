@@ -301,3 +301,30 @@ def test_poolconf_is_checked_without_any_pooled_alias(monkeypatch, settings):
     settings.POOLCONF = {"PRESET": "huge"}
 
     assert [m.id for m in check_pool_settings()] == ["django_poolconf.E008"]
+
+
+def test_connect_timeout_in_options_and_pool_warns(monkeypatch):
+    from django.db import connections
+
+    from django_poolconf.checks import check_pool_settings
+
+    monkeypatch.setitem(
+        connections.__dict__,
+        "settings",
+        {
+            "default": {
+                "ENGINE": "django_poolconf.backends.postgresql",
+                "NAME": "app",
+                "CONN_MAX_AGE": 0,
+                "OPTIONS": {"connect_timeout": 3},
+                "POOL": {"connect_timeout": 5},
+            }
+        },
+    )
+
+    messages = check_pool_settings()
+    assert [m.id for m in messages] == ["django_poolconf.W002"]
+    assert messages[0].msg == (
+        "DATABASES['default']['OPTIONS']['connect_timeout'] overrides "
+        "DATABASES['default']['POOL']['connect_timeout']."
+    )
