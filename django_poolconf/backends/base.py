@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.signals import connection_created
-from django.db.utils import DatabaseErrorWrapper
+from django.db.utils import DatabaseErrorWrapper, ProgrammingError
 from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 from sqlalchemy import exc as sa_exc
@@ -63,6 +63,8 @@ class PooledDatabaseWrapperMixin:
     alias: str
     settings_dict: dict[str, Any]
     connection: Any
+    in_atomic_block: bool
+    closed_in_transaction: bool
 
     _pool_fairy: PoolProxiedConnection | None = None
     _pool_error: str | None = None
@@ -167,6 +169,10 @@ class PooledDatabaseWrapperMixin:
         # What follows is Django's BaseDatabaseWrapper.connect() (unchanged from 4.2
         # to 6.1), except that the per-connection setup runs only for a connection
         # the pool has just opened or fully reset.
+        if self.in_atomic_block and self.closed_in_transaction:
+            # Django 5.1+ refuses this in ensure_connection(); 4.2 would connect anew
+            # and carry on outside the transaction the block thinks it is in.
+            raise ProgrammingError("Cannot open a new connection in an atomic block.")
         self.check_settings()
         self.in_atomic_block = False
         self.savepoint_ids: list[str] = []
