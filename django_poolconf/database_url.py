@@ -54,7 +54,9 @@ def database_from_url(
     )
     try:
         split = urlsplit(url)
-        if "@" in split.path or split.fragment:
+        # An unencoded "/", "?" or "#" in the password ends the netloc early and
+        # leaves the "@host" part in the path, the query or the fragment.
+        if "@" in split.path or "@" in split.query or split.fragment:
             raise ValueError
         split.port  # noqa: B018 - urlsplit checks the port lazily
     except ValueError:

@@ -544,7 +544,7 @@ def test_env_works_before_settings_are_configured():
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("password", ["p@ss/w:rd", "pa#ss"])
+@pytest.mark.parametrize("password", ["p@ss/w:rd", "pa#ss", "12?34"])
 def test_unencoded_password_is_reported_without_the_url(password):
     with pytest.raises(ImproperlyConfigured, match="Percent-encode") as raised:
         database_from_url(f"postgres://app:{password}@db.example:5432/app")
