@@ -144,12 +144,13 @@ class PooledDatabaseWrapperMixin:
         return self._engine_for(self.get_connection_params())  # type: ignore[attr-defined]
 
     def _engine_for(self, conn_params: dict[str, Any]) -> Engine:
-        settings = self.get_pool_settings()
         cached = self._fingerprint_cache
-        # Backends reuse one params dict while nothing changes: fingerprint it once.
-        if cached is not None and cached[0] is conn_params and cached[1] is settings:
-            fingerprint = cached[2]
+        # Backends hand back the same params dict while nothing changed, pool
+        # settings included: fingerprint it once.
+        if cached is not None and cached[0] is conn_params:
+            settings, fingerprint = cached[1], cached[2]
         else:
+            settings = self.get_pool_settings()
             fingerprint = (self.pool_fingerprint(conn_params), settings)
             self._fingerprint_cache = (conn_params, settings, fingerprint)
         return engines.engine_for(

@@ -86,6 +86,7 @@ class PooledConnection(psycopg.Connection[Any]):
     session_changed: bool = False
     isolation_default: Any = None
     named_cursors: list[Any]  # named cursors made by the current borrower
+    poller: select.poll
 
     def __repr__(self) -> str:
         status = pq.TransactionStatus(self.pgconn.transaction_status).name
@@ -139,6 +140,12 @@ class PostgresHooks:
             failure = str(error)
         else:
             connection.named_cursors = []
+            # The socket is the connection's for life: register it once.
+            connection.poller = select.poll()
+            connection.poller.register(
+                connection.pgconn.socket,
+                select.POLLIN | select.POLLERR | select.POLLHUP,
+            )
             if self.isolation_level is not None:
                 connection.isolation_level = self.isolation_level
             connection.isolation_default = connection.isolation_level
@@ -161,12 +168,7 @@ class PostgresHooks:
         # An idle connection has nothing to read. If it has, the server said
         # something unasked: typically a FATAL error before closing the socket
         # (pg_terminate_backend, a restart). One poll() call, no round trip.
-        poller = select.poll()
-        poller.register(
-            dbapi_connection.pgconn.socket,
-            select.POLLIN | select.POLLERR | select.POLLHUP,
-        )
-        return bool(poller.poll(0))
+        return bool(dbapi_connection.poller.poll(0))
 
     def ping(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
         # SQLAlchemy's pre-ping has no deadline; this one is bounded by select().
