@@ -84,6 +84,7 @@ class _Registered:
     settings: PoolSettings
     hooks: ConnectionHooks
     pid: int
+    life: _Life
     async_engine: AsyncEngine | None = None
 
 
@@ -92,10 +93,6 @@ _registry: dict[str, _Registered] = {}
 
 #: Connections a forked child inherited checked out: kept, never used or closed.
 INHERITED: list[object] = []
-
-# Bumped each time an alias's engine is disposed; an engine built for an older
-# generation is retired.
-_generations: dict[str, int] = {}
 
 
 def get_engine(alias: str = DEFAULT_DB_ALIAS) -> Engine:
@@ -187,7 +184,8 @@ def engine_for(
     # fork that bypassed Python's hooks; it costs one system call per checkout.
     if (
         entry is not None
-        and entry.fingerprint == fingerprint
+        # The same object, in the steady state: no element-wise comparison.
+        and (entry.fingerprint is fingerprint or entry.fingerprint == fingerprint)
         and entry.pid == os.getpid()
     ):
         return entry.engine
@@ -204,9 +202,10 @@ def engine_for(
             )
             _dispose_entry(alias, entry)
         hooks = hooks_factory()
-        engine = _build_engine(alias, settings, hooks)
+        life = _Life()
+        engine = _build_engine(alias, settings, hooks, life)
         _registry[alias] = _Registered(
-            engine, fingerprint, settings, hooks, os.getpid()
+            engine, fingerprint, settings, hooks, os.getpid(), life
         )
         logger.info(
             "created pool for %r (pool_size=%d, max_overflow=%d)",
@@ -242,7 +241,7 @@ def _dispose_entry(alias: str, entry: _Registered) -> None:
         return
     # Retire the engine: connections still checked out are closed when returned,
     # and the engine itself refuses new checkouts (PoolClosed).
-    _generations[alias] = _generations.get(alias, 0) + 1
+    entry.life.retired = True
     entry.engine.dispose()
     if entry.async_engine is not None:
         _dispose_async(entry.async_engine)
@@ -263,7 +262,9 @@ def _dispose_async(engine: AsyncEngine) -> None:
         engine.sync_engine.dispose(close=False)
 
 
-def _build_engine(alias: str, settings: PoolSettings, hooks: ConnectionHooks) -> Engine:
+def _build_engine(
+    alias: str, settings: PoolSettings, hooks: ConnectionHooks, life: _Life
+) -> Engine:
     engine = sqlalchemy.create_engine(
         hooks.dialect_url,
         creator=hooks.connect,
@@ -283,11 +284,22 @@ def _build_engine(alias: str, settings: PoolSettings, hooks: ConnectionHooks) ->
         use_native_hstore=False,
         hide_parameters=True,
     )
-    _listen(engine, settings, hooks)
+    _listen(engine, settings, hooks, life)
     return engine
 
 
-def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> None:
+class _Life:
+    """Whether an engine was retired by a dispose: read on every checkout and return."""
+
+    __slots__ = ("retired",)
+
+    def __init__(self) -> None:
+        self.retired = False
+
+
+def _listen(
+    engine: Engine, settings: PoolSettings, hooks: ConnectionHooks, life: _Life
+) -> None:
     recycle = settings.pool_recycle
     pre_ping = settings.pool_pre_ping
     threshold = settings.pre_ping_threshold
@@ -295,7 +307,8 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
     policy = settings.reset_on_return
     alias = settings.alias
     monotonic = time.monotonic
-    generation = _generations.get(alias, 0)
+    has_unread_input = hooks.has_unread_input
+    reset = hooks.reset
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -309,11 +322,13 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
             record.starttime = max(jittered, engine.pool._invalidate_time + 1e-6)  # type: ignore[attr-defined]
         logger.debug("opened a connection for %r", alias)
 
+    # The two listeners below run on every checkout and return: keep them lean.
+
     @event.listens_for(engine, "checkout")
     def on_checkout(
         dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
     ) -> None:
-        if _generations.get(alias, 0) != generation:
+        if life.retired:
             raise PoolClosed(
                 f"This engine of {alias!r} was disposed (its connection parameters "
                 "changed, or dispose_all() ran). Call get_engine() again."
@@ -325,7 +340,7 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
         # been idle a while or that the server visibly wrote to while idle.
         if (
             monotonic() - info[INFO_RETURNED_AT] > threshold
-            or hooks.has_unread_input(dbapi_connection)
+            or has_unread_input(dbapi_connection)
         ) and not hooks.ping(dbapi_connection, validation_timeout):
             logger.warning(
                 "connection for %r is closed or failed its ping within %.1f s; "
@@ -335,23 +350,23 @@ def _listen(engine: Engine, settings: PoolSettings, hooks: ConnectionHooks) -> N
             )
             raise exc.InvalidatePoolError("ping failed")
 
-    @event.listens_for(engine, "checkin")
-    def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        if dbapi_connection is not None and _generations.get(alias, 0) != generation:
-            # Borrowed before the pool was disposed: close it, do not keep it.
-            record.invalidate()
-            return
-        record.info[INFO_RETURNED_AT] = monotonic()
-
+    # SQLAlchemy runs "reset" right before it checks a connection in; doing the
+    # check-in bookkeeping here too saves a second listener call on every return.
     @event.listens_for(engine, "reset")
     def on_reset(
         dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
     ) -> None:
         if state.terminate_only:
             return
-        if hooks.reset(dbapi_connection, policy):
+        if life.retired:
+            # Borrowed before the pool was disposed: close it, do not keep it.
+            record.invalidate()
+            return
+        info = record.info
+        if reset(dbapi_connection, policy):
             # The session is as new again: Django must initialize it once more.
-            record.info[INFO_NEW] = True
+            info[INFO_NEW] = True
+        info[INFO_RETURNED_AT] = monotonic()
 
 
 # -- processes ----------------------------------------------------------------

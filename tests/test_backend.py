@@ -663,3 +663,19 @@ def test_named_cursor_left_open_is_discarded_before_the_next_borrower(get):
     after = get("/sql/", q="SELECT count(*) FROM pg_cursors").json()
     assert after["pid"] == pid
     assert after["row"] == [0]
+
+
+def test_psycopg_fields_the_reset_reads_match_its_properties():
+    # The reset's fast path reads psycopg's private fields to save property calls:
+    # this fails first if a psycopg release renames them.
+    connection.ensure_connection()
+    raw = connection.connection
+    try:
+        raw.read_only = True
+        raw.deferrable = True
+        for name in ("autocommit", "isolation_level", "read_only", "deferrable"):
+            assert getattr(raw, f"_{name}") == getattr(raw, name), name
+    finally:
+        raw.read_only = None
+        raw.deferrable = None
+        connection.close()

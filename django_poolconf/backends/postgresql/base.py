@@ -163,11 +163,10 @@ class PostgresHooks:
         )
 
     def has_unread_input(self, dbapi_connection: PooledConnection) -> bool:
-        if dbapi_connection.closed or dbapi_connection.broken:
-            return True
         # An idle connection has nothing to read. If it has, the server said
         # something unasked: typically a FATAL error before closing the socket
-        # (pg_terminate_backend, a restart). One poll() call, no round trip.
+        # (pg_terminate_backend, a restart). One poll() call, no round trip; a
+        # socket psycopg closed polls as invalid, which counts too.
         return bool(dbapi_connection.poller.poll(0))
 
     def ping(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
@@ -193,13 +192,32 @@ class PostgresHooks:
             return False
 
     def reset(self, dbapi_connection: PooledConnection, policy: str) -> bool:
+        if (
+            dbapi_connection.pgconn.transaction_status == _IDLE
+            and policy != "full"
+            and not dbapi_connection.session_changed
+            and not dbapi_connection.named_cursors
+        ):
+            # The common case: nothing to undo on the server, no round trip. Read
+            # psycopg's own fields (its properties cost a call each) and go through
+            # the public setters only for what a borrower changed.
+            if (
+                dbapi_connection._autocommit
+                or dbapi_connection._isolation_level
+                is not dbapi_connection.isolation_default
+                or dbapi_connection._read_only is not None
+                or dbapi_connection._deferrable is not None
+            ):
+                self._restore_attributes(dbapi_connection)
+            return False
         if dbapi_connection.pgconn.transaction_status in _BAD_STATUS:
             raise psycopg.OperationalError(
                 "connection returned in the middle of a query"
             )
         # Named cursors are WITH HOLD outside a transaction and outlive it: close what
         # the borrower left open (Django closes what it exhausts: usually nothing).
-        named, dbapi_connection.named_cursors = dbapi_connection.named_cursors, []
+        named = dbapi_connection.named_cursors
+        dbapi_connection.named_cursors = []
         for cursor in named:
             if not cursor.closed:
                 try:
@@ -215,6 +233,11 @@ class PostgresHooks:
             dbapi_connection.autocommit = True
             dbapi_connection.execute("DISCARD ALL")
         dbapi_connection.session_changed = False
+        self._restore_attributes(dbapi_connection)
+        return full
+
+    @staticmethod
+    def _restore_attributes(dbapi_connection: PooledConnection) -> None:
         # What a fresh connection has, for the next borrower, Django or SQLAlchemy
         # (which begins transactions itself, on a non-autocommit connection). These
         # are client-side attributes: setting them costs no round trip.
@@ -226,7 +249,6 @@ class PostgresHooks:
             dbapi_connection.read_only = None
         if dbapi_connection.deferrable is not None:
             dbapi_connection.deferrable = None
-        return full
 
     async def async_connect(self) -> psycopg.AsyncConnection[Any]:
         # Django's adapters and cursor classes are for synchronous connections.
