@@ -67,6 +67,9 @@ class ConnectionHooks(Protocol):
     def ping(self, dbapi_connection: Any, timeout: float) -> bool:
         """Whether the server answers within ``timeout`` seconds."""
 
+    def for_sqlalchemy(self, dbapi_connection: Any) -> None:
+        """Prepare a connection checked out by SQLAlchemy code, not by Django."""
+
     def reset(self, dbapi_connection: Any, policy: str) -> bool:
         """Make a returned connection clean; return whether session state was discarded.
 
@@ -93,6 +96,16 @@ _registry: dict[str, _Registered] = {}
 
 #: Connections a forked child inherited checked out: kept, never used or closed.
 INHERITED: list[object] = []
+
+
+class _Borrower(threading.local):
+    """Set by Django's connect() around its checkout, in this thread only."""
+
+    django = False
+
+
+#: Tells the checkout listener who is borrowing: Django's wrapper or SQLAlchemy code.
+BORROWER: Final = _Borrower()
 
 
 def get_engine(alias: str = DEFAULT_DB_ALIAS) -> Engine:
@@ -309,6 +322,8 @@ def _listen(
     monotonic = time.monotonic
     has_unread_input = hooks.has_unread_input
     reset = hooks.reset
+    for_sqlalchemy = hooks.for_sqlalchemy
+    borrower = BORROWER
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -333,6 +348,10 @@ def _listen(
                 f"This engine of {alias!r} was disposed (its connection parameters "
                 "changed, or dispose_all() ran). Call get_engine() again."
             )
+        if not borrower.django:
+            # Django sets what it needs on every connect; SQLAlchemy expects a
+            # connection as the driver makes it.
+            for_sqlalchemy(dbapi_connection)
         info = record.info
         if info.pop(INFO_FRESH, False) or not pre_ping:
             return  # a connection opened just now needs no ping

@@ -73,10 +73,12 @@ class PooledDatabaseWrapperMixin:
 
     # -- configuration ---------------------------------------------------------
 
-    @property
-    def is_pooled(self) -> bool:
-        """Whether this connection borrows from a pool (not the ``__no_db__`` one)."""
-        return self.alias != NO_DB_ALIAS
+    #: Whether this connection borrows from a pool (not the ``__no_db__`` one).
+    is_pooled: bool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.is_pooled = self.alias != NO_DB_ALIAS
 
     def get_pool_settings(self) -> PoolSettings:
         """Return this alias's validated pool options.
@@ -205,6 +207,8 @@ class PooledDatabaseWrapperMixin:
         :raises PoolTimeout: when no connection is free within ``pool_timeout``.
         """
         engine = self._engine_for(conn_params)
+        borrower = engines.BORROWER
+        borrower.django = True
         try:
             fairy = engine.pool.connect()
         except sa_exc.TimeoutError:
@@ -219,6 +223,8 @@ class PooledDatabaseWrapperMixin:
                 f"Could not get a working connection for {self.alias!r}: new "
                 "connections failed their checks."
             ) from None
+        finally:
+            borrower.django = False
         self._pool_fairy = fairy
         return fairy.dbapi_connection
 

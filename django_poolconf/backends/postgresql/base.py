@@ -88,6 +88,11 @@ class PooledConnection(psycopg.Connection[Any]):
     named_cursors: list[Any]  # named cursors made by the current borrower
     poller: select.poll
 
+    def _set_autocommit(self, value: bool) -> None:
+        # Django sets autocommit on every checkout; it is usually what it was.
+        if bool(value) is not self._autocommit:
+            super()._set_autocommit(value)
+
     def __repr__(self) -> str:
         status = pq.TransactionStatus(self.pgconn.transaction_status).name
         return f"<{type(self).__qualname__} [{status}] at 0x{id(self):x}>"
@@ -202,8 +207,7 @@ class PostgresHooks:
             # psycopg's own fields (its properties cost a call each) and go through
             # the public setters only for what a borrower changed.
             if (
-                dbapi_connection._autocommit
-                or dbapi_connection._isolation_level
+                dbapi_connection._isolation_level
                 is not dbapi_connection.isolation_default
                 or dbapi_connection._read_only is not None
                 or dbapi_connection._deferrable is not None
@@ -238,17 +242,21 @@ class PostgresHooks:
 
     @staticmethod
     def _restore_attributes(dbapi_connection: PooledConnection) -> None:
-        # What a fresh connection has, for the next borrower, Django or SQLAlchemy
-        # (which begins transactions itself, on a non-autocommit connection). These
-        # are client-side attributes: setting them costs no round trip.
-        if dbapi_connection.autocommit:
-            dbapi_connection.autocommit = False
+        # What a fresh connection has, for the next borrower. These are client-side
+        # attributes: setting them costs no round trip. Autocommit is left as it is:
+        # Django sets it on every checkout, and for_sqlalchemy() for SQLAlchemy.
         if dbapi_connection.isolation_level != dbapi_connection.isolation_default:
             dbapi_connection.isolation_level = dbapi_connection.isolation_default
         if dbapi_connection.read_only is not None:
             dbapi_connection.read_only = None
         if dbapi_connection.deferrable is not None:
             dbapi_connection.deferrable = None
+
+    def for_sqlalchemy(self, dbapi_connection: PooledConnection) -> None:
+        # SQLAlchemy begins transactions itself, on a non-autocommit connection; its
+        # AUTOCOMMIT isolation level is applied after the checkout.
+        if dbapi_connection._autocommit:
+            dbapi_connection.autocommit = False
 
     async def async_connect(self) -> psycopg.AsyncConnection[Any]:
         # Django's adapters and cursor classes are for synchronous connections.
@@ -439,8 +447,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         return None
 
     def connection_is_broken(self, dbapi_connection: Any) -> bool:
-        if dbapi_connection.closed or dbapi_connection.broken:
-            return True
+        # Closed or lost connections report UNKNOWN; ACTIVE is mid-query.
         return dbapi_connection.pgconn.transaction_status in _BAD_STATUS
 
     def mark_session_clean(self, dbapi_connection: Any) -> None:
