@@ -8,6 +8,7 @@ repository (``.venv`` by default), installs what it needs, and runs.
     python3 dev.py test      # the whole test suite, on its own embedded servers
     python3 dev.py lint      # ruff and mypy
     python3 dev.py docs      # the Sphinx docs, warnings as errors
+    python3 dev.py bench     # the benchmark suite (not part of CI)
 
 Arguments after the command go to the program it runs (``python3 dev.py test -k fork``).
 """
@@ -23,7 +24,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-EXTRAS = {"example": "embedded", "test": "test", "lint": "test,lint", "docs": "docs"}
+EXTRAS = {
+    "example": "embedded",
+    "test": "test",
+    "lint": "test,lint",
+    "docs": "docs",
+    "bench": "bench",
+}
 
 
 def main() -> int:
@@ -61,6 +68,9 @@ def main() -> int:
                 *rest,
             ]
         )
+    if args.command == "bench":
+        # -P: the benchmarks folder must not shadow the standard library.
+        return _run([python, "-P", "benchmarks/run.py", *rest])
     if args.command == "docs":
         return _run(
             [

@@ -84,18 +84,27 @@ def setup(server: Any, threads: int) -> list[str]:
     import django
     from django.conf import settings
 
-    base = {"NAME": "bench", "USER": server.user, "HOST": server.host, "PORT": str(server.port)}
+    base = {
+        "NAME": "bench",
+        "USER": server.user,
+        "HOST": server.host,
+        "PORT": str(server.port),
+    }
     databases = {"default": {**base, "ENGINE": "django.db.backends.postgresql"}}
     aliases = []
     for name, entry in strategies(base, threads).items():
         databases[name] = entry
         aliases.append(name)
-    settings.configure(DATABASES=databases, INSTALLED_APPS=["django_poolconf"], USE_TZ=True)
+    settings.configure(
+        DATABASES=databases, INSTALLED_APPS=["django_poolconf"], USE_TZ=True
+    )
     django.setup()
     from django.db import connections
 
     with connections["default"].cursor() as cursor:
-        cursor.execute("CREATE TABLE IF NOT EXISTS item (id int PRIMARY KEY, name text)")
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS item (id int PRIMARY KEY, name text)"
+        )
         cursor.execute("INSERT INTO item VALUES (1, 'a') ON CONFLICT DO NOTHING")
     connections["default"].close()
     return aliases
@@ -145,16 +154,20 @@ def timed_cycles(alias: str, threads: int, count: int) -> float:
 def raw_floor(server: Any, count: int) -> float:
     import psycopg
 
-    with psycopg.connect(**server.connection_params("bench"), autocommit=True) as conn:
-        with conn.cursor() as cursor:
-            began = time.perf_counter()
-            for _ in range(count):
-                cursor.execute(QUERY, [1])
-                cursor.fetchone()
-            return (time.perf_counter() - began) / count * 1e6
+    with (
+        psycopg.connect(**server.connection_params("bench"), autocommit=True) as conn,
+        conn.cursor() as cursor,
+    ):
+        began = time.perf_counter()
+        for _ in range(count):
+            cursor.execute(QUERY, [1])
+            cursor.fetchone()
+        return (time.perf_counter() - began) / count * 1e6
 
 
-def bench_cycle(server: Any, aliases: list[str], threads: int, rounds: int, count: int) -> str:
+def bench_cycle(
+    server: Any, aliases: list[str], threads: int, rounds: int, count: int
+) -> str:
     for alias in aliases:  # warm up: open pools, import code paths
         timed_cycles(alias, threads, 20)
     results: dict[str, list[float]] = {alias: [] for alias in aliases}
@@ -180,7 +193,9 @@ def bench_cycle(server: Any, aliases: list[str], threads: int, rounds: int, coun
         )
     if floors:
         raw = statistics.median(floors)
-        lines.append(f"| raw psycopg query (physical floor) | {raw:.1f} | {raw / floor:.2f} | |")
+        lines.append(
+            f"| raw psycopg query (physical floor) | {raw:.1f} | {raw / floor:.2f} | |"
+        )
     return "\n".join(lines)
 
 
@@ -214,8 +229,12 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
     from django_poolconf import get_engine
 
     params = server.connection_params("bench")
-    bare = QueuePool(lambda: psycopg.connect(**params), pool_size=1, max_overflow=0,
-                     reset_on_return=None)
+    bare = QueuePool(
+        lambda: psycopg.connect(**params),
+        pool_size=1,
+        max_overflow=0,
+        reset_on_return=None,
+    )
     engine = get_engine("poolconf")
     wrapper = connections["poolconf"]
 
@@ -360,8 +379,15 @@ def run(quick: bool = False) -> str:
         aliases = setup(cluster.primary, threads=16)
         parts = [environment(cluster.primary)]
         for threads in (1, 4, 16):
-            parts.append(bench_cycle(cluster.primary, aliases, threads, rounds,
-                                     count if threads == 1 else count // threads * 2))
+            parts.append(
+                bench_cycle(
+                    cluster.primary,
+                    aliases,
+                    threads,
+                    rounds,
+                    count if threads == 1 else count // threads * 2,
+                )
+            )
         parts.append(bench_round_trips(cluster.primary, 200))
         parts.append(bench_overhead(cluster.primary, rounds, 2000 if quick else 10000))
         parts.append(bench_contention(64, 20 if quick else 50))
@@ -378,8 +404,12 @@ def run(quick: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
-    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rounds, for a smoke run"
+    )
+    parser.add_argument(
+        "--markdown", type=Path, help="also write the tables to this file"
+    )
     args = parser.parse_args(argv)
     text = run(args.quick)
     print(text)
