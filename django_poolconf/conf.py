@@ -190,13 +190,7 @@ def validate_alias(
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        problems.append(
-            Problem(
-                "E001",
-                f"{where}['POOL'] must be a dict, got {_show(raw)}.",
-                hint="Write POOL as a dict, e.g. {'pool_size': 10}.",
-            )
-        )
+        problems.append(_not_a_dict("E001", f"{where}['POOL']", raw))
         raw = {}
     values = dict(defaults)
     values.update(_check_pool_dict(f"{where}['POOL']", raw, problems))
@@ -279,13 +273,7 @@ def _project_defaults(poolconf: object) -> tuple[dict[str, Any], list[Problem]]:
     """Apply ``POOLCONF``: the preset first, then ``POOLCONF["POOL"]``."""
     problems: list[Problem] = []
     if not isinstance(poolconf, Mapping):
-        problems.append(
-            Problem(
-                "E007",
-                f"POOLCONF must be a dict, got {_show(poolconf)}.",
-                hint="Write POOLCONF as a dict, e.g. {'PRESET': 'small_api'}.",
-            )
-        )
+        problems.append(_not_a_dict("E007", "POOLCONF", poolconf))
         return {}, problems
     for key in poolconf:
         if key not in POOLCONF_KEYS:
@@ -318,13 +306,7 @@ def _project_defaults(poolconf: object) -> tuple[dict[str, Any], list[Problem]]:
         if isinstance(raw, Mapping):
             defaults.update(_check_pool_dict("POOLCONF['POOL']", raw, problems))
         else:
-            problems.append(
-                Problem(
-                    "E001",
-                    f"POOLCONF['POOL'] must be a dict, got {_show(raw)}.",
-                    hint="Write POOL as a dict, e.g. {'pool_size': 10}.",
-                )
-            )
+            problems.append(_not_a_dict("E001", "POOLCONF['POOL']", raw))
     return defaults, problems
 
 
@@ -347,6 +329,16 @@ def _check_pool_dict(
         else:
             problems.append(problem)
     return good
+
+
+def _not_a_dict(check_id: str, where: str, value: object) -> Problem:
+    example = "{'PRESET': 'small_api'}" if where == "POOLCONF" else "{'pool_size': 10}"
+    name = where.rsplit("[", 1)[-1].strip("[]'")
+    return Problem(
+        check_id,
+        f"{where} must be a dict, got {_show(value)}.",
+        hint=f"Write {name} as a dict, e.g. {example}.",
+    )
 
 
 def _unknown_key(
