@@ -11,7 +11,8 @@ round (A B C A B C ...) so that machine drift cancels, medians of several rounds
   raw psycopg query on an open connection, the physical floor.
 * **round trips**: statements the server saw for N poolconf cycles (pg_stat_statements).
 * **overhead**: one checkout+checkin with no query: SQLAlchemy's bare ``QueuePool``,
-  poolconf's pool with its listeners, and Django's whole connect()/close() on poolconf;
+  poolconf's Django path (its Lender), SQLAlchemy code's path through poolconf's pool
+  (listeners), and Django's whole connect()/close() on poolconf;
   and the cProfile function-call count of one checkout+checkin (stable across machines).
 * **contention**: 64 threads on a 4+4 pool, each request holding its connection for a
   1 ms query: throughput, checkout waits (p50, p99, max) against ``pool_timeout``, errors.
@@ -237,6 +238,7 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
     )
     engine = get_engine("poolconf")
     wrapper = connections["poolconf"]
+    lender = wrapper._lender_for(wrapper.get_connection_params())
 
     def bare_cycle() -> None:
         bare.connect().close()
@@ -244,13 +246,17 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
     def pool_cycle() -> None:
         engine.pool.connect().close()
 
+    def lender_cycle() -> None:
+        lender.give_back(lender.borrow())
+
     def django_cycle() -> None:
         wrapper.ensure_connection()
         wrapper.close()
 
     cases: dict[str, Callable[[], None]] = {
         "SQLAlchemy QueuePool, bare": bare_cycle,
-        "poolconf pool (listeners)": pool_cycle,
+        "poolconf, Django's path (Lender borrow + give_back)": lender_cycle,
+        "poolconf, SQLAlchemy's path (pool.connect() + listeners)": pool_cycle,
         "poolconf, Django connect()+close()": django_cycle,
     }
     for fn in cases.values():

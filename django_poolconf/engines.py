@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import sqlalchemy
 from django.core.exceptions import ImproperlyConfigured
@@ -31,14 +31,16 @@ from django_poolconf.errors import PoolClosed
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.pool.base import _ConnectionRecord
 
 __all__ = [
     "ConnectionHooks",
+    "Lender",
     "dispose",
     "dispose_all",
-    "engine_for",
     "get_async_engine",
     "get_engine",
+    "lender_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,8 +63,8 @@ class ConnectionHooks(Protocol):
     def connect(self) -> Any:
         """Open a new driver connection."""
 
-    def has_unread_input(self, dbapi_connection: Any) -> bool:
-        """Whether an idle connection has something to read, or is closed: a local check, no round trip."""
+    def closed_while_idle(self, dbapi_connection: Any) -> bool:
+        """Whether the server visibly closed an idle connection: a local check, no round trip."""
 
     def ping(self, dbapi_connection: Any, timeout: float) -> bool:
         """Whether the server answers within ``timeout`` seconds."""
@@ -82,6 +84,7 @@ class ConnectionHooks(Protocol):
 
 @dataclass
 class _Registered:
+    lender: Lender
     engine: Engine
     fingerprint: Hashable
     settings: PoolSettings
@@ -96,16 +99,6 @@ _registry: dict[str, _Registered] = {}
 
 #: Connections a forked child inherited checked out: kept, never used or closed.
 INHERITED: list[object] = []
-
-
-class _Borrower(threading.local):
-    """Set by Django's connect() around its checkout, in this thread only."""
-
-    django = False
-
-
-#: Tells the checkout listener who is borrowing: Django's wrapper or SQLAlchemy code.
-BORROWER: Final = _Borrower()
 
 
 def get_engine(alias: str = DEFAULT_DB_ALIAS) -> Engine:
@@ -180,13 +173,13 @@ def _pooled_wrapper(alias: str) -> Any:
     return wrapper
 
 
-def engine_for(
+def lender_for(
     alias: str,
     fingerprint: Hashable,
     settings: PoolSettings,
     hooks_factory: Callable[[], ConnectionHooks],
-) -> Engine:
-    """Return the alias's engine, building it when missing or when its parameters changed.
+) -> Lender:
+    """Return the lender of the alias's engine, building the engine when missing or when its parameters changed.
 
     Backends call this on every connect; the fast path is one dict lookup and one
     comparison. A changed ``fingerprint`` (as when the test runner renames the
@@ -201,14 +194,14 @@ def engine_for(
         and (entry.fingerprint is fingerprint or entry.fingerprint == fingerprint)
         and entry.pid == os.getpid()
     ):
-        return entry.engine
+        return entry.lender
     with _lock:
         entry = _registry.get(alias)
         if entry is not None and entry.pid != os.getpid():
             # A fork that os.register_at_fork did not see (e.g. a C extension's).
             _abandon_inherited(entry)
         if entry is not None and entry.fingerprint == fingerprint:
-            return entry.engine
+            return entry.lender
         if entry is not None:
             logger.info(
                 "connection parameters of %r changed; replacing its pool", alias
@@ -216,9 +209,9 @@ def engine_for(
             _dispose_entry(alias, entry)
         hooks = hooks_factory()
         life = _Life()
-        engine = _build_engine(alias, settings, hooks, life)
+        lender = _build_engine(alias, settings, hooks, life)
         _registry[alias] = _Registered(
-            engine, fingerprint, settings, hooks, os.getpid(), life
+            lender, lender.engine, fingerprint, settings, hooks, os.getpid(), life
         )
         logger.info(
             "created pool for %r (pool_size=%d, max_overflow=%d)",
@@ -226,7 +219,7 @@ def engine_for(
             settings.pool_size,
             settings.max_overflow,
         )
-        return engine
+        return lender
 
 
 def dispose(alias: str) -> None:
@@ -277,7 +270,7 @@ def _dispose_async(engine: AsyncEngine) -> None:
 
 def _build_engine(
     alias: str, settings: PoolSettings, hooks: ConnectionHooks, life: _Life
-) -> Engine:
+) -> Lender:
     engine = sqlalchemy.create_engine(
         hooks.dialect_url,
         creator=hooks.connect,
@@ -297,8 +290,9 @@ def _build_engine(
         use_native_hstore=False,
         hide_parameters=True,
     )
-    _listen(engine, settings, hooks, life)
-    return engine
+    lender = Lender(engine, settings, hooks, life)
+    _listen(lender)
+    return lender
 
 
 class _Life:
@@ -310,26 +304,156 @@ class _Life:
         self.retired = False
 
 
-def _listen(
-    engine: Engine, settings: PoolSettings, hooks: ConnectionHooks, life: _Life
-) -> None:
-    recycle = settings.pool_recycle
-    pre_ping = settings.pool_pre_ping
-    threshold = settings.pre_ping_threshold
-    validation_timeout = settings.validation_timeout
-    policy = settings.reset_on_return
-    alias = settings.alias
-    monotonic = time.monotonic
-    has_unread_input = hooks.has_unread_input
-    reset = hooks.reset
-    for_sqlalchemy = hooks.for_sqlalchemy
-    borrower = BORROWER
+class Lender:
+    """Lends an engine's pooled connections, and checks them on the way out and in.
+
+    SQLAlchemy code borrows through ``engine.connect()``, and the pool's listeners
+    call :meth:`check_out` and :meth:`check_in`. Django's wrapper borrows the pool's
+    entries directly with :meth:`borrow` and :meth:`give_back`: the same checks,
+    without the proxy object, weak reference and event dispatches SQLAlchemy adds to
+    every checkout. So for Django's checkouts the pool fires ``connect``,
+    ``invalidate`` and ``checkin`` events, but not ``checkout`` or ``reset``.
+    """
+
+    __slots__ = (
+        "alias",
+        "engine",
+        "hooks",
+        "life",
+        "policy",
+        "pre_ping",
+        "threshold",
+        "validation_timeout",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: PoolSettings,
+        hooks: ConnectionHooks,
+        life: _Life,
+    ) -> None:
+        self.engine = engine
+        self.alias = settings.alias
+        self.hooks = hooks
+        self.life = life
+        self.policy = settings.reset_on_return
+        self.pre_ping = settings.pool_pre_ping
+        self.threshold = settings.pre_ping_threshold
+        self.validation_timeout = settings.validation_timeout
+
+    # These run on every checkout and return: keep them lean.
+
+    def borrow(self) -> _ConnectionRecord:
+        """Check an entry out of the pool, with a working driver connection.
+
+        :raises sqlalchemy.exc.TimeoutError: when none is free within ``pool_timeout``.
+        :raises PoolClosed: when the engine was disposed.
+        """
+        pool = self.engine.pool
+        record = cast("_ConnectionRecord", pool._do_get())
+        try:
+            # As SQLAlchemy's checkout: a connection that fails its check is
+            # replaced (with every older one) and the new one checked once more.
+            for _ in range(2):
+                dbapi_connection = record.get_connection()
+                try:
+                    self.check_out(dbapi_connection, record)
+                except exc.DisconnectionError as error:
+                    record.invalidate(error)
+                    if error.invalidate_pool:
+                        _invalidate_older(pool, record)
+                else:
+                    return record
+            raise exc.InvalidRequestError("new connections failed their checks")
+        except BaseException as error:
+            record._checkin_failed(error, _fairy_was_created=False)
+            raise
+
+    def give_back(self, record: _ConnectionRecord) -> None:
+        """Reset a borrowed entry and check it back in (closed, if it cannot be reset)."""
+        try:
+            self.check_in(record.dbapi_connection, record)
+        except Exception as error:
+            logger.warning(
+                "closing a connection of %r: resetting it failed (%s)",
+                self.alias,
+                type(error).__name__,
+            )
+            record.invalidate(error)
+        except (
+            BaseException
+        ) as error:  # interrupted: do not pool a connection mid-reset
+            record.invalidate(error)
+            record.checkin(_fairy_was_created=False)
+            raise
+        record.checkin(_fairy_was_created=False)
+
+    def discard(self, record: _ConnectionRecord, older_too: bool = False) -> None:
+        """Close a borrowed entry's connection, and with ``older_too`` every older one."""
+        if older_too:
+            _invalidate_older(self.engine.pool, record)
+        record.invalidate()
+        record.checkin(_fairy_was_created=False)
+
+    def check_out(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        """Make sure a connection about to be lent works, at a round trip's cost only when needed."""
+        if self.life.retired:
+            raise PoolClosed(
+                f"This engine of {self.alias!r} was disposed (its connection "
+                "parameters changed, or dispose_all() ran). Call get_engine() again."
+            )
+        info = record.info
+        if info.pop(INFO_FRESH, False) or not self.pre_ping:
+            return  # a connection opened just now needs no ping
+        # The ping is the only round trip here, and only for a connection that has
+        # been idle a while or that the server visibly closed while idle.
+        hooks = self.hooks
+        if (
+            time.monotonic() - info[INFO_RETURNED_AT] > self.threshold
+            or hooks.closed_while_idle(dbapi_connection)
+        ) and not hooks.ping(dbapi_connection, self.validation_timeout):
+            logger.warning(
+                "connection for %r is closed or failed its ping within %.1f s; "
+                "replacing it and every older connection",
+                self.alias,
+                self.validation_timeout,
+            )
+            raise exc.InvalidatePoolError("ping failed")
+
+    def check_in(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        """Make a returned connection clean for the next borrower; raise to have it closed."""
+        if self.life.retired:
+            # Borrowed before the pool was disposed: close it, do not keep it.
+            record.invalidate()
+            return
+        info = record.info
+        if self.hooks.reset(dbapi_connection, self.policy):
+            # The session is as new again: Django must initialize it once more.
+            info[INFO_NEW] = True
+        info[INFO_RETURNED_AT] = time.monotonic()
+
+
+def _invalidate_older(pool: Any, record: _ConnectionRecord) -> None:
+    # What Pool._invalidate() does: connections opened before this one went to the
+    # same server before the same event, so they are replaced when next checked out.
+    if pool._invalidate_time < record.starttime:
+        pool._invalidate_time = time.time()
+
+
+def _listen(lender: Lender) -> None:
+    engine = lender.engine
+    recycle = engine.pool._recycle if engine.pool._recycle > -1 else None
+    alias = lender.alias
+    for_sqlalchemy = lender.hooks.for_sqlalchemy
+    check_out = lender.check_out
+    check_in = lender.check_in
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         info = record.info
         info[INFO_NEW] = info[INFO_FRESH] = True
-        info[INFO_RETURNED_AT] = monotonic()
+        info[INFO_RETURNED_AT] = time.monotonic()
         if recycle is not None:
             # Age the connection by a random fraction of its lifetime. Never age it
             # past the pool's last invalidation, or it would be recycled at once.
@@ -337,37 +461,16 @@ def _listen(
             record.starttime = max(jittered, engine.pool._invalidate_time + 1e-6)  # type: ignore[attr-defined]
         logger.debug("opened a connection for %r", alias)
 
-    # The two listeners below run on every checkout and return: keep them lean.
+    # SQLAlchemy code's checkouts and returns; Django's go through the Lender.
 
     @event.listens_for(engine, "checkout")
     def on_checkout(
         dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
     ) -> None:
-        if life.retired:
-            raise PoolClosed(
-                f"This engine of {alias!r} was disposed (its connection parameters "
-                "changed, or dispose_all() ran). Call get_engine() again."
-            )
-        if not borrower.django:
-            # Django sets what it needs on every connect; SQLAlchemy expects a
-            # connection as the driver makes it.
-            for_sqlalchemy(dbapi_connection)
-        info = record.info
-        if info.pop(INFO_FRESH, False) or not pre_ping:
-            return  # a connection opened just now needs no ping
-        # The ping is the only round trip here, and only for a connection that has
-        # been idle a while or that the server visibly wrote to while idle.
-        if (
-            monotonic() - info[INFO_RETURNED_AT] > threshold
-            or has_unread_input(dbapi_connection)
-        ) and not hooks.ping(dbapi_connection, validation_timeout):
-            logger.warning(
-                "connection for %r is closed or failed its ping within %.1f s; "
-                "replacing it and every older connection",
-                alias,
-                validation_timeout,
-            )
-            raise exc.InvalidatePoolError("ping failed")
+        # Django sets what it needs on every connect; SQLAlchemy expects a
+        # connection as the driver makes it.
+        for_sqlalchemy(dbapi_connection)
+        check_out(dbapi_connection, record)
 
     # SQLAlchemy runs "reset" right before it checks a connection in; doing the
     # check-in bookkeeping here too saves a second listener call on every return.
@@ -375,17 +478,8 @@ def _listen(
     def on_reset(
         dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
     ) -> None:
-        if state.terminate_only:
-            return
-        if life.retired:
-            # Borrowed before the pool was disposed: close it, do not keep it.
-            record.invalidate()
-            return
-        info = record.info
-        if reset(dbapi_connection, policy):
-            # The session is as new again: Django must initialize it once more.
-            info[INFO_NEW] = True
-        info[INFO_RETURNED_AT] = monotonic()
+        if not state.terminate_only:
+            check_in(dbapi_connection, record)
 
 
 # -- processes ----------------------------------------------------------------

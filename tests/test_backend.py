@@ -684,3 +684,50 @@ def test_psycopg_fields_the_reset_reads_match_its_properties():
         raw.read_only = None
         raw.deferrable = None
         connection.close()
+
+
+def test_connection_of_a_thread_that_never_closed_it_goes_back_to_the_pool(caplog):
+    """A thread that ends holding a connection must not shrink the pool for good."""
+    import gc
+
+    def borrow_and_forget() -> None:
+        connections["default"].ensure_connection()
+        with connections["default"].cursor() as cursor:
+            cursor.execute("BEGIN")  # left open, too: the return must roll it back
+            cursor.execute("SELECT 1")
+
+    engine = get_engine()
+    workers = [threading.Thread(target=borrow_and_forget) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    del workers
+    gc.collect()
+
+    assert engine.pool.checkedout() == 0
+    assert "was still borrowed when its Django connection" in caplog.text
+    borrowed = [engine.raw_connection() for _ in range(3)]
+    try:  # what came back was rolled back
+        statuses = {c.driver_connection.info.transaction_status for c in borrowed}
+    finally:
+        for c in borrowed:
+            c.close()
+    assert statuses == {psycopg.pq.TransactionStatus.IDLE}
+
+
+def test_sqlalchemy_checkouts_fire_pool_events_and_share_the_connections():
+    from sqlalchemy import event
+
+    engine = get_engine()
+    seen: list[str] = []
+    event.listen(engine, "checkout", lambda *args: seen.append("checkout"))
+    event.listen(engine, "checkin", lambda *args: seen.append("checkin"))
+    connection.ensure_connection()
+    django_pid = connection.connection.info.backend_pid
+    connection.close()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == django_pid
+
+    # Django's borrow fires checkin only; SQLAlchemy's fires both.
+    assert seen == ["checkin", "checkout", "checkin"]

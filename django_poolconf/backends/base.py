@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,7 +29,7 @@ from django_poolconf.errors import ConnectionFailed, PoolTimeout
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
-    from sqlalchemy.pool import PoolProxiedConnection
+    from sqlalchemy.pool.base import _ConnectionRecord
 
 __all__ = ["DISCONNECT", "READ_ONLY", "PooledDatabaseWrapperMixin"]
 
@@ -66,7 +67,6 @@ class PooledDatabaseWrapperMixin:
     in_atomic_block: bool
     closed_in_transaction: bool
 
-    _pool_fairy: PoolProxiedConnection | None = None
     _pool_error: str | None = None
     _pool_settings_cache: tuple[tuple[object, ...], PoolSettings] | None = None
     _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None
@@ -79,6 +79,10 @@ class PooledDatabaseWrapperMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.is_pooled = self.alias != NO_DB_ALIAS
+        self._loan = loan = _Loan()
+        # A wrapper dropped with a connection still borrowed (its thread ended
+        # without closing it) gives the connection back instead of leaking it.
+        weakref.finalize(self, loan.give_back_orphan).atexit = False
 
     def get_pool_settings(self) -> PoolSettings:
         """Return this alias's validated pool options.
@@ -113,11 +117,6 @@ class PooledDatabaseWrapperMixin:
             self.get_pool_settings()
         super().close_if_health_check_failed()  # type: ignore[misc]
 
-    def check_settings(self) -> None:
-        super().check_settings()  # type: ignore[misc]
-        if self.is_pooled:
-            self.get_pool_settings()
-
     # -- vendor hooks ------------------------------------------------------------
 
     def pool_fingerprint(self, conn_params: dict[str, Any]) -> Hashable:
@@ -143,9 +142,9 @@ class PooledDatabaseWrapperMixin:
 
         Prefer :func:`django_poolconf.get_engine`.
         """
-        return self._engine_for(self.get_connection_params())  # type: ignore[attr-defined]
+        return self._lender_for(self.get_connection_params()).engine  # type: ignore[attr-defined]
 
-    def _engine_for(self, conn_params: dict[str, Any]) -> Engine:
+    def _lender_for(self, conn_params: dict[str, Any]) -> engines.Lender:
         cached = self._fingerprint_cache
         # Backends hand back the same params dict while nothing changed, pool
         # settings included: fingerprint it once.
@@ -155,7 +154,7 @@ class PooledDatabaseWrapperMixin:
             settings = self.get_pool_settings()
             fingerprint = (self.pool_fingerprint(conn_params), settings)
             self._fingerprint_cache = (conn_params, settings, fingerprint)
-        return engines.engine_for(
+        return engines.lender_for(
             self.alias,
             fingerprint,
             settings,
@@ -176,7 +175,7 @@ class PooledDatabaseWrapperMixin:
             # Django 5.1+ refuses this in ensure_connection(); 4.2 would connect anew
             # and carry on outside the transaction the block thinks it is in.
             raise ProgrammingError("Cannot open a new connection in an atomic block.")
-        self.check_settings()
+        self.check_settings()  # type: ignore[attr-defined]
         self.in_atomic_block = False
         self.savepoint_ids: list[str] = []
         self.atomic_blocks: list[Any] = []
@@ -189,16 +188,24 @@ class PooledDatabaseWrapperMixin:
         self.health_check_done = True
         self._pool_error = None
         conn_params = self.get_connection_params()  # type: ignore[attr-defined]
-        self.connection = self.get_new_connection(conn_params)  # type: ignore[attr-defined]
-        self.set_autocommit(self.settings_dict["AUTOCOMMIT"])  # type: ignore[attr-defined]
-        fairy = self._pool_fairy
-        if fairy is not None and fairy.info.get(engines.INFO_NEW):
+        self.connection = connection = self.get_new_connection(conn_params)  # type: ignore[attr-defined]
+        # Django's set_autocommit(), minus what cannot apply to a connection that was
+        # just borrowed (no atomic block, no health check due, and close() already
+        # dropped the commit hooks), and minus the driver call when the connection
+        # is already in that mode.
+        autocommit = self.settings_dict["AUTOCOMMIT"]
+        if getattr(connection, "autocommit", None) != autocommit:
+            self._set_autocommit(autocommit)  # type: ignore[attr-defined]
+        self.autocommit = autocommit
+        self.run_commit_hooks_on_set_autocommit_on = False
+        record = self._loan.record
+        if record is not None and record.info.get(engines.INFO_NEW):
             self.init_connection_state()  # type: ignore[attr-defined]
             connection_created.send(sender=self.__class__, connection=self)
             # Whatever the setup did to the session is its baseline, not a change
             # to reset on return.
             self.mark_session_clean(self.connection)
-            fairy.info.pop(engines.INFO_NEW, None)
+            record.info.pop(engines.INFO_NEW, None)
         self.run_on_commit: list[Any] = []
 
     def checkout_connection(self, conn_params: dict[str, Any]) -> Any:
@@ -206,11 +213,9 @@ class PooledDatabaseWrapperMixin:
 
         :raises PoolTimeout: when no connection is free within ``pool_timeout``.
         """
-        engine = self._engine_for(conn_params)
-        borrower = engines.BORROWER
-        borrower.django = True
+        lender = self._lender_for(conn_params)
         try:
-            fairy = engine.pool.connect()
+            record = lender.borrow()
         except sa_exc.TimeoutError:
             settings = self.get_pool_settings()
             raise PoolTimeout(
@@ -218,38 +223,36 @@ class PooledDatabaseWrapperMixin:
                 f"(pool_size={settings.pool_size}, max_overflow={settings.max_overflow})."
             ) from None
         except sa_exc.SQLAlchemyError:
-            # SQLAlchemy gave up after reconnecting failed its checks twice.
+            # Reconnecting failed its checks twice.
             raise ConnectionFailed(
                 f"Could not get a working connection for {self.alias!r}: new "
                 "connections failed their checks."
             ) from None
-        finally:
-            borrower.django = False
-        self._pool_fairy = fairy
-        return fairy.dbapi_connection
+        loan = self._loan
+        loan.lender = lender
+        loan.record = record
+        return record.dbapi_connection
 
     def mark_session_clean(self, dbapi_connection: Any) -> None:
         """Forget the session changes seen so far on ``dbapi_connection``."""
 
     def _close(self) -> None:
-        fairy = self._pool_fairy
-        if fairy is None:
+        loan = self._loan
+        record = loan.record
+        if record is None:
             return super()._close()  # type: ignore[misc, no-any-return]
-        self._pool_fairy = None
+        loan.record = None
+        lender = loan.lender
+        assert lender is not None
         dbapi_connection = self.connection
         # As in Django's own pool: this wrapper must never touch the connection again,
         # even when it is closed inside an atomic block.
         self.connection = None
         error = self._pool_error
         self._pool_error = None
-        if error is not None or self.connection_is_broken(dbapi_connection):
-            self._discard(fairy, error)
-        else:
-            fairy.close()
-
-    def _discard(self, fairy: PoolProxiedConnection, error: str | None) -> None:
-        pool = fairy._pool
-        if error in (DISCONNECT, READ_ONLY):
+        if error is None and not self.connection_is_broken(dbapi_connection):
+            lender.give_back(record)
+        elif error in (DISCONNECT, READ_ONLY):
             # Connections opened before this one went to the same server before the
             # same event: replace them too, as SQLAlchemy does on a disconnect.
             logger.warning(
@@ -259,14 +262,14 @@ class PooledDatabaseWrapperMixin:
                 if error == DISCONNECT
                 else "a write reached a read-only server",
             )
-            pool._invalidate(fairy)
+            lender.discard(record, older_too=True)
         else:
             logger.warning("invalidating a broken connection of %r", self.alias)
-            fairy.invalidate()
+            lender.discard(record)
 
     def note_pool_error(self, error: BaseException) -> None:
         """Remember how a driver error affects the borrowed connection (called by Django's error wrapper)."""
-        if self._pool_fairy is None:
+        if self._loan.record is None:
             return
         kind = self.classify_error(error)
         if kind == READ_ONLY and self.get_pool_settings().replica_of is not None:
@@ -281,13 +284,33 @@ class PooledDatabaseWrapperMixin:
 
     def forget_inherited_connection(self) -> None:
         """Drop, without closing, a connection inherited from the parent across ``fork()``."""
-        fairy = self._pool_fairy
-        if fairy is None:
+        record = self._loan.record
+        if record is None:
             return
-        self._pool_fairy = None
+        self._loan.record = None
         self.connection = None
         # Touch nothing of the parent's pool: another thread of the parent may have
         # held its lock at fork time, and it stays held in the child forever. Keep
-        # the borrowed entry alive instead: collected, SQLAlchemy would return it,
-        # taking that lock, and reset it, writing to the parent's socket.
-        engines.INHERITED.append(fairy)
+        # the borrowed entry referenced, so that nothing ever returns it there.
+        engines.INHERITED.append(record)
+
+
+class _Loan:
+    """What a wrapper has borrowed: kept apart from the wrapper for its finalizer."""
+
+    __slots__ = ("lender", "record")
+
+    def __init__(self) -> None:
+        self.lender: engines.Lender | None = None
+        self.record: _ConnectionRecord | None = None
+
+    def give_back_orphan(self) -> None:
+        record, self.record = self.record, None
+        if record is None or self.lender is None:
+            return
+        logger.warning(
+            "a connection of %r was still borrowed when its Django connection "
+            "object was collected (a thread ended without closing it); returning it",
+            self.lender.alias,
+        )
+        self.lender.give_back(record)

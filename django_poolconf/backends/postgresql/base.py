@@ -60,6 +60,7 @@ _SESSION_CHANGE_STR: Final = re.compile(
 )
 
 _IDLE: Final = pq.TransactionStatus.IDLE
+_CONNECTION_OK: Final = pq.ConnStatus.OK
 _BAD_STATUS: Final = frozenset(
     {pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN}
 )
@@ -86,7 +87,6 @@ class PooledConnection(psycopg.Connection[Any]):
     session_changed: bool = False
     isolation_default: Any = None
     named_cursors: list[Any]  # named cursors made by the current borrower
-    poller: select.poll
 
     def _set_autocommit(self, value: bool) -> None:
         # Django sets autocommit on every checkout; it is usually what it was.
@@ -145,12 +145,6 @@ class PostgresHooks:
             failure = str(error)
         else:
             connection.named_cursors = []
-            # The socket is the connection's for life: register it once.
-            connection.poller = select.poll()
-            connection.poller.register(
-                connection.pgconn.socket,
-                select.POLLIN | select.POLLERR | select.POLLHUP,
-            )
             if self.isolation_level is not None:
                 connection.isolation_level = self.isolation_level
             connection.isolation_default = connection.isolation_level
@@ -167,12 +161,19 @@ class PostgresHooks:
             f"{_redact(failure, self.conn_params)}"
         )
 
-    def has_unread_input(self, dbapi_connection: PooledConnection) -> bool:
-        # An idle connection has nothing to read. If it has, the server said
-        # something unasked: typically a FATAL error before closing the socket
-        # (pg_terminate_backend, a restart). One poll() call, no round trip; a
-        # socket psycopg closed polls as invalid, which counts too.
-        return bool(dbapi_connection.poller.poll(0))
+    def closed_while_idle(self, dbapi_connection: PooledConnection) -> bool:
+        # A server that ends a session (pg_terminate_backend, a restart, a crash)
+        # sends a FATAL error and closes the socket. libpq reads what is there
+        # without waiting: the first read takes the error, the second meets the
+        # end of the stream and marks the connection bad. Unlike poll(), neither
+        # call lets go of the GIL, which under threads costs a context switch.
+        pgconn = dbapi_connection.pgconn
+        try:
+            pgconn.consume_input()
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+        return pgconn.status != _CONNECTION_OK
 
     def ping(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
         # SQLAlchemy's pre-ping has no deadline; this one is bounded by select().
