@@ -463,6 +463,13 @@ def test_pooled_connection_repr_names_no_server(db):
         ("SELECT 1 INTO LOCAL TEMP t", True),
         ("SELECT 'SET x' AS label", False),
         (b"SET search_path TO x", True),
+        (b"SELECT * FROM template WHERE held", False),
+        (b"select pg_advisory_lock(1)", True),
+        (b"SELECT 1;\n  listen channel", True),
+        ("SELECT temperature FROM readings WHERE hold_until > now()", False),
+        ("SELECT 1 /* ; */ FROM t WHERE offset_id = 1", False),
+        ("SELECT 1;\n/* tag */ SET search_path TO x", True),
+        ("SELECT * FROM t WHERE n = %s FOR UPDATE", False),
     ],
 )
 def test_changes_session_detects_session_level_statements(statement, changes):
