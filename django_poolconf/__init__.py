@@ -16,6 +16,8 @@ __all__ = [
     "dispose_all",
     "get_async_engine",
     "get_engine",
+    "pool_stats",
+    "pool_stats_all",
 ]
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
         PoolError,
         PoolTimeout,
     )
+    from django_poolconf.monitoring import pool_stats, pool_stats_all
 
 # Imported on first use, so that `import django_poolconf` in a settings module (for
 # databases_from_env) does not import Django's database layer or SQLAlchemy.
@@ -40,6 +43,8 @@ _LAZY = {
     "PoolClosed": "django_poolconf.errors",
     "PoolError": "django_poolconf.errors",
     "PoolTimeout": "django_poolconf.errors",
+    "pool_stats": "django_poolconf.monitoring",
+    "pool_stats_all": "django_poolconf.monitoring",
 }
 
 

@@ -63,6 +63,8 @@ class PoolSettings:
     connect_timeout: float = 10.0  # seconds to open a new connection
     statement_timeout: int | None = None  # milliseconds, None = server default
     reset_on_return: ResetOnReturn = "auto"
+    leak_detection_threshold: float | None = None  # seconds held before a warning
+    slow_checkout_ms: float | None = None  # milliseconds waited before a warning
     replica_of: str | None = field(default=None)
 
     @property
@@ -370,14 +372,16 @@ def _integer(minimum: int, *, optional: bool = False) -> Rule:
     return rule
 
 
-def _number(minimum: float, *, inclusive: bool, optional: bool = False) -> Rule:
+def _number(
+    minimum: float, *, inclusive: bool, optional: bool = False, unit: str = "seconds"
+) -> Rule:
     bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
 
     def rule(where: str, key: str, value: object) -> Problem | None:
         if optional and value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return _type_problem(where, key, value, "a number of seconds", optional)
+            return _type_problem(where, key, value, f"a number of {unit}", optional)
         try:
             as_float = float(value)
         except OverflowError:  # an int too large for a float
@@ -387,7 +391,7 @@ def _number(minimum: float, *, inclusive: bool, optional: bool = False) -> Rule:
             or value < minimum
             or (not inclusive and value == minimum)
         ):
-            return _range_problem(where, value, f"a number {bound} (seconds)", optional)
+            return _range_problem(where, value, f"a number {bound} ({unit})", optional)
         return None
 
     return rule
@@ -449,6 +453,8 @@ _EXAMPLES: Final[Mapping[str, str]] = {
     "validation_timeout": "5",
     "connect_timeout": "10",
     "statement_timeout": "30000",
+    "leak_detection_threshold": "60",
+    "slow_checkout_ms": "500",
 }
 
 
@@ -467,6 +473,8 @@ _RULES: Final[Mapping[str, Rule]] = {
     "connect_timeout": _number(0, inclusive=False),
     "statement_timeout": _integer(0, optional=True),
     "reset_on_return": _choice(RESET_CHOICES),
+    "leak_detection_threshold": _number(0, inclusive=False, optional=True),
+    "slow_checkout_ms": _number(0, inclusive=True, optional=True, unit="milliseconds"),
 }
 assert set(_RULES) == set(POOL_KEYS), "every POOL key needs a rule"
 
@@ -477,6 +485,8 @@ _FLOAT_KEYS: Final = frozenset(
         "pre_ping_threshold",
         "validation_timeout",
         "connect_timeout",
+        "leak_detection_threshold",
+        "slow_checkout_ms",
     }
 )
 

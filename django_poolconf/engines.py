@@ -25,8 +25,10 @@ from django.db import DEFAULT_DB_ALIAS
 from sqlalchemy import event, exc
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
 
+from django_poolconf import monitoring
 from django_poolconf.conf import PoolSettings
 from django_poolconf.errors import PoolClosed
+from django_poolconf.monitoring import Counters, Held, Invalidation, PoolStats
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -49,6 +51,8 @@ logger = logging.getLogger(__name__)
 INFO_NEW: Final = "django_poolconf.new"  # Django has not initialized it yet
 INFO_RETURNED_AT: Final = "django_poolconf.returned_at"  # monotonic seconds
 INFO_FRESH: Final = "django_poolconf.fresh"  # opened, not yet checked out
+INFO_BORROWED_AT: Final = "django_poolconf.borrowed_at"  # monotonic seconds
+INFO_HELD: Final = "django_poolconf.held"  # leak detection's record of the borrower
 
 #: Recycling takes up to this fraction off ``pool_recycle``, so that connections
 #: opened together are not all replaced together (psycopg_pool takes up to 5 %).
@@ -317,11 +321,15 @@ class Lender:
 
     __slots__ = (
         "alias",
+        "counters",
         "engine",
         "hooks",
+        "leak_threshold",
         "life",
         "policy",
         "pre_ping",
+        "settings",
+        "slow_checkout",
         "threshold",
         "validation_timeout",
     )
@@ -334,9 +342,17 @@ class Lender:
         life: _Life,
     ) -> None:
         self.engine = engine
+        self.settings = settings
         self.alias = settings.alias
         self.hooks = hooks
         self.life = life
+        self.counters = Counters()
+        self.leak_threshold = settings.leak_detection_threshold
+        self.slow_checkout = (
+            None
+            if settings.slow_checkout_ms is None
+            else settings.slow_checkout_ms / 1000
+        )
         self.policy = settings.reset_on_return
         self.pre_ping = settings.pool_pre_ping
         self.threshold = settings.pre_ping_threshold
@@ -351,7 +367,12 @@ class Lender:
         :raises PoolClosed: when the engine was disposed.
         """
         pool = self.engine.pool
-        record = cast("_ConnectionRecord", pool._do_get())
+        began = time.monotonic()
+        try:
+            record = cast("_ConnectionRecord", pool._do_get())
+        except exc.TimeoutError:
+            self._exhausted()
+            raise
         try:
             # As SQLAlchemy's checkout: a connection that fails its check is
             # replaced (with every older one) and the new one checked once more.
@@ -362,39 +383,102 @@ class Lender:
                 except exc.DisconnectionError as error:
                     record.invalidate(error)
                     if error.invalidate_pool:
-                        _invalidate_older(pool, record)
+                        _invalidate_older(pool, record, self.alias)
                 else:
-                    return record
-            raise exc.InvalidRequestError("new connections failed their checks")
+                    break
+            else:
+                raise exc.InvalidRequestError("new connections failed their checks")
         except BaseException as error:
             record._checkin_failed(error, _fairy_was_created=False)
             raise
+        now = time.monotonic()
+        record.info[INFO_BORROWED_AT] = now
+        waited = now - began
+        self.counters.checked_out(waited)
+        if self.slow_checkout is not None and waited > self.slow_checkout:
+            self._slow(waited)
+        if self.leak_threshold is not None:
+            self._watch(record, skip=2)
+        if monitoring.logger.isEnabledFor(logging.DEBUG):
+            monitoring.logger.debug("checked out a connection of %r", self.alias)
+        return record
+
+    def _exhausted(self) -> None:
+        self.counters.add("checkout_timeouts")
+        monitoring.pool_exhausted.send(
+            sender=type(self),
+            alias=self.alias,
+            timeout=self.settings.pool_timeout,
+            stats=self.stats(),
+        )
+
+    def _slow(self, waited: float) -> None:
+        stats = self.stats()
+        monitoring.logger.warning(
+            "a checkout of %r waited %.1f ms (slow_checkout_ms=%g): %d of %d "
+            "connections checked out, %d threads waiting",
+            self.alias,
+            waited * 1000,
+            self.settings.slow_checkout_ms,
+            stats.checked_out,
+            stats.capacity,
+            stats.waiting,
+        )
+
+    def _watch(self, record: ConnectionPoolEntry, skip: int) -> None:
+        assert self.leak_threshold is not None
+        held = Held(self.alias, self.leak_threshold, skip=skip + 1)
+        record.info[INFO_HELD] = held
+        monitoring.LEAKS.watch(held, self.leak_threshold)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of this pool: see :class:`~django_poolconf.monitoring.PoolStats`."""
+        settings = self.settings
+        return monitoring.snapshot(
+            self.alias,
+            "primary" if settings.replica_of is None else "replica",
+            self.engine.pool,  # type: ignore[arg-type]
+            settings.capacity,
+            self.counters,
+        )
 
     def give_back(self, record: _ConnectionRecord) -> None:
         """Reset a borrowed entry and check it back in (closed, if it cannot be reset)."""
         try:
             self.check_in(record.dbapi_connection, record)
         except Exception as error:
-            logger.warning(
-                "closing a connection of %r: resetting it failed (%s)",
-                self.alias,
-                type(error).__name__,
+            record.invalidate(
+                Invalidation(f"resetting it failed ({type(error).__name__})")
             )
-            record.invalidate(error)
         except (
             BaseException
         ) as error:  # interrupted: do not pool a connection mid-reset
-            record.invalidate(error)
+            record.invalidate(Invalidation(f"interrupted ({type(error).__name__})"))
             record.checkin(_fairy_was_created=False)
             raise
+        if monitoring.logger.isEnabledFor(logging.DEBUG):
+            monitoring.logger.debug("checked in a connection of %r", self.alias)
         record.checkin(_fairy_was_created=False)
 
-    def discard(self, record: _ConnectionRecord, older_too: bool = False) -> None:
+    def discard(
+        self, record: _ConnectionRecord, reason: str, older_too: bool = False
+    ) -> None:
         """Close a borrowed entry's connection, and with ``older_too`` every older one."""
+        self.note_returned(record)
         if older_too:
-            _invalidate_older(self.engine.pool, record)
-        record.invalidate()
+            _invalidate_older(self.engine.pool, record, self.alias)
+        record.invalidate(Invalidation(reason))
         record.checkin(_fairy_was_created=False)
+
+    def note_returned(self, record: ConnectionPoolEntry) -> None:
+        """Count the hold time of a returned connection and end its leak watch."""
+        info = record.info
+        borrowed_at = info.pop(INFO_BORROWED_AT, None)
+        if borrowed_at is not None:
+            self.counters.checked_in(time.monotonic() - borrowed_at)
+        held = info.pop(INFO_HELD, None)
+        if held is not None:
+            monitoring.LEAKS.release(held)
 
     def check_out(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         """Make sure a connection about to be lent works, at a round trip's cost only when needed."""
@@ -409,23 +493,25 @@ class Lender:
         # The ping is the only round trip here, and only for a connection that has
         # been idle a while or that the server visibly closed while idle.
         hooks = self.hooks
-        if (
-            time.monotonic() - info[INFO_RETURNED_AT] > self.threshold
-            or hooks.closed_while_idle(dbapi_connection)
-        ) and not hooks.ping(dbapi_connection, self.validation_timeout):
-            logger.warning(
-                "connection for %r is closed or failed its ping within %.1f s; "
-                "replacing it and every older connection",
-                self.alias,
-                self.validation_timeout,
-            )
-            raise exc.InvalidatePoolError("ping failed")
+        if time.monotonic() - info[
+            INFO_RETURNED_AT
+        ] > self.threshold or hooks.closed_while_idle(dbapi_connection):
+            ok = hooks.ping(dbapi_connection, self.validation_timeout)
+            counters = self.counters
+            with counters.lock:
+                counters.pre_pings += 1
+                counters.pre_ping_failures += not ok
+            if not ok:
+                raise exc.InvalidatePoolError(
+                    f"closed, or no answer to a ping within {self.validation_timeout:g} s"
+                )
 
     def check_in(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         """Make a returned connection clean for the next borrower; raise to have it closed."""
+        self.note_returned(record)
         if self.life.retired:
             # Borrowed before the pool was disposed: close it, do not keep it.
-            record.invalidate()
+            record.invalidate(Invalidation("its pool was disposed of", quiet=True))
             return
         info = record.info
         if self.hooks.reset(dbapi_connection, self.policy):
@@ -434,20 +520,26 @@ class Lender:
         info[INFO_RETURNED_AT] = time.monotonic()
 
 
-def _invalidate_older(pool: Any, record: _ConnectionRecord) -> None:
+def _invalidate_older(pool: Any, record: _ConnectionRecord, alias: str) -> None:
     # What Pool._invalidate() does: connections opened before this one went to the
     # same server before the same event, so they are replaced when next checked out.
     if pool._invalidate_time < record.starttime:
         pool._invalidate_time = time.time()
+        monitoring.logger.warning(
+            "replacing every connection of %r opened before now", alias
+        )
 
 
 def _listen(lender: Lender) -> None:
     engine = lender.engine
-    recycle = engine.pool._recycle if engine.pool._recycle > -1 else None
+    pool = engine.pool
+    recycle = lender.settings.pool_recycle
     alias = lender.alias
+    counters = lender.counters
     for_sqlalchemy = lender.hooks.for_sqlalchemy
     check_out = lender.check_out
     check_in = lender.check_in
+    pool_logger = monitoring.logger
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -458,8 +550,38 @@ def _listen(lender: Lender) -> None:
             # Age the connection by a random fraction of its lifetime. Never age it
             # past the pool's last invalidation, or it would be recycled at once.
             jittered = record.starttime - random.uniform(0, RECYCLE_JITTER * recycle)  # type: ignore[attr-defined]
-            record.starttime = max(jittered, engine.pool._invalidate_time + 1e-6)  # type: ignore[attr-defined]
-        logger.debug("opened a connection for %r", alias)
+            record.starttime = max(jittered, pool._invalidate_time + 1e-6)  # type: ignore[attr-defined]
+        counters.add("connections_opened")
+        pool_logger.debug("opened a connection for %r", alias)
+
+    @event.listens_for(engine, "close")
+    def on_close(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        counters.add("connections_closed")
+        if (
+            recycle is not None
+            and time.time() - record.starttime > recycle  # type: ignore[attr-defined]
+            and pool._invalidate_time <= record.starttime  # type: ignore[attr-defined]
+        ):
+            counters.add("recycled")
+            pool_logger.debug("recycled a connection of %r (pool_recycle)", alias)
+
+    @event.listens_for(engine, "invalidate")
+    def on_invalidate(
+        dbapi_connection: Any,
+        record: ConnectionPoolEntry,
+        error: BaseException | None,
+    ) -> None:
+        counters.add("connections_invalidated")
+        reason = monitoring.describe(error)
+        level = (
+            logging.DEBUG
+            if isinstance(error, Invalidation) and error.quiet
+            else logging.WARNING
+        )
+        pool_logger.log(level, "closing a connection of %r: %s", alias, reason)
+        monitoring.connection_invalidated.send(
+            sender=Lender, alias=alias, reason=reason
+        )
 
     # SQLAlchemy code's checkouts and returns; Django's go through the Lender.
 
@@ -471,6 +593,13 @@ def _listen(lender: Lender) -> None:
         # connection as the driver makes it.
         for_sqlalchemy(dbapi_connection)
         check_out(dbapi_connection, record)
+        record.info[INFO_BORROWED_AT] = time.monotonic()
+        # SQLAlchemy fires no event before it waits, so its waits are not timed.
+        counters.add("checkouts")
+        if lender.leak_threshold is not None:
+            lender._watch(record, skip=1)
+        if pool_logger.isEnabledFor(logging.DEBUG):
+            pool_logger.debug("checked out a connection of %r", alias)
 
     # SQLAlchemy runs "reset" right before it checks a connection in; doing the
     # check-in bookkeeping here too saves a second listener call on every return.
@@ -480,6 +609,39 @@ def _listen(lender: Lender) -> None:
     ) -> None:
         if not state.terminate_only:
             check_in(dbapi_connection, record)
+            if pool_logger.isEnabledFor(logging.DEBUG):
+                pool_logger.debug("checked in a connection of %r", alias)
+
+
+def stats_of(alias: str) -> PoolStats | None:
+    """A snapshot of ``alias``'s pool in this process, or None if it has none."""
+    entry = _registry.get(alias)
+    if entry is None or entry.pid != os.getpid():
+        return None
+    return entry.lender.stats()
+
+
+def histogram_of(alias: str, kind: str) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative Prometheus buckets and the sum (seconds) of ``kind``: "wait" or "hold"."""
+    from django_poolconf.metrics import _cumulative
+
+    entry = _registry.get(alias)
+    if entry is None:
+        return _cumulative([0] * (len(monitoring.BUCKETS) + 1)), 0.0
+    counters = entry.lender.counters
+    with counters.lock:
+        counts = list(getattr(counters, f"{kind}_buckets"))
+        total = getattr(counters, f"{kind}_total")
+    return _cumulative(counts), total
+
+
+def all_stats() -> dict[str, PoolStats]:
+    """Snapshots of every pool this process has built, by alias."""
+    return {
+        alias: entry.lender.stats()
+        for alias, entry in list(_registry.items())
+        if entry.pid == os.getpid()
+    }
 
 
 # -- processes ----------------------------------------------------------------

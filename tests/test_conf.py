@@ -28,7 +28,8 @@ ENGINE = "django_poolconf.backends.postgresql"
 VALID_KEYS = (
     "Valid keys are 'pool_size', 'max_overflow', 'pool_timeout', 'pool_recycle', "
     "'pool_pre_ping', 'pre_ping_threshold', 'validation_timeout', 'connect_timeout', "
-    "'statement_timeout', 'reset_on_return'."
+    "'statement_timeout', 'reset_on_return', 'leak_detection_threshold', "
+    "'slow_checkout_ms'."
 )
 PRESET_CHOICES = (
     "'development', 'small_api', 'high_traffic', 'background_worker', 'auto'"
@@ -145,6 +146,8 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         "connect_timeout",
         "statement_timeout",
         "reset_on_return",
+        "leak_detection_threshold",
+        "slow_checkout_ms",
     )
 
 
@@ -938,3 +941,16 @@ def test_validate_alias_returns_no_settings_on_error():
 
     assert result is None
     assert ids(problems) == ["E004"]
+
+
+def test_slow_checkout_ms_is_milliseconds_and_leak_threshold_seconds():
+    problems = validate_alias(
+        "default",
+        {
+            "ENGINE": ENGINE,
+            "POOL": {"slow_checkout_ms": "5", "leak_detection_threshold": 0},
+        },
+    )[1]
+    text = " ".join(str(p) for p in problems)
+    assert "['slow_checkout_ms'] must be a number of milliseconds or None" in text
+    assert "['leak_detection_threshold'] must be a number > 0 (seconds) or None" in text

@@ -71,10 +71,20 @@ def sql(request: HttpRequest) -> HttpResponse:
     return HttpResponse(json.dumps({"pid": _pid(), "row": row}, default=str))
 
 
+def hold_connection(request: HttpRequest) -> HttpResponse:
+    """Query, then keep the connection for ``s`` seconds before the request ends."""
+    import time
+
+    pid = Item.objects.filter(name="a").exists() and _pid() or _pid()
+    time.sleep(float(request.GET["s"]))
+    return JsonResponse({"pid": pid})
+
+
 urlpatterns = [
     path("item/", item),
     path("session/", session_state),
     path("change-session/", change_session),
     path("raise-in-atomic/", raise_in_atomic),
     path("sql/", sql),
+    path("hold/", hold_connection),
 ]

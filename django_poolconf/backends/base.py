@@ -255,17 +255,15 @@ class PooledDatabaseWrapperMixin:
         elif error in (DISCONNECT, READ_ONLY):
             # Connections opened before this one went to the same server before the
             # same event: replace them too, as SQLAlchemy does on a disconnect.
-            logger.warning(
-                "invalidating the pool of %r: %s",
-                self.alias,
-                "the server closed a connection"
+            lender.discard(
+                record,
+                "the server closed it"
                 if error == DISCONNECT
                 else "a write reached a read-only server",
+                older_too=True,
             )
-            lender.discard(record, older_too=True)
         else:
-            logger.warning("invalidating a broken connection of %r", self.alias)
-            lender.discard(record)
+            lender.discard(record, "it is broken")
 
     def note_pool_error(self, error: BaseException) -> None:
         """Remember how a driver error affects the borrowed connection (called by Django's error wrapper)."""

@@ -10,6 +10,7 @@ import math
 import re
 import select
 import time
+import weakref
 from collections.abc import Hashable
 from typing import Any, Final
 
@@ -121,6 +122,7 @@ class PooledConnection(psycopg.Connection[Any]):
     session_changed: bool = False
     isolation_default: Any = None
     named_cursors: list[Any]  # named cursors made by the current borrower
+    server_ended_session: bool = False  # a FATAL error arrived while idle
 
     def _set_autocommit(self, value: bool) -> None:
         # Django sets autocommit on every checkout; it is usually what it was.
@@ -130,6 +132,21 @@ class PooledConnection(psycopg.Connection[Any]):
     def __repr__(self) -> str:
         status = pq.TransactionStatus(self.pgconn.transaction_status).name
         return f"<{type(self).__qualname__} [{status}] at 0x{id(self):x}>"
+
+
+class _FatalNotice:
+    """Notes on its connection a FATAL error that arrived while the connection was idle."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: PooledConnection) -> None:
+        self.connection = weakref.ref(connection)
+
+    def __call__(self, diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized in ("FATAL", "PANIC"):
+            connection = self.connection()
+            if connection is not None:
+                connection.server_ended_session = True
 
 
 class _SessionTrackingMixin:
@@ -179,6 +196,7 @@ class PostgresHooks:
             failure = str(error)
         else:
             connection.named_cursors = []
+            connection.add_notice_handler(_FatalNotice(connection))
             if self.isolation_level is not None:
                 connection.isolation_level = self.isolation_level
             connection.isolation_default = connection.isolation_level
@@ -197,17 +215,21 @@ class PostgresHooks:
 
     def closed_while_idle(self, dbapi_connection: PooledConnection) -> bool:
         # A server that ends a session (pg_terminate_backend, a restart, a crash)
-        # sends a FATAL error and closes the socket. libpq reads what is there
-        # without waiting: the first read takes the error, the second meets the
-        # end of the stream and marks the connection bad. Unlike poll(), neither
-        # call lets go of the GIL, which under threads costs a context switch.
+        # sends a FATAL error and closes the socket. libpq reads what has arrived
+        # without waiting: a read that meets the end of the stream marks the
+        # connection bad; if only the error has arrived yet, parsing it while idle
+        # hands it to the notice handler as a notice. Unlike poll(), none of these
+        # calls lets go of the GIL, which under threads costs a context switch.
         pgconn = dbapi_connection.pgconn
         try:
             pgconn.consume_input()
             pgconn.consume_input()
         except psycopg.OperationalError:
             return True
-        return pgconn.status != _CONNECTION_OK
+        if pgconn.status != _CONNECTION_OK:
+            return True
+        pgconn.get_result()  # idle: parses what arrived, returns None
+        return dbapi_connection.server_ended_session
 
     def ping(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
         # SQLAlchemy's pre-ping has no deadline; this one is bounded by select().
