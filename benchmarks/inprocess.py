@@ -14,6 +14,7 @@ round (A B C A B C ...) so that machine drift cancels, medians of several rounds
   poolconf's Django path (its Lender), SQLAlchemy code's path through poolconf's pool
   (listeners), and Django's whole connect()/close() on poolconf;
   and the cProfile function-call count of one checkout+checkin (stable across machines).
+* **monitoring**: what statistics and leak detection add to a checkout+checkin.
 * **contention**: 64 threads on a 4+4 pool, each request holding its connection for a
   1 ms query: throughput, checkout waits (p50, p99, max) against ``pool_timeout``, errors.
 """
@@ -54,6 +55,11 @@ def strategies(base: dict[str, Any], threads: int) -> dict[str, dict[str, Any]]:
             **base,
             "ENGINE": pooled,
             "POOL": {**size, "reset_on_return": "full"},
+        },
+        "poolconf_leak_detection": {
+            **base,
+            "ENGINE": pooled,
+            "POOL": {**size, "leak_detection_threshold": 60},
         },
         "new_per_request": {**base, "ENGINE": pg, "CONN_MAX_AGE": 0},
     }
@@ -289,6 +295,61 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
     return "\n".join(lines)
 
 
+def bench_monitoring(rounds: int, count: int) -> str:
+    """What statistics and leak detection cost on the checkout path."""
+    import time as _time
+
+    from django.db import connections
+
+    from django_poolconf.monitoring import Counters
+
+    lenders = {}
+    for alias in ("poolconf", "poolconf_leak_detection"):
+        wrapper = connections[alias]
+        lenders[alias] = wrapper._lender_for(wrapper.get_connection_params())
+    counters = Counters()
+    monotonic = _time.monotonic
+
+    def statistics_only() -> None:
+        # What the checkout path adds for statistics: three clock reads (before
+        # and after the wait, at the return) and the two counter updates.
+        began = monotonic()
+        counters.checked_out(monotonic() - began)
+        counters.checked_in(monotonic() - began)
+
+    def borrow(alias: str) -> Callable[[], None]:
+        lender = lenders[alias]
+        return lambda: lender.give_back(lender.borrow())
+
+    cases: dict[str, Callable[[], None]] = {
+        "checkout+checkin, statistics (always on)": borrow("poolconf"),
+        "checkout+checkin, statistics + leak detection": borrow(
+            "poolconf_leak_detection"
+        ),
+        "statistics' own work alone": statistics_only,
+    }
+    for fn in cases.values():
+        fn()
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            began = time.perf_counter()
+            for _ in range(count):
+                fn()
+            results[name].append((time.perf_counter() - began) / count * 1e6)
+    base = statistics.median(results["checkout+checkin, statistics (always on)"])
+    lines = [
+        "Monitoring on the checkout path (median of rounds)",
+        "",
+        "| path | us | x checkout+checkin |",
+        "|---|---:|---:|",
+    ]
+    for name in cases:
+        median = statistics.median(results[name])
+        lines.append(f"| {name} | {median:.2f} | {median / base:.2f} |")
+    return "\n".join(lines)
+
+
 def bench_contention(threads: int, requests: int) -> str:
     from django.db import connections
 
@@ -396,6 +457,7 @@ def run(quick: bool = False) -> str:
             )
         parts.append(bench_round_trips(cluster.primary, 200))
         parts.append(bench_overhead(cluster.primary, rounds, 2000 if quick else 10000))
+        parts.append(bench_monitoring(rounds, 2000 if quick else 10000))
         parts.append(bench_contention(64, 20 if quick else 50))
         from django.db import connections
 

@@ -226,3 +226,45 @@ def test_prometheus_exposition_has_the_documented_metrics(get):
         'django_poolconf_checkout_wait_seconds_bucket{alias="default",le="+Inf",role="primary"}'
         in text
     )
+
+
+def test_multiprocess_mode_files_carry_each_workers_numbers(tmp_path):
+    """Under gunicorn's multiprocess mode, a scrape reads what each worker wrote."""
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    settings_dict = connections["default"].settings_dict
+    worker = f"""
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django_poolconf"],
+    DATABASES={{"default": {{
+        "ENGINE": "django_poolconf.backends.postgresql", "NAME": "postgres",
+        "USER": {settings_dict["USER"]!r}, "HOST": {settings_dict["HOST"]!r},
+        "PORT": {str(settings_dict["PORT"])!r},
+    }}}},
+)
+django.setup()
+from django.db import connection
+for _ in range({{n}}):
+    connection.ensure_connection()
+    connection.close()
+from django_poolconf.metrics import write_multiprocess
+write_multiprocess()
+"""
+    env = {**__import__("os").environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for n in (3, 4):  # two workers
+        subprocess.run(
+            [sys.executable, "-c", worker.replace("{n}", str(n))],
+            env=env,
+            check=True,
+            timeout=60,
+        )
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'django_poolconf_checkouts_total{alias="default",role="primary"} 7.0' in text
