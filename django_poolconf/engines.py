@@ -15,6 +15,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
@@ -24,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 from sqlalchemy import event, exc
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
+from sqlalchemy.util import queue as sqla_queue
 
 from django_poolconf import monitoring
 from django_poolconf.conf import PoolSettings
@@ -326,6 +328,8 @@ class Lender:
         "hooks",
         "leak_threshold",
         "life",
+        "line",
+        "line_lock",
         "policy",
         "pre_ping",
         "settings",
@@ -347,6 +351,8 @@ class Lender:
         self.hooks = hooks
         self.life = life
         self.counters = Counters()
+        self.line: deque[threading.Event] = deque()  # Django's waiters, oldest first
+        self.line_lock = threading.Lock()
         self.leak_threshold = settings.leak_detection_threshold
         self.slow_checkout = (
             None
@@ -368,11 +374,14 @@ class Lender:
         """
         pool = self.engine.pool
         began = time.monotonic()
-        try:
-            record = cast("_ConnectionRecord", pool._do_get())
-        except exc.TimeoutError:
-            self._exhausted()
-            raise
+        # Nobody in line: take an idle connection, or open one under capacity.
+        record = None if self.line else _take(pool)
+        if record is None:
+            try:
+                record = self._wait_in_line(pool, began)
+            except exc.TimeoutError:
+                self._exhausted()
+                raise
         try:
             # As SQLAlchemy's checkout: a connection that fails its check is
             # replaced (with every older one) and the new one checked once more.
@@ -402,6 +411,43 @@ class Lender:
         if monitoring.logger.isEnabledFor(logging.DEBUG):
             monitoring.logger.debug("checked out a connection of %r", self.alias)
         return record
+
+    def _wait_in_line(self, pool: Any, began: float) -> _ConnectionRecord:
+        # QueuePool alone is not fair: a connection returned to a waiting thread can
+        # be taken by a thread that arrives meanwhile (often the one that returned
+        # it, back for its next request), and the robbed waiter queues again at the
+        # back, so under sustained load one can wait past pool_timeout while others
+        # are served. Django's borrowers wait in line instead, first come, first
+        # served: only the head of the line waits on the pool itself.
+        deadline = began + pool._timeout
+        ticket = threading.Event()
+        with self.line_lock:
+            self.line.append(ticket)
+            if self.line[0] is ticket:
+                ticket.set()
+        try:
+            if not ticket.wait(deadline - time.monotonic()):
+                raise _timeout_error(pool)
+            while True:
+                record = _take(pool)
+                if record is not None:
+                    return record
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _timeout_error(pool)
+                try:
+                    # Bounded, to notice capacity freed by a closed connection,
+                    # which the pool does not announce.
+                    return cast(
+                        "_ConnectionRecord", pool._pool.get(True, min(remaining, 0.05))
+                    )
+                except sqla_queue.Empty:
+                    pass
+        finally:
+            with self.line_lock:
+                self.line.remove(ticket)
+                if self.line:
+                    self.line[0].set()
 
     def _exhausted(self) -> None:
         self.counters.add("checkout_timeouts")
@@ -440,6 +486,7 @@ class Lender:
             self.engine.pool,  # type: ignore[arg-type]
             settings.capacity,
             self.counters,
+            in_line=len(self.line),
         )
 
     def give_back(self, record: _ConnectionRecord) -> None:
@@ -518,6 +565,28 @@ class Lender:
             # The session is as new again: Django must initialize it once more.
             info[INFO_NEW] = True
         info[INFO_RETURNED_AT] = time.monotonic()
+
+
+def _take(pool: Any) -> _ConnectionRecord | None:
+    """An idle entry of the pool, or a new one under capacity; None at capacity."""
+    try:
+        return cast("_ConnectionRecord", pool._pool.get(False))
+    except sqla_queue.Empty:
+        pass
+    if pool._inc_overflow():
+        try:
+            return cast("_ConnectionRecord", pool._create_connection())
+        except BaseException:
+            pool._dec_overflow()
+            raise
+    return None
+
+
+def _timeout_error(pool: Any) -> exc.TimeoutError:
+    return exc.TimeoutError(
+        f"QueuePool limit of size {pool.size()} overflow {pool._max_overflow} "
+        f"reached, connection timed out, timeout {pool._timeout:.2f}"
+    )
 
 
 def _invalidate_older(pool: Any, record: _ConnectionRecord, alias: str) -> None:

@@ -175,7 +175,12 @@ class PoolStats:
 
 
 def snapshot(
-    alias: str, role: str, pool: QueuePool, capacity: int, counters: Counters
+    alias: str,
+    role: str,
+    pool: QueuePool,
+    capacity: int,
+    counters: Counters,
+    in_line: int = 0,
 ) -> PoolStats:
     """Read a pool's instant numbers and its counters into a :class:`PoolStats`."""
     with counters.lock:
@@ -201,18 +206,20 @@ def snapshot(
         pool.checkedout(),
         pool.overflow(),
         capacity,
-        _waiting(pool),
+        _waiting(pool, in_line),
         *totals,
     )
 
 
-def _waiting(pool: QueuePool) -> int:
-    # Threads blocked in the pool's queue for a connection: read from the queue's
-    # condition, so that counting them costs the checkout path nothing.
+def _waiting(pool: QueuePool, in_line: int) -> int:
+    # Django's waiters stand in the Lender's line, whose head alone may wait in the
+    # pool's queue; SQLAlchemy code's waiters wait in the queue. Both are read from
+    # where they wait, so that counting them costs the checkout path nothing.
     try:
-        return len(pool._pool.not_empty._waiters)  # type: ignore[attr-defined]
+        in_queue = len(pool._pool.not_empty._waiters)  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover - another pool class
-        return 0
+        in_queue = 0
+    return in_line + max(0, in_queue - (1 if in_line else 0))
 
 
 def pool_stats(alias: str = "default") -> PoolStats:

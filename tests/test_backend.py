@@ -738,3 +738,40 @@ def test_sqlalchemy_checkouts_fire_pool_events_and_share_the_connections():
 
     # Django's borrow fires checkin only; SQLAlchemy's fires both.
     assert seen == ["checkin", "checkout", "checkin"]
+
+
+def test_waiters_are_served_first_come_first_served(pool_options):
+    """A thread that returns a connection and asks again queues behind the waiters."""
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=10)
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def borrow(name: str) -> None:
+        try:
+            connections["default"].ensure_connection()
+            with lock:
+                order.append(name)
+            time.sleep(0.01)
+        finally:
+            connections["default"].close()
+
+    connection.ensure_connection()  # the only connection
+    stats = __import__("django_poolconf").pool_stats
+    waiters = []
+    for i in range(4):  # four threads queue up, in a known order
+        waiter = threading.Thread(target=borrow, args=(f"waiter{i}",))
+        waiter.start()
+        waiters.append(waiter)
+        deadline = time.monotonic() + 10
+        while stats("default").waiting != i + 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+    connection.close()
+    connection.ensure_connection()  # back at once: must not jump the line
+    with lock:
+        order.append("returner")
+    connection.close()
+    for waiter in waiters:
+        waiter.join(10)
+
+    assert order == ["waiter0", "waiter1", "waiter2", "waiter3", "returner"]
