@@ -55,6 +55,7 @@ INFO_RETURNED_AT: Final = "django_poolconf.returned_at"  # monotonic seconds
 INFO_FRESH: Final = "django_poolconf.fresh"  # opened, not yet checked out
 INFO_BORROWED_AT: Final = "django_poolconf.borrowed_at"  # monotonic seconds
 INFO_HELD: Final = "django_poolconf.held"  # leak detection's record of the borrower
+INFO_INVALIDATED: Final = "django_poolconf.invalidated"  # closing as unusable
 
 #: Recycling takes up to this fraction off ``pool_recycle``, so that connections
 #: opened together are not all replaced together (psycopg_pool takes up to 5 %).
@@ -351,7 +352,7 @@ class Lender:
         self.hooks = hooks
         self.life = life
         self.counters = Counters()
-        self.line: deque[threading.Event] = deque()  # Django's waiters, oldest first
+        self.line: deque[_Ticket] = deque()  # Django's waiters, oldest first
         self.line_lock = threading.Lock()
         self.leak_threshold = settings.leak_detection_threshold
         self.slow_checkout = (
@@ -372,6 +373,10 @@ class Lender:
         :raises sqlalchemy.exc.TimeoutError: when none is free within ``pool_timeout``.
         :raises PoolClosed: when the engine was disposed.
         """
+        if ORPHANS:
+            _return_orphans()
+        if self.life.retired:
+            raise self._closed()
         pool = self.engine.pool
         began = time.monotonic()
         # Nobody in line: take an idle connection, or open one under capacity.
@@ -397,20 +402,26 @@ class Lender:
                     break
             else:
                 raise exc.InvalidRequestError("new connections failed their checks")
+            now = time.monotonic()
+            record.info[INFO_BORROWED_AT] = now
+            waited = now - began
+            self.counters.checked_out(waited)
+            if self.slow_checkout is not None and waited > self.slow_checkout:
+                self._slow(waited)
+            if self.leak_threshold is not None:
+                self._watch(record, skip=2)
         except BaseException as error:
             record._checkin_failed(error, _fairy_was_created=False)
             raise
-        now = time.monotonic()
-        record.info[INFO_BORROWED_AT] = now
-        waited = now - began
-        self.counters.checked_out(waited)
-        if self.slow_checkout is not None and waited > self.slow_checkout:
-            self._slow(waited)
-        if self.leak_threshold is not None:
-            self._watch(record, skip=2)
         if monitoring.logger.isEnabledFor(logging.DEBUG):
             monitoring.logger.debug("checked out a connection of %r", self.alias)
         return record
+
+    def _closed(self) -> PoolClosed:
+        return PoolClosed(
+            f"This engine of {self.alias!r} was disposed (its connection "
+            "parameters changed, or dispose_all() ran). Call get_engine() again."
+        )
 
     def _wait_in_line(self, pool: Any, began: float) -> _ConnectionRecord:
         # QueuePool alone is not fair: a connection returned to a waiting thread can
@@ -418,41 +429,78 @@ class Lender:
         # it, back for its next request), and the robbed waiter queues again at the
         # back, so under sustained load one can wait past pool_timeout while others
         # are served. Django's borrowers wait in line instead, first come, first
-        # served: only the head of the line waits on the pool itself.
+        # served, and a returned connection is handed straight to the first of them
+        # (see _hand_over). The first also takes what reaches the pool otherwise
+        # (SQLAlchemy code's returns, capacity freed by a closed connection), which
+        # the pool does not announce: it looks every 50 ms.
         deadline = began + pool._timeout
-        ticket = threading.Event()
+        ticket = _Ticket()
         with self.line_lock:
             self.line.append(ticket)
-            if self.line[0] is ticket:
-                ticket.set()
         try:
-            if not ticket.wait(deadline - time.monotonic()):
-                raise _timeout_error(pool)
             while True:
-                record = _take(pool)
-                if record is not None:
-                    return record
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _timeout_error(pool)
-                try:
-                    # Bounded, to notice capacity freed by a closed connection,
-                    # which the pool does not announce.
-                    return cast(
-                        "_ConnectionRecord", pool._pool.get(True, min(remaining, 0.05))
-                    )
-                except sqla_queue.Empty:
-                    pass
-        finally:
+                ticket.wait(min(max(remaining, 0.0), 0.05))
+                with self.line_lock:
+                    if ticket.record is not None:
+                        return ticket.record  # handed over, and out of the line
+                    if self.life.retired:
+                        self.line.remove(ticket)
+                        self._next_in_line()
+                        raise self._closed()
+                    if self.line[0] is ticket:
+                        try:
+                            record = pool._pool.get(False)
+                        except sqla_queue.Empty:
+                            record = None
+                        if record is not None:
+                            self.line.popleft()
+                            self._next_in_line()
+                            return cast("_ConnectionRecord", record)
+                        if pool._inc_overflow():
+                            self.line.popleft()
+                            self._next_in_line()
+                            break  # open a connection, outside the lock
+                    if remaining <= 0:
+                        self.line.remove(ticket)
+                        self._next_in_line()
+                        raise _timeout_error(pool)
+        except BaseException:
             with self.line_lock:
-                self.line.remove(ticket)
+                if ticket in self.line:
+                    self.line.remove(ticket)
+                    self._next_in_line()
+                record = ticket.record
+            if record is not None:  # handed over as this thread gave up
+                self._hand_over(record)
+            raise
+        try:
+            return cast("_ConnectionRecord", pool._create_connection())
+        except BaseException:
+            pool._dec_overflow()
+            raise
+
+    def _next_in_line(self) -> None:
+        # Under line_lock: wake the new first in line at once, not 50 ms later.
+        if self.line:
+            self.line[0].set()
+
+    def _hand_over(self, record: _ConnectionRecord) -> None:
+        """Give a returned entry to the first waiter in line, or back to the pool."""
+        if self.line:
+            with self.line_lock:
                 if self.line:
-                    self.line[0].set()
+                    ticket = self.line.popleft()
+                    ticket.record = record
+                    ticket.set()
+                    self._next_in_line()
+                    return
+        record.checkin(_fairy_was_created=False)
 
     def _exhausted(self) -> None:
         self.counters.add("checkout_timeouts")
-        monitoring.pool_exhausted.send(
-            sender=type(self),
+        monitoring.send(
+            monitoring.pool_exhausted,
             alias=self.alias,
             timeout=self.settings.pool_timeout,
             stats=self.stats(),
@@ -493,29 +541,30 @@ class Lender:
         """Reset a borrowed entry and check it back in (closed, if it cannot be reset)."""
         try:
             self.check_in(record.dbapi_connection, record)
-        except Exception as error:
-            record.invalidate(
-                Invalidation(f"resetting it failed ({type(error).__name__})")
-            )
-        except (
-            BaseException
-        ) as error:  # interrupted: do not pool a connection mid-reset
-            record.invalidate(Invalidation(f"interrupted ({type(error).__name__})"))
-            record.checkin(_fairy_was_created=False)
-            raise
+        except BaseException as error:
+            try:
+                record.invalidate(
+                    Invalidation(f"resetting it failed ({type(error).__name__})")
+                )
+            finally:
+                self._hand_over(record)
+            if not isinstance(error, Exception):
+                raise  # interrupted: the connection is closed, not pooled
+            return
         if monitoring.logger.isEnabledFor(logging.DEBUG):
             monitoring.logger.debug("checked in a connection of %r", self.alias)
-        record.checkin(_fairy_was_created=False)
+        self._hand_over(record)
 
     def discard(
         self, record: _ConnectionRecord, reason: str, older_too: bool = False
     ) -> None:
         """Close a borrowed entry's connection, and with ``older_too`` every older one."""
-        self.note_returned(record)
-        if older_too:
-            _invalidate_older(self.engine.pool, record, self.alias)
-        record.invalidate(Invalidation(reason))
-        record.checkin(_fairy_was_created=False)
+        try:
+            if older_too:
+                _invalidate_older(self.engine.pool, record, self.alias)
+            record.invalidate(Invalidation(reason))
+        finally:
+            self._hand_over(record)
 
     def note_returned(self, record: ConnectionPoolEntry) -> None:
         """Count the hold time of a returned connection and end its leak watch."""
@@ -527,13 +576,16 @@ class Lender:
         if held is not None:
             monitoring.LEAKS.release(held)
 
+    def forget_fork_state(self) -> None:
+        """In a forked child: drop the parent's waiters, locks and counts."""
+        self.line = deque()
+        self.line_lock = threading.Lock()
+        self.counters.reset()
+
     def check_out(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         """Make sure a connection about to be lent works, at a round trip's cost only when needed."""
         if self.life.retired:
-            raise PoolClosed(
-                f"This engine of {self.alias!r} was disposed (its connection "
-                "parameters changed, or dispose_all() ran). Call get_engine() again."
-            )
+            raise self._closed()
         info = record.info
         if info.pop(INFO_FRESH, False) or not self.pre_ping:
             return  # a connection opened just now needs no ping
@@ -565,6 +617,38 @@ class Lender:
             # The session is as new again: Django must initialize it once more.
             info[INFO_NEW] = True
         info[INFO_RETURNED_AT] = time.monotonic()
+
+
+#: Connections whose Django connection object was collected while borrowing them:
+#: (lender, record, error kind, pid), appended by the object's finalizer, which may
+#: run in any thread at any allocation, even while a lock of this module is held.
+#: So it only appends; the next checkout in the process gives them back.
+ORPHANS: Final[deque[tuple[Lender, Any, str | None, int]]] = deque()
+
+
+def _return_orphans() -> None:
+    while True:
+        try:
+            lender, record, error, pid = ORPHANS.popleft()
+        except IndexError:
+            return
+        if pid != os.getpid():
+            continue  # the parent's: never touch its socket
+        logger.warning(
+            "a connection of %r was still borrowed when its Django connection "
+            "object was collected (a thread ended without closing it); returning it",
+            lender.alias,
+        )
+        if error is None:
+            lender.give_back(record)
+        else:
+            lender.discard(record, "its borrower saw it fail", older_too=True)
+
+
+class _Ticket(threading.Event):
+    """A place in a Lender's line; ``record`` is set when a connection is handed over."""
+
+    record: _ConnectionRecord | None = None
 
 
 def _take(pool: Any) -> _ConnectionRecord | None:
@@ -601,7 +685,6 @@ def _invalidate_older(pool: Any, record: _ConnectionRecord, alias: str) -> None:
 
 def _listen(lender: Lender) -> None:
     engine = lender.engine
-    pool = engine.pool
     recycle = lender.settings.pool_recycle
     alias = lender.alias
     counters = lender.counters
@@ -619,7 +702,7 @@ def _listen(lender: Lender) -> None:
             # Age the connection by a random fraction of its lifetime. Never age it
             # past the pool's last invalidation, or it would be recycled at once.
             jittered = record.starttime - random.uniform(0, RECYCLE_JITTER * recycle)  # type: ignore[attr-defined]
-            record.starttime = max(jittered, pool._invalidate_time + 1e-6)  # type: ignore[attr-defined]
+            record.starttime = max(jittered, engine.pool._invalidate_time + 1e-6)  # type: ignore[attr-defined]
         counters.add("connections_opened")
         pool_logger.debug("opened a connection for %r", alias)
 
@@ -629,7 +712,9 @@ def _listen(lender: Lender) -> None:
         if (
             recycle is not None
             and time.time() - record.starttime > recycle  # type: ignore[attr-defined]
-            and pool._invalidate_time <= record.starttime  # type: ignore[attr-defined]
+            and engine.pool._invalidate_time <= record.starttime  # type: ignore[attr-defined]
+            and not record.info.pop(INFO_INVALIDATED, False)
+            and not lender.life.retired
         ):
             counters.add("recycled")
             pool_logger.debug("recycled a connection of %r (pool_recycle)", alias)
@@ -640,6 +725,9 @@ def _listen(lender: Lender) -> None:
         record: ConnectionPoolEntry,
         error: BaseException | None,
     ) -> None:
+        # An invalidated connection goes back without a reset: end its loan here.
+        lender.note_returned(record)
+        record.info[INFO_INVALIDATED] = True  # for on_close, which comes next
         counters.add("connections_invalidated")
         reason = monitoring.describe(error)
         level = (
@@ -648,9 +736,7 @@ def _listen(lender: Lender) -> None:
             else logging.WARNING
         )
         pool_logger.log(level, "closing a connection of %r: %s", alias, reason)
-        monitoring.connection_invalidated.send(
-            sender=Lender, alias=alias, reason=reason
-        )
+        monitoring.send(monitoring.connection_invalidated, alias=alias, reason=reason)
 
     # SQLAlchemy code's checkouts and returns; Django's go through the Lender.
 
@@ -726,6 +812,7 @@ def _abandon_inherited(entry: _Registered) -> None:
     entry.engine.dispose(close=False)
     if entry.async_engine is not None:
         entry.async_engine.sync_engine.dispose(close=False)
+    entry.lender.forget_fork_state()
     entry.pid = os.getpid()
 
 
@@ -733,6 +820,8 @@ def _after_fork_in_child() -> None:
     global _lock
     # Another thread of the parent may have held the lock at fork time.
     _lock = threading.Lock()
+    ORPHANS.clear()
+    monitoring.LEAKS.forget_fork_state()
     for entry in list(_registry.values()):
         _abandon_inherited(entry)
     from django.db import connections

@@ -140,7 +140,8 @@ def write_multiprocess() -> None:
     """Copy this process's pool numbers into prometheus-client's multiprocess files.
 
     Gauges are written per process and summed at scrape time (``livesum``); counters
-    and histograms are written as the difference since the last call.
+    are written as the difference since the last call. The metric objects are not
+    registered in any registry: in multiprocess mode the scrape reads the files.
     """
     from prometheus_client import Counter, Gauge
 
@@ -151,15 +152,17 @@ def write_multiprocess() -> None:
                 help_text,
                 ["alias", "role"],
                 multiprocess_mode="livesum",
+                registry=None,
             )
             for name, help_text in GAUGES.items()
         }
         _writer["counters"] = {
-            name: Counter(f"{PREFIX}_{name}", help_text, ["alias", "role"])
+            name: Counter(
+                f"{PREFIX}_{name}", help_text, ["alias", "role"], registry=None
+            )
             for name, help_text in COUNTERS.items()
         }
-        _writer["last"] = {}
-    last: dict[tuple[str, str], float] = _writer["last"]
+    last: dict[tuple[str, str], float] = _writer.setdefault("last", {})
     stats: dict[str, PoolStats] = pool_stats_all()
     for s in stats.values():
         for name, gauge in _writer["gauges"].items():
@@ -188,7 +191,9 @@ def start_multiprocess_writer(interval: float) -> None:
                 )
 
     def start() -> None:
-        _writer.clear()  # a forked child writes its own numbers from zero
+        # A forked child's pools start from zero (prometheus-client's values follow
+        # the pid to the child's own files): forget what the parent wrote.
+        _writer["last"] = {}
         threading.Thread(
             target=run, name="django_poolconf-metrics", daemon=True
         ).start()

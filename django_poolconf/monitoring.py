@@ -90,6 +90,10 @@ class Counters:
     )
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start from zero, with a new lock (also in a forked child)."""
         self.lock = threading.Lock()
         self.connections_opened = 0
         self.connections_closed = 0
@@ -172,6 +176,17 @@ class PoolStats:
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a JSON-ready dict, with the documented keys."""
         return asdict(self)
+
+
+def send(signal: Signal, **kwargs: Any) -> None:
+    """Send ``signal``; a receiver's exception is logged, never raised into the pool."""
+    for _receiver, result in signal.send_robust(sender=None, **kwargs):
+        if isinstance(result, Exception):
+            logger.error(
+                "a receiver of a django_poolconf signal raised %s",
+                type(result).__name__,
+                exc_info=result,
+            )
 
 
 def snapshot(
@@ -311,6 +326,11 @@ class _LeakWatch:
     """
 
     def __init__(self) -> None:
+        self.forget_fork_state()
+
+    def forget_fork_state(self) -> None:
+        """Start empty, with new locks: at import and in a forked child, where the
+        parent's watcher thread does not run and its borrowers are not ours."""
         self.lock = threading.Lock()
         self.held: dict[int, Held] = {}
         self.period = 1.0
@@ -326,7 +346,6 @@ class _LeakWatch:
                 self.wake.set()
             if self.pid != os.getpid():  # first use, or a forked child
                 self.pid = os.getpid()
-                self.wake = threading.Event()
                 threading.Thread(
                     target=self._run, name="django_poolconf-leaks", daemon=True
                 ).start()

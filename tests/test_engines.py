@@ -367,3 +367,25 @@ def test_connection_borrowed_before_dispose_is_closed_when_returned(
     while pid in server_pids(admin, test_db_name) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert pid not in server_pids(admin, test_db_name)
+
+
+def test_forked_child_counts_from_zero_and_watches_no_parent_loan(pool_options):
+    from django_poolconf import pool_stats
+    from django_poolconf.monitoring import held_now
+
+    pool_options(leak_detection_threshold=60)
+    for _ in range(5):
+        wsgi_get("/item/")
+    connection.ensure_connection()  # borrowed, and watched, when the child forks
+    try:
+        assert pool_stats("default").checkouts == 6
+
+        def in_child() -> int:
+            if list(held_now()):  # the parent's loan is not the child's leak
+                return -1
+            wsgi_get("/item/")
+            return pool_stats("default").checkouts
+
+        assert _in_child(in_child) == 1
+    finally:
+        connection.close()

@@ -268,3 +268,43 @@ write_multiprocess()
     MultiProcessCollector(registry, path=str(tmp_path))
     text = generate_latest(registry).decode()
     assert 'django_poolconf_checkouts_total{alias="default",role="primary"} 7.0' in text
+
+
+def test_a_failing_signal_receiver_neither_leaks_nor_hides_the_error(
+    get, admin, pool_options, caplog
+):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=0.2, pre_ping_threshold=3600)
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    connection_invalidated.connect(broken)
+    pool_exhausted.connect(broken)
+    try:
+        pid = get("/item/").json()["pid"]
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        time.sleep(0.2)
+        assert get("/item/").status == 200  # the invalidation went on
+        connection.ensure_connection()
+        errors = _in_thread(lambda: connections["default"].ensure_connection())
+        connection.close()
+    finally:
+        connection_invalidated.disconnect(broken)
+        pool_exhausted.disconnect(broken)
+
+    assert len(errors) == 1 and isinstance(errors[0], PoolTimeout)
+    assert engines.get_engine().pool.checkedout() == 0
+    assert "a receiver of a django_poolconf signal raised RuntimeError" in caplog.text
+
+
+def test_sqlalchemy_invalidation_ends_the_loan(pool_options):
+    pool_options(leak_detection_threshold=60)
+    engine = engines.get_engine()
+    conn = engine.connect()
+    assert len(list(held_now())) == 1
+    conn.invalidate()
+    conn.close()
+
+    assert list(held_now()) == []
+    stats = pool_stats("default")
+    assert stats.checkouts == 1 and stats.hold_ms_total > 0

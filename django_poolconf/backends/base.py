@@ -11,6 +11,7 @@ A vendor module subclasses Django's wrapper with this mixin first and supplies
 from __future__ import annotations
 
 import logging
+import os
 import time
 import weakref
 from collections.abc import Hashable
@@ -67,7 +68,6 @@ class PooledDatabaseWrapperMixin:
     in_atomic_block: bool
     closed_in_transaction: bool
 
-    _pool_error: str | None = None
     _pool_settings_cache: tuple[tuple[object, ...], PoolSettings] | None = None
     _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None
 
@@ -186,7 +186,7 @@ class PooledDatabaseWrapperMixin:
         self.closed_in_transaction = False
         self.errors_occurred = False
         self.health_check_done = True
-        self._pool_error = None
+        self._loan.error = None
         conn_params = self.get_connection_params()  # type: ignore[attr-defined]
         self.connection = connection = self.get_new_connection(conn_params)  # type: ignore[attr-defined]
         # Django's set_autocommit(), minus what cannot apply to a connection that was
@@ -248,8 +248,8 @@ class PooledDatabaseWrapperMixin:
         # As in Django's own pool: this wrapper must never touch the connection again,
         # even when it is closed inside an atomic block.
         self.connection = None
-        error = self._pool_error
-        self._pool_error = None
+        error = loan.error
+        loan.error = None
         if error is None and not self.connection_is_broken(dbapi_connection):
             lender.give_back(record)
         elif error in (DISCONNECT, READ_ONLY):
@@ -272,8 +272,8 @@ class PooledDatabaseWrapperMixin:
         kind = self.classify_error(error)
         if kind == READ_ONLY and self.get_pool_settings().replica_of is not None:
             kind = None  # a replica is read-only by design
-        if kind is not None and self._pool_error != DISCONNECT:
-            self._pool_error = kind
+        if kind is not None and self._loan.error != DISCONNECT:
+            self._loan.error = kind
 
     @cached_property
     def wrap_database_errors(self) -> DatabaseErrorWrapper:
@@ -296,19 +296,18 @@ class PooledDatabaseWrapperMixin:
 class _Loan:
     """What a wrapper has borrowed: kept apart from the wrapper for its finalizer."""
 
-    __slots__ = ("lender", "record")
+    __slots__ = ("error", "lender", "record")
 
     def __init__(self) -> None:
         self.lender: engines.Lender | None = None
         self.record: _ConnectionRecord | None = None
+        self.error: str | None = None  # what the borrower's errors said of it
 
     def give_back_orphan(self) -> None:
+        # Runs when the garbage collector frees the wrapper: in any thread, at any
+        # allocation, maybe while that thread holds one of the pool's locks. So
+        # nothing here takes a lock or talks to the server: the next checkout
+        # gives the connection back (engines.ORPHANS).
         record, self.record = self.record, None
-        if record is None or self.lender is None:
-            return
-        logger.warning(
-            "a connection of %r was still borrowed when its Django connection "
-            "object was collected (a thread ended without closing it); returning it",
-            self.lender.alias,
-        )
-        self.lender.give_back(record)
+        if record is not None and self.lender is not None:
+            engines.ORPHANS.append((self.lender, record, self.error, os.getpid()))
