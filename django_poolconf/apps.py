@@ -13,6 +13,12 @@ class DjangoPoolconfAppConfig(AppConfig):
     verbose_name = "django-poolconf"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from django_poolconf.checks import check_pool_settings
+        from django_poolconf.conf import mirror_replicas_in_tests
 
         checks.register(check_pool_settings)
+        # Before the test runner reads TEST["MIRROR"]: a replica has no test
+        # database of its own, it reads its primary's.
+        mirror_replicas_in_tests(settings.DATABASES)
