@@ -666,17 +666,13 @@ def mirror_replicas_in_tests(databases: Mapping[str, Any]) -> list[str]:
         if (
             not isinstance(settings_dict, dict)
             or not is_pooled(settings_dict)
+            or settings_dict.get("REPLICA_OF") is None
             or _replica_problems(alias, settings_dict, databases)
         ):
             continue
-        primary = settings_dict.get("REPLICA_OF")
         test = settings_dict.setdefault("TEST", {})
-        if (
-            primary is not None
-            and isinstance(test, dict)
-            and test.get("MIRROR") is None
-        ):
-            test["MIRROR"] = primary
+        if isinstance(test, dict) and test.get("MIRROR") is None:
+            test["MIRROR"] = settings_dict["REPLICA_OF"]
             changed.append(alias)
     return changed
 

@@ -99,9 +99,9 @@ class ReadWriteMiddleware:
 def _read_pins(request: HttpRequest, settings: conf.RouterSettings) -> dict[str, Pin]:
     if settings.pin_seconds is None:
         return {}
-    token = request.headers.get(settings.header_name) or request.COOKIES.get(
-        settings.cookie_name
-    )
+    # META, not request.headers, which copies every header on first use.
+    header = "HTTP_" + settings.header_name.upper().replace("-", "_")
+    token = request.META.get(header) or request.COOKIES.get(settings.cookie_name)
     if not token:
         return {}
     try:
