@@ -17,12 +17,14 @@ import psycopg
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.contenttypes.models import ContentType
+from django.core import signing
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import OperationalError, connections, transaction
+from django.http import HttpResponse
 from django.test import AsyncClient, RequestFactory, override_settings
 
 from django_poolconf import engines, get_engine, replicas, routers
-from django_poolconf.middleware import ReadWriteMiddleware
+from django_poolconf.middleware import SIGNING_SALT, ReadWriteMiddleware
 from django_poolconf.routers import (
     ReadWriteRouter,
     note_write,
@@ -828,3 +830,87 @@ def test_async_use_primary_decorator_and_context_manager():
 
     assert seen == ["primary", "replica", None]
     assert decorated.__name__ == "decorated"
+
+
+# -- edges ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def replica_pool():
+    """Give the replica alias other pool options for one test."""
+    settings_dict = connections.settings["replica"]
+    original = settings_dict["POOL"]
+
+    def set_options(**options: Any) -> None:
+        connections["replica"].close()
+        settings_dict["POOL"] = {**original, **options}
+
+    yield set_options
+    connections["replica"].close()
+    settings_dict["POOL"] = original
+    engines.dispose("replica")
+
+
+def test_saturated_replica_pool_sends_the_read_to_the_primary(
+    routing, replica_pool, caught_up, caplog
+):
+    routing()
+    replica_pool(pool_size=1, max_overflow=0, pool_timeout=0.1)
+
+    with get_engine("replica").connect(), routing_scope():
+        reply = server()
+
+    assert reply["in_recovery"] is False
+    assert "no free connection for replica 'replica'" in caplog.text
+    assert replicas.replica_states()["replica"].breaker == "closed"
+
+
+def test_pin_cookie_is_http_only_lax_and_expires_with_the_pin(routing, caught_up):
+    browser = routing(PIN_SECONDS=2.5)
+
+    reply = browser.get("/router/write/", name="cookie")
+
+    cookie: SimpleCookie = SimpleCookie()
+    cookie.load(reply.header("Set-Cookie"))
+    morsel = cookie["poolconf_pin"]
+    assert morsel["httponly"] is True
+    assert morsel["samesite"] == "Lax"
+    assert morsel["max-age"] == "3"
+    assert not morsel["secure"]
+
+
+def test_signed_token_of_the_wrong_shape_is_ignored(routing, caught_up):
+    browser = routing(PIN_SECONDS=30)
+    for payload in (["default"], {"default": "soon"}, {"default": [1e12, "0/1"]}):
+        token = signing.dumps(payload, salt=SIGNING_SALT)
+
+        reply = browser.get("/router/read/", headers={"X-Poolconf-Pin": token}).json()
+
+        assert reply["server"]["in_recovery"] is True
+
+
+def test_token_signed_for_something_else_is_ignored(routing, caught_up):
+    browser = routing(PIN_SECONDS=30)
+    token = signing.dumps({"default": [time.time() + 30, None]})
+
+    reply = browser.get("/router/read/", headers={"X-Poolconf-Pin": token}).json()
+
+    assert reply["server"]["in_recovery"] is True
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "replica", *ANALYTICS])
+def test_pin_of_one_primary_survives_a_write_to_another(routing, caught_up):
+    browser = routing(PIN_SECONDS=30, APPS={"contenttypes": "analytics"})
+    first = browser.get("/router/write/", name="default pin").header("X-Poolconf-Pin")
+
+    def write_analytics(request):
+        ReadWriteRouter().db_for_write(ContentType)
+        return HttpResponse()
+
+    request = RequestFactory().get("/", headers={"X-Poolconf-Pin": first})
+    second = ReadWriteMiddleware(write_analytics)(request).headers["X-Poolconf-Pin"]
+    browser.cookies.clear()
+    pinned = browser.get("/router/read/", headers={"X-Poolconf-Pin": second}).json()
+
+    assert sorted(signing.loads(second, salt=SIGNING_SALT)) == ["analytics", "default"]
+    assert pinned["server"]["in_recovery"] is False
