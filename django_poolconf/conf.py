@@ -701,9 +701,8 @@ def router_settings(
             return cached[1]
     result, problems = validate_router(poolconf, databases=databases)
     errors = [p for p in problems if p.is_error]
-    if errors:
+    if errors or result is None:
         raise ImproperlyConfigured(str(errors[0]))
-    assert result is not None
     if shared:
         _router_cache = (poolconf, result)
     return result
@@ -726,7 +725,7 @@ def validate_router(
     if poolconf is None:
         poolconf = get_poolconf()
     if not isinstance(poolconf, Mapping):
-        return None, []  # E007, reported by validate_poolconf()
+        return None, [_not_a_dict("E007", "POOLCONF", poolconf)]
     raw = poolconf.get("ROUTER")
     if raw is None:
         return RouterSettings(), []

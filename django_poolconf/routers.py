@@ -26,13 +26,16 @@ from types import TracebackType
 from typing import Any, Final, Generic, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished, request_started, setting_changed
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db.backends.signals import connection_created
 from django.db.models import Model
 from django.dispatch import receiver
 
+# Light imports only: the app's ready() imports this module, to watch connections
+# opened before the first routed query (as by migrate).
 from django_poolconf import conf, replicas
-from django_poolconf.backends.base import DISCONNECT
 from django_poolconf.errors import PoolTimeout
 
 __all__ = [
@@ -343,6 +346,8 @@ def _watch_replica(
     try:
         return execute(sql, params, many, context)
     except DatabaseError as error:
+        from django_poolconf.backends.base import DISCONNECT
+
         wrapper = context["connection"]
         if wrapper.classify_error(error.__cause__ or error) == DISCONNECT:
             replicas.record_failure(wrapper.alias, error)
@@ -365,6 +370,20 @@ def _start_request(**kwargs: Any) -> None:
 @receiver(request_finished)
 def _finish_request(**kwargs: Any) -> None:
     _scope.set(None)
+
+
+@receiver(connection_created)
+def _watch_new_connection(*, connection: Any, **kwargs: Any) -> None:
+    # Before any routed query of this thread, e.g. migrate's DDL in a script that
+    # then reads through the router.
+    config = _config
+    if config is None:
+        try:
+            config = _load()
+        except ImproperlyConfigured:
+            return  # raised by the router's first call
+    if config.replicas.get(connection.alias):
+        _watch(connection, _watch_primary)
 
 
 # -- the public context managers ----------------------------------------------------

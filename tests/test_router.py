@@ -918,3 +918,25 @@ def test_pin_of_one_primary_survives_a_write_to_another(routing, caught_up):
 
     assert sorted(signing.loads(second, salt=SIGNING_SALT)) == ["analytics", "default"]
     assert pinned["server"]["in_recovery"] is False
+
+
+def test_raw_write_before_any_routed_query_of_a_thread_is_seen(routing, caught_up):
+    # As migrate's DDL in a script that then reads through the router: the
+    # connection is opened, and written to, before the router is first asked.
+    routing()
+    results: list[bool] = []
+
+    def thread_body() -> None:
+        try:
+            with routing_scope():
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("INSERT INTO testapp_item (name) VALUES ('early')")
+                results.append(server()["in_recovery"])
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=thread_body)
+    thread.start()
+    thread.join()
+
+    assert results == [False]
