@@ -940,3 +940,53 @@ def test_raw_write_before_any_routed_query_of_a_thread_is_seen(routing, caught_u
     thread.join()
 
     assert results == [False]
+
+
+@pytest.mark.slow
+def test_replica_crash_under_load_fails_only_reads_in_flight(
+    routing, cluster, caught_up
+):
+    routing()
+    stop = threading.Event()
+    results: list[tuple[float, int, bool | None]] = []
+
+    def worker() -> None:
+        browser = Browser()
+        try:
+            while not stop.is_set():
+                reply = browser.get("/router/read/")
+                on_replica = (
+                    reply.json()["server"]["in_recovery"]
+                    if reply.status == 200
+                    else None
+                )
+                results.append((time.monotonic(), reply.status, on_replica))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        crashed = time.monotonic()
+        cluster.replica.stop(mode="immediate")
+        time.sleep(2)
+    finally:
+        cluster.replica.start()
+    restarted = time.monotonic()
+    try:
+        _wait_until(
+            lambda: any(at > restarted and on for at, _, on in results[-50:]),
+            "reads did not return to the replica",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    failed = [at for at, status, _ in results if status != 200]
+    # At most one read in flight per thread when the server died; none after.
+    assert len(failed) <= len(threads), len(failed)
+    assert all(at < crashed + 1 for at in failed)
+    assert any(on is False for at, _, on in results if crashed < at < restarted)
