@@ -336,18 +336,26 @@ def _root_primary(alias: str, databases: Mapping[str, Any]) -> str | None:
 #: GeoDjango's backends, by the vendor of the database they run on.
 _GIS_VENDORS: Final[Mapping[str, str]] = {
     "postgis": "postgresql",
-    "spatialite": "sqlite3",
+    "spatialite": "sqlite",
+    "sqlite3": "sqlite",
 }
 
 
 def _vendor_of(engine: object) -> str:
-    """The database an ENGINE runs on, from its last dotted name: ``"postgresql"``.
+    """The database an ENGINE runs on: its ``DatabaseWrapper.vendor``, ``"postgresql"``.
 
-    Backends are named for their database by convention (Django's, GeoDjango's and
-    this package's), so no backend is imported.
+    A backend that cannot be imported here (its driver is missing) is known by the
+    last dotted name of its ENGINE, as Django's and GeoDjango's backends are named.
+    Importing a backend opens no connection.
     """
-    name = str(engine).rstrip(".").rsplit(".", 1)[-1]
-    return _GIS_VENDORS.get(name, name)
+    from django.db.utils import load_backend
+
+    try:
+        vendor = load_backend(str(engine)).DatabaseWrapper.vendor
+    except Exception:  # ImproperlyConfigured, ImportError, or a broken backend
+        name = str(engine).rstrip(".").rsplit(".", 1)[-1]
+        return _GIS_VENDORS.get(name, name)
+    return str(vendor)
 
 
 def validate_poolconf(poolconf: object | None = None) -> list[Problem]:

@@ -1008,6 +1008,15 @@ def test_replica_of_a_postgresql_primary_on_any_postgresql_backend(primary_engin
     assert validate(databases["replica"], alias="replica", databases=databases)[1] == []
 
 
+def test_replica_of_a_primary_on_a_backend_named_otherwise_is_known_by_its_vendor():
+    databases = {
+        "default": {"ENGINE": "tests.renamed_backend"},
+        "replica": pooled(REPLICA_OF="default"),
+    }
+
+    assert validate(databases["replica"], alias="replica", databases=databases)[1] == []
+
+
 # The topology
 
 
