@@ -15,9 +15,19 @@ class DjangoPoolconfAppConfig(AppConfig):
     verbose_name = "django-poolconf"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from django_poolconf.checks import check_pool_settings
+        from django_poolconf.conf import ROUTER_PATH, mirror_replicas_in_tests
 
         checks.register(check_pool_settings)
+        # Before the test runner reads TEST["MIRROR"]: a replica has no test
+        # database of its own, it reads its primary's.
+        mirror_replicas_in_tests(settings.DATABASES)
+        if ROUTER_PATH in getattr(settings, "DATABASE_ROUTERS", ()):
+            # Django imports routers at the first routed query; the router must see
+            # the connections opened before it (migrate's) to see their writes.
+            import django_poolconf.routers  # noqa: F401
         try:
             import prometheus_client  # noqa: F401
         except ImportError:

@@ -8,7 +8,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, Warning
 
-from django_poolconf.conf import validate_alias, validate_poolconf
+from django_poolconf.conf import validate_alias, validate_poolconf, validate_router
 
 __all__ = ["check_pool_settings"]
 
@@ -17,6 +17,7 @@ def check_pool_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """Report every problem in ``DATABASES[*]["POOL"]``, ``REPLICA_OF`` and ``POOLCONF``."""
+    from django.apps import apps
     from django.db import connections
 
     databases = connections.settings
@@ -25,6 +26,10 @@ def check_pool_settings(
     problems = validate_poolconf()
     for alias, settings_dict in databases.items():
         problems += validate_alias(alias, settings_dict, databases=databases)[1]
+    labels = [config.label for config in apps.get_app_configs()]
+    problems += validate_router(
+        databases=databases, app_labels=labels, check_middleware=True
+    )[1]
     for problem in problems:
         # POOLCONF problems come back once per pooled alias too; report them once.
         if (problem.id, problem.msg) in seen:

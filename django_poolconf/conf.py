@@ -2,7 +2,8 @@
 
 This is the only module that reads raw settings: ``DATABASES[alias]["POOL"]``,
 ``DATABASES[alias]["REPLICA_OF"]`` and the project-wide ``POOLCONF``. Everything
-downstream takes a frozen :class:`PoolSettings`.
+downstream takes a frozen :class:`PoolSettings`, :class:`RouterSettings` or
+:class:`Topology`.
 
 One validator serves two surfaces: :mod:`django_poolconf.checks` turns every
 :class:`Problem` into a system check message, and :func:`pool_settings` raises the
@@ -12,9 +13,11 @@ connection is made.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -30,11 +33,17 @@ __all__ = [
     "POOLED_ENGINE_PREFIX",
     "PoolSettings",
     "Problem",
+    "RouterSettings",
+    "Topology",
     "get_poolconf",
     "is_pooled",
+    "mirror_replicas_in_tests",
     "pool_settings",
+    "router_settings",
+    "topology",
     "validate_alias",
     "validate_poolconf",
+    "validate_router",
 ]
 
 #: ENGINE values starting with this are django-poolconf backends.
@@ -77,7 +86,7 @@ class PoolSettings:
 POOL_KEYS: Final[tuple[str, ...]] = tuple(
     f.name for f in fields(PoolSettings) if f.name not in {"alias", "replica_of"}
 )
-POOLCONF_KEYS: Final[tuple[str, ...]] = ("PRESET", "POOL")
+POOLCONF_KEYS: Final[tuple[str, ...]] = ("PRESET", "POOL", "ROUTER")
 
 
 @dataclass(frozen=True)
@@ -232,38 +241,123 @@ def validate_alias(
             )
         )
 
+    replica_problems = _replica_problems(alias, settings_dict, databases)
+    problems.extend(replica_problems)
     replica_of = settings_dict.get("REPLICA_OF")
-    if replica_of is not None:
-        if not isinstance(replica_of, str) or replica_of == alias:
-            problems.append(
-                Problem(
-                    "E009",
-                    f"{where}['REPLICA_OF'] must name another database alias, got "
-                    f"{_show(replica_of)}.",
-                    hint="Set REPLICA_OF to the alias of the primary, e.g. 'default'.",
-                )
-            )
-            replica_of = None
-        elif databases is not None and replica_of not in databases:
-            close = difflib.get_close_matches(
-                replica_of, [str(a) for a in databases], 1
-            )
-            problems.append(
-                Problem(
-                    "E009",
-                    f"{where}['REPLICA_OF'] names {replica_of!r}, which is not in "
-                    "DATABASES.",
-                    hint=(
-                        f"Did you mean {close[0]!r}?"
-                        if close
-                        else "Set REPLICA_OF to the alias of the primary."
-                    ),
-                )
-            )
+    if not isinstance(replica_of, str) or replica_of == alias:
+        replica_of = None
 
     if any(p.is_error for p in problems):
         return None, problems
     return PoolSettings(alias=alias, replica_of=replica_of, **values), problems
+
+
+def _replica_problems(
+    alias: str, settings_dict: Mapping[str, Any], databases: Mapping[str, Any] | None
+) -> list[Problem]:
+    """The problems of a pooled alias's ``REPLICA_OF``: E009, E010 and E011.
+
+    Without ``databases``, only the value itself is checked.
+    """
+    replica_of = settings_dict.get("REPLICA_OF")
+    if replica_of is None:
+        return []
+    where = f"DATABASES[{alias!r}]"
+    if not isinstance(replica_of, str) or replica_of == alias:
+        return [
+            Problem(
+                "E009",
+                f"{where}['REPLICA_OF'] must name another database alias, got "
+                f"{_show(replica_of)}.",
+                hint="Set REPLICA_OF to the alias of the primary, e.g. 'default'.",
+            )
+        ]
+    if databases is None:
+        return []
+    if replica_of not in databases:
+        close = difflib.get_close_matches(replica_of, [str(a) for a in databases], 1)
+        return [
+            Problem(
+                "E009",
+                f"{where}['REPLICA_OF'] names {replica_of!r}, which is not in "
+                "DATABASES.",
+                hint=(
+                    f"Did you mean {close[0]!r}?"
+                    if close
+                    else "Set REPLICA_OF to the alias of the primary."
+                ),
+            )
+        ]
+    primary = databases[replica_of]
+    if not isinstance(primary, Mapping):
+        return []
+    if primary.get("REPLICA_OF") is not None:
+        root = _root_primary(replica_of, databases)
+        return [
+            Problem(
+                "E010",
+                f"{where}['REPLICA_OF'] names {replica_of!r}, which is itself a "
+                "replica.",
+                hint=(
+                    f"Name the primary that takes the writes: REPLICA_OF = {root!r}."
+                    if root is not None
+                    else "Name the primary that takes the writes."
+                ),
+            )
+        ]
+    engine, primary_engine = settings_dict.get("ENGINE"), primary.get("ENGINE")
+    if _vendor_of(engine) != _vendor_of(primary_engine):
+        return [
+            Problem(
+                "E011",
+                f"{where} is a replica of {replica_of!r}, but its ENGINE "
+                f"{_show(engine)} is for another database than {_show(primary_engine)}.",
+                hint="A replica runs the same database as its primary: fix ENGINE, "
+                "or remove REPLICA_OF.",
+            )
+        ]
+    return []
+
+
+def _root_primary(alias: str, databases: Mapping[str, Any]) -> str | None:
+    """Follow ``REPLICA_OF`` up from ``alias``; ``None`` on a loop or a dead end."""
+    seen = {alias}
+    while True:
+        settings_dict = databases.get(alias)
+        if not isinstance(settings_dict, Mapping):
+            return None
+        parent = settings_dict.get("REPLICA_OF")
+        if parent is None:
+            return alias
+        if not isinstance(parent, str) or parent in seen:
+            return None
+        seen.add(parent)
+        alias = parent
+
+
+#: GeoDjango's backends, by the vendor of the database they run on.
+_GIS_VENDORS: Final[Mapping[str, str]] = {
+    "postgis": "postgresql",
+    "spatialite": "sqlite",
+    "sqlite3": "sqlite",
+}
+
+
+def _vendor_of(engine: object) -> str:
+    """The database an ENGINE runs on: its ``DatabaseWrapper.vendor``, ``"postgresql"``.
+
+    A backend that cannot be imported here (its driver is missing) is known by the
+    last dotted name of its ENGINE, as Django's and GeoDjango's backends are named.
+    Importing a backend opens no connection.
+    """
+    from django.db.utils import load_backend
+
+    try:
+        vendor = load_backend(str(engine)).DatabaseWrapper.vendor
+    except Exception:  # ImproperlyConfigured, ImportError, or a broken backend
+        name = str(engine).rstrip(".").rsplit(".", 1)[-1]
+        return _GIS_VENDORS.get(name, name)
+    return str(vendor)
 
 
 def validate_poolconf(poolconf: object | None = None) -> list[Problem]:
@@ -333,9 +427,16 @@ def _check_pool_dict(
     return good
 
 
+_DICT_EXAMPLES: Final[Mapping[str, str]] = {
+    "POOLCONF": "{'PRESET': 'small_api'}",
+    "ROUTER": "{'PIN_SECONDS': 5}",
+    "APPS": "{'analytics': 'analytics'}",
+}
+
+
 def _not_a_dict(check_id: str, where: str, value: object) -> Problem:
-    example = "{'PRESET': 'small_api'}" if where == "POOLCONF" else "{'pool_size': 10}"
     name = where.rsplit("[", 1)[-1].strip("[]'")
+    example = _DICT_EXAMPLES.get(name, "{'pool_size': 10}")
     return Problem(
         check_id,
         f"{where} must be a dict, got {_show(value)}.",
@@ -455,6 +556,14 @@ _EXAMPLES: Final[Mapping[str, str]] = {
     "statement_timeout": "30000",
     "leak_detection_threshold": "60",
     "slow_checkout_ms": "500",
+    "PIN_SECONDS": "5",
+    "CAUSAL": "True",
+    "MAX_REPLICA_LAG": "5",
+    "CHECK_INTERVAL": "1",
+    "BACKOFF": "1",
+    "MAX_BACKOFF": "30",
+    "COOKIE_NAME": "'poolconf_pin'",
+    "HEADER_NAME": "'X-Poolconf-Pin'",
 }
 
 
@@ -488,6 +597,332 @@ _FLOAT_KEYS: Final = frozenset(
         "leak_detection_threshold",
         "slow_checkout_ms",
     }
+)
+
+
+# -- the read/write router ------------------------------------------------------
+
+Balance = Literal["round_robin", "least_busy"]
+BALANCE_CHOICES: Final[tuple[str, ...]] = ("round_robin", "least_busy")
+
+#: The read/write router and its middleware, as settings name them.
+ROUTER_PATH: Final = "django_poolconf.routers.ReadWriteRouter"
+MIDDLEWARE_PATH: Final = "django_poolconf.middleware.ReadWriteMiddleware"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterSettings:
+    """The validated ``POOLCONF["ROUTER"]`` options of the read/write router.
+
+    Each field is the lower-case name of its key. Durations are seconds. Build one
+    with :func:`router_settings`, not by hand.
+    """
+
+    balance: Balance = "round_robin"  # how each request picks its replica
+    pin_seconds: float | None = None  # after a write, the client reads the primary
+    causal: bool = False  # ... only until a replica has replayed that write
+    max_replica_lag: float | None = None  # a replica further behind is skipped
+    check_interval: float = 1.0  # between two lag measurements of a replica
+    backoff: float = 1.0  # an unreachable replica is skipped, then probed
+    max_backoff: float = 30.0  # the back-off doubles up to this
+    apps: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    cookie_name: str = "poolconf_pin"
+    header_name: str = "X-Poolconf-Pin"
+
+
+#: The keys accepted in ``POOLCONF["ROUTER"]``.
+ROUTER_KEYS: Final[tuple[str, ...]] = tuple(
+    f.name.upper() for f in fields(RouterSettings)
+)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which pooled aliases are replicas of which primary, from ``REPLICA_OF``."""
+
+    #: Each primary that has replicas, and its replicas in ``DATABASES`` order.
+    replicas: Mapping[str, tuple[str, ...]]
+    #: Each replica's primary.
+    primary_of: Mapping[str, str]
+
+
+def topology(databases: Mapping[str, Any]) -> Topology:
+    """Return the primaries and replicas that ``databases`` (``DATABASES``) declares.
+
+    Only pooled aliases count as replicas: ``REPLICA_OF`` on another backend is
+    ignored, as everywhere else.
+
+    :raises ImproperlyConfigured: on a bad ``REPLICA_OF`` (E009, E010, E011), with
+        the text of the system check.
+    """
+    replicas: dict[str, list[str]] = {}
+    primary_of: dict[str, str] = {}
+    for alias, settings_dict in databases.items():
+        if not is_pooled(settings_dict) or settings_dict.get("REPLICA_OF") is None:
+            continue
+        problems = _replica_problems(alias, settings_dict, databases)
+        if problems:
+            raise ImproperlyConfigured(str(problems[0]))
+        primary = settings_dict["REPLICA_OF"]
+        replicas.setdefault(primary, []).append(alias)
+        primary_of[alias] = primary
+    return Topology(
+        MappingProxyType({p: tuple(r) for p, r in replicas.items()}),
+        MappingProxyType(primary_of),
+    )
+
+
+def mirror_replicas_in_tests(databases: Mapping[str, Any]) -> list[str]:
+    """Make each pooled replica mirror its primary in tests, unless ``TEST["MIRROR"]`` is set.
+
+    Django's test runner then creates no test database for the replica and points
+    it at its primary's. Returns the aliases changed. Called by the app's
+    ``ready()``; the only setting this package writes.
+    """
+    changed = []
+    for alias, settings_dict in databases.items():
+        if (
+            not isinstance(settings_dict, dict)
+            or not is_pooled(settings_dict)
+            or settings_dict.get("REPLICA_OF") is None
+            or _replica_problems(alias, settings_dict, databases)
+        ):
+            continue
+        test = settings_dict.setdefault("TEST", {})
+        if isinstance(test, dict) and test.get("MIRROR") is None:
+            test["MIRROR"] = settings_dict["REPLICA_OF"]
+            changed.append(alias)
+    return changed
+
+
+_router_cache: tuple[object, RouterSettings] | None = None
+
+
+def router_settings(
+    poolconf: Mapping[str, Any] | None = None,
+    *,
+    databases: Mapping[str, Any] | None = None,
+) -> RouterSettings:
+    """Validate ``POOLCONF["ROUTER"]`` and return it, frozen.
+
+    Without arguments, the setting is validated once and the result kept while
+    ``POOLCONF`` is unchanged; ``databases`` also checks that ``APPS`` names primaries.
+
+    :raises ImproperlyConfigured: on the first error, with the text of its check.
+    """
+    global _router_cache
+    shared = poolconf is None and databases is None
+    if shared:
+        poolconf = get_poolconf()
+        cached = _router_cache
+        if cached is not None and cached[0] is poolconf:
+            return cached[1]
+    result, problems = validate_router(poolconf, databases=databases)
+    errors = [p for p in problems if p.is_error]
+    if errors or result is None:
+        raise ImproperlyConfigured(str(errors[0]))
+    if shared:
+        _router_cache = (poolconf, result)
+    return result
+
+
+def validate_router(
+    poolconf: object | None = None,
+    *,
+    databases: Mapping[str, Any] | None = None,
+    app_labels: Collection[str] | None = None,
+    check_middleware: bool = False,
+) -> tuple[RouterSettings | None, list[Problem]]:
+    """Validate ``POOLCONF["ROUTER"]``; return its settings (``None`` on error) and every problem.
+
+    ``databases`` checks that ``APPS`` names primaries; ``app_labels`` (the
+    installed apps) that it names apps; ``check_middleware`` that ``MIDDLEWARE``
+    has the router's middleware when it is needed. ``poolconf`` defaults to the
+    setting.
+    """
+    if poolconf is None:
+        poolconf = get_poolconf()
+    if not isinstance(poolconf, Mapping):
+        return None, [_not_a_dict("E007", "POOLCONF", poolconf)]
+    raw = poolconf.get("ROUTER")
+    if raw is None:
+        return RouterSettings(), []
+    where = "POOLCONF['ROUTER']"
+    if not isinstance(raw, Mapping):
+        return None, [_not_a_dict("E012", where, raw)]
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        rule = _ROUTER_RULES.get(key) if isinstance(key, str) else None
+        if rule is None:
+            problems.append(_unknown_key("E012", where, key, ROUTER_KEYS))
+            continue
+        assert isinstance(key, str)
+        if key == "APPS":
+            apps = _check_apps(f"{where}['APPS']", value, databases, app_labels)
+            problems.extend(apps[1])
+            if apps[0] is not None:
+                values["apps"] = apps[0]
+            continue
+        problem = rule(f"{where}[{key!r}]", key, value)
+        if problem is not None:
+            problems.append(dataclasses.replace(problem, id="E013"))
+        elif key in _ROUTER_FLOAT_KEYS and value is not None:
+            values[key.lower()] = float(value)
+        else:
+            values[key.lower()] = value
+
+    backoff = values.get("backoff", RouterSettings.backoff)
+    max_backoff = values.get("max_backoff", RouterSettings.max_backoff)
+    if max_backoff < backoff:
+        problems.append(
+            Problem(
+                "E013",
+                f"{where}['MAX_BACKOFF'] must be >= BACKOFF ({backoff:g}), got "
+                f"{max_backoff:g}.",
+                hint="The back-off starts at BACKOFF and doubles up to MAX_BACKOFF.",
+            )
+        )
+    if values.get("causal") and values.get("pin_seconds") is None:
+        problems.append(
+            Problem(
+                "E015",
+                f"{where}['CAUSAL'] needs PIN_SECONDS.",
+                hint="Set PIN_SECONDS too, e.g. 60: how long after a write a client's "
+                "position is carried across requests.",
+            )
+        )
+    if (
+        check_middleware
+        and values.get("pin_seconds") is not None
+        and not _middleware_installed()
+    ):
+        problems.append(
+            Problem(
+                "W003",
+                f"{where}['PIN_SECONDS'] is set, but {MIDDLEWARE_PATH!r} is not in "
+                "MIDDLEWARE, so no client is pinned across requests.",
+                hint="Add it to MIDDLEWARE, near the top: above the middleware whose "
+                "writes should pin (sessions, authentication).",
+            )
+        )
+    if any(p.is_error for p in problems):
+        return None, problems
+    return RouterSettings(**values), problems
+
+
+def _middleware_installed() -> bool:
+    """Whether ``MIDDLEWARE`` has the router's middleware, or a subclass of it."""
+    from django.utils.module_loading import import_string
+
+    entries = getattr(settings, "MIDDLEWARE", None) or ()
+    if MIDDLEWARE_PATH in entries:
+        return True
+    wanted = import_string(MIDDLEWARE_PATH)
+    for entry in entries:
+        try:
+            middleware = import_string(entry)
+        except ImportError:
+            continue  # Django reports it when it loads the middleware
+        if isinstance(middleware, type) and issubclass(middleware, wanted):
+            return True
+    return False
+
+
+def _check_apps(
+    where: str,
+    value: object,
+    databases: Mapping[str, Any] | None,
+    app_labels: Collection[str] | None,
+) -> tuple[Mapping[str, str] | None, list[Problem]]:
+    """``APPS``: a dict of app label to the alias of a primary."""
+    if not isinstance(value, Mapping):
+        return None, [_not_a_dict("E013", where, value)]
+    problems: list[Problem] = []
+    for label, alias in value.items():
+        entry = f"{where}[{_show(label)}]"
+        if app_labels is not None and label not in app_labels:
+            close = difflib.get_close_matches(str(label), list(app_labels), 1)
+            problems.append(
+                Problem(
+                    "E014",
+                    f"{where} names the app {_show(label)}, which is not installed.",
+                    hint=f"Did you mean {close[0]!r}?"
+                    if close
+                    else "Use the label of an app in INSTALLED_APPS.",
+                )
+            )
+        if not isinstance(alias, str):
+            problems.append(
+                Problem(
+                    "E014",
+                    f"{entry} must name a database alias, got {_show(alias)}.",
+                    hint="Map each app label to the alias of its primary, e.g. "
+                    "{'analytics': 'analytics'}.",
+                )
+            )
+        elif databases is not None and alias not in databases:
+            close = difflib.get_close_matches(alias, [str(a) for a in databases], 1)
+            problems.append(
+                Problem(
+                    "E014",
+                    f"{entry} names {alias!r}, which is not in DATABASES.",
+                    hint=f"Did you mean {close[0]!r}?"
+                    if close
+                    else "Map the app to the alias of its primary.",
+                )
+            )
+        elif databases is not None and isinstance(databases[alias], Mapping):
+            primary = databases[alias].get("REPLICA_OF")
+            if primary is not None:
+                problems.append(
+                    Problem(
+                        "E014",
+                        f"{entry} names {alias!r}, which is a replica.",
+                        hint=f"Map the app to the primary: {_show(primary)}.",
+                    )
+                )
+    if problems:
+        return None, problems
+    return MappingProxyType(dict(value)), []
+
+
+_HTTP_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+def _token(where: str, key: str, value: object) -> Problem | None:
+    if not isinstance(value, str):
+        return _type_problem(where, key, value, "a string", False)
+    if _HTTP_TOKEN.match(value):
+        return None
+    return Problem(
+        "E013",
+        f"{where} must be a cookie or header name (letters, digits and "
+        f"!#$%&'*+-.^_`|~), got {_show(value)}.",
+        hint=f"For example: {key}={_example(key)}.",
+    )
+
+
+def _apps_rule(where: str, key: str, value: object) -> Problem | None:
+    raise AssertionError("APPS is checked by _check_apps()")  # pragma: no cover
+
+
+_ROUTER_RULES: Final[Mapping[str, Rule]] = {
+    "BALANCE": _choice(BALANCE_CHOICES),
+    "PIN_SECONDS": _number(0, inclusive=False, optional=True),
+    "CAUSAL": _boolean,
+    "MAX_REPLICA_LAG": _number(0, inclusive=False, optional=True),
+    "CHECK_INTERVAL": _number(0, inclusive=False),
+    "BACKOFF": _number(0, inclusive=False),
+    "MAX_BACKOFF": _number(0, inclusive=False),
+    "APPS": _apps_rule,
+    "COOKIE_NAME": _token,
+    "HEADER_NAME": _token,
+}
+assert set(_ROUTER_RULES) == set(ROUTER_KEYS), "every ROUTER key needs a rule"
+
+_ROUTER_FLOAT_KEYS: Final = frozenset(
+    {"PIN_SECONDS", "MAX_REPLICA_LAG", "CHECK_INTERVAL", "BACKOFF", "MAX_BACKOFF"}
 )
 
 

@@ -204,11 +204,22 @@ def _smoke() -> int:
     )
     check(posted.headers.get("Location") == "/", "adding a note did not redirect to /")
 
-    notes = request("GET", "/api/notes", 200).json()["notes"]
+    # The router pinned this client after its write: send the pin back, as a browser
+    # would, and the next read sees the new note even if the replica lags.
+    pin = posted.cookies.get("poolconf_pin")
+    check(pin is not None, "adding a note set no poolconf_pin cookie")
+    notes = request("GET", "/api/notes", 200, HTTP_COOKIE=f"poolconf_pin={pin}").json()[
+        "notes"
+    ]
     check(notes[0]["text"] == text, "the new note is not the first in /api/notes")
 
     for _ in range(3):
-        aliases = request("GET", "/pool", 200).json()["aliases"]
+        pool = request("GET", "/pool", 200).json()
+    aliases = pool["aliases"]
+    check(
+        pool["router"]["read_from"] == "replica1",
+        "a request without a pin does not read from 'replica1'",
+    )
     check(
         aliases["default"]["server"]["in_recovery"] is False,
         "'default' is not served by the primary",
@@ -238,17 +249,18 @@ def _smoke() -> int:
 
 class _Response:
     def __init__(
-        self, status: int, headers: dict[str, str], body: bytes, elapsed_ms: float
+        self,
+        status: int,
+        headers: dict[str, str],
+        body: bytes,
+        elapsed_ms: float,
+        cookies: dict[str, str],
     ) -> None:
         self.status = status
-        self.headers = headers
+        self.headers = headers  # the last value of each; cookies has every Set-Cookie
         self.body = body
         self.elapsed_ms = elapsed_ms
-        cookies: SimpleCookie = SimpleCookie()
-        for name, value in headers.items():
-            if name.lower() == "set-cookie":
-                cookies.load(value)
-        self.cookies = {name: morsel.value for name, morsel in cookies.items()}
+        self.cookies = cookies
 
     @property
     def text(self) -> str:
@@ -269,18 +281,28 @@ def _call(handler: WSGIHandler, environ: dict[str, Any]) -> _Response:
     statuses: list[str] = []
     headers: dict[str, str] = {}
 
+    cookies: SimpleCookie = SimpleCookie()
+
     def start_response(
         status: str, response_headers: Any, exc_info: Any = None
     ) -> None:
         statuses.append(status)
-        # Only one Set-Cookie (csrftoken) is expected; a dict is enough here.
         headers.update(response_headers)
+        for name, value in response_headers:
+            if name.lower() == "set-cookie":
+                cookies.load(value)
 
     result = handler(environ, start_response)
     with contextlib.closing(result):
         body = b"".join(result)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    return _Response(int(statuses[0].split()[0]), headers, body, elapsed_ms)
+    return _Response(
+        int(statuses[0].split()[0]),
+        headers,
+        body,
+        elapsed_ms,
+        {name: morsel.value for name, morsel in cookies.items()},
+    )
 
 
 def _shutdown(cluster: EmbeddedCluster) -> None:

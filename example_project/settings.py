@@ -3,7 +3,7 @@
 The databases come from the environment, as in a real deployment: ``DATABASE_URL``
 names the primary and ``DATABASE_REPLICA_URLS`` its replicas (``run.py`` sets both
 from the embedded cluster it starts). The primary becomes the alias ``"default"``, the
-replica ``"replica1"``.
+replica ``"replica1"``; the read/write router sends reads to the replica.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that every request routes from a fresh start and a write pins the client.
+    "django_poolconf.middleware.ReadWriteMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -49,6 +51,11 @@ TEMPLATES = [
 # Five connections per alias, five more under load. Options in a URL's query string
 # (?pool_size=10) override these for that alias.
 DATABASES = django_poolconf.databases_from_env(pool_size=5, max_overflow=5)
+
+# Writes go to "default", reads to "replica1". After a write, the client's next
+# requests read the primary until the replica has replayed that write (at most 15 s).
+DATABASE_ROUTERS = ["django_poolconf.routers.ReadWriteRouter"]
+POOLCONF = {"ROUTER": {"PIN_SECONDS": 15, "CAUSAL": True}}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True

@@ -20,6 +20,15 @@ ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 DATABASES = databases()
+# For the router's tests: a second primary with two replicas, on the same servers
+# and, in tests, the same database.
+DATABASES["analytics"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+for _alias in ("analytics_replica", "analytics_replica2"):
+    DATABASES[_alias] = {
+        **DATABASES["replica"],
+        "REPLICA_OF": "analytics",
+        "TEST": {"MIRROR": "default"},
+    }
 # A database on another backend, which django-poolconf leaves alone.
 DATABASES["plain"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 

@@ -328,3 +328,118 @@ def test_connect_timeout_in_options_and_pool_warns(monkeypatch):
         "DATABASES['default']['OPTIONS']['connect_timeout'] overrides "
         "DATABASES['default']['POOL']['connect_timeout']."
     )
+
+
+# The router's topology and settings: E010 to E015, W003
+
+
+def test_replica_of_a_replica_is_e010(databases):
+    databases(
+        default=alias_settings(),
+        replica=alias_settings(REPLICA_OF="default"),
+        cascade=alias_settings(REPLICA_OF="replica"),
+    )
+
+    [message] = check_pool_settings()
+
+    assert message == checks.Error(
+        "DATABASES['cascade']['REPLICA_OF'] names 'replica', which is itself a replica.",
+        hint="Name the primary that takes the writes: REPLICA_OF = 'default'.",
+        id="django_poolconf.E010",
+    )
+
+
+def test_replica_on_another_vendor_is_e011(databases):
+    databases(
+        default=alias_settings(ENGINE="django.db.backends.mysql"),
+        replica=alias_settings(REPLICA_OF="default"),
+    )
+
+    assert ids(check_pool_settings()) == ["django_poolconf.E011"]
+
+
+def test_each_bad_topology_is_reported_with_its_id(databases):
+    databases(
+        default=alias_settings(),
+        replica=alias_settings(REPLICA_OF="default"),
+        unknown=alias_settings(REPLICA_OF="defualt"),
+        cascade=alias_settings(REPLICA_OF="replica"),
+        legacy=alias_settings(ENGINE="django.db.backends.sqlite3"),
+        other_vendor=alias_settings(REPLICA_OF="legacy"),
+    )
+
+    assert ids(check_pool_settings()) == [
+        "django_poolconf.E009",
+        "django_poolconf.E010",
+        "django_poolconf.E011",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("router", "expected"),
+    [
+        ("fast", ["django_poolconf.E012"]),
+        ({"PIN_SECOND": 5}, ["django_poolconf.E012"]),
+        ({"PIN_SECONDS": "5"}, ["django_poolconf.E013"]),
+        ({"BALANCE": "random"}, ["django_poolconf.E013"]),
+        ({"APPS": {"testapp": "replica"}}, ["django_poolconf.E014"]),
+        ({"APPS": {"nope": "default"}}, ["django_poolconf.E014"]),
+        ({"CAUSAL": True}, ["django_poolconf.E015"]),
+    ],
+)
+def test_router_settings_problems_have_their_ids(databases, router, expected):
+    databases(**good_databases())
+
+    with override_settings(POOLCONF={"ROUTER": router}):
+        assert ids(check_pool_settings()) == expected
+
+
+def test_pin_without_the_middleware_is_w003(databases):
+    databases(**good_databases())
+
+    with override_settings(POOLCONF={"ROUTER": {"PIN_SECONDS": 5}}, MIDDLEWARE=[]):
+        [message] = check_pool_settings()
+
+    assert message.id == "django_poolconf.W003"
+    assert message.level == checks.WARNING
+
+
+@pytest.mark.parametrize(
+    "middleware",
+    [
+        "django_poolconf.middleware.ReadWriteMiddleware",
+        "tests.test_checks.PinningMiddleware",
+    ],
+)
+def test_pin_with_the_middleware_or_a_subclass_has_no_warning(databases, middleware):
+    databases(**good_databases())
+
+    with override_settings(
+        POOLCONF={"ROUTER": {"PIN_SECONDS": 5}},
+        MIDDLEWARE=["django.middleware.common.CommonMiddleware", middleware],
+    ):
+        assert check_pool_settings() == []
+
+
+def test_check_command_raises_on_bad_topology(databases):
+    databases(
+        default=alias_settings(),
+        replica=alias_settings(REPLICA_OF="default"),
+        cascade=alias_settings(REPLICA_OF="replica"),
+    )
+
+    with pytest.raises(SystemCheckError, match=r"django_poolconf\.E010"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+def _pinning_middleware():
+    from django_poolconf.middleware import ReadWriteMiddleware
+
+    class PinningMiddleware(ReadWriteMiddleware):
+        pass
+
+    PinningMiddleware.__module__ = __name__
+    return PinningMiddleware
+
+
+PinningMiddleware = _pinning_middleware()

@@ -566,7 +566,7 @@ def test_poolconf_not_a_dict_is_e007(poolconf, shown):
 def test_poolconf_unknown_key_suggests_closest():
     message = (
         "POOLCONF has an unknown key 'PRESETS'. Did you mean 'PRESET'? "
-        "Valid keys are 'PRESET', 'POOL'."
+        "Valid keys are 'PRESET', 'POOL', 'ROUTER'."
     )
 
     problem = only_problem(pooled(), poolconf={"PRESETS": "small_api"})
@@ -582,7 +582,7 @@ def test_poolconf_unknown_key_without_near_match_lists_valid_keys():
     assert problem == Problem(
         "E007",
         "POOLCONF has an unknown key 'SIZE'.",
-        "Valid keys are 'PRESET', 'POOL'.",
+        "Valid keys are 'PRESET', 'POOL', 'ROUTER'.",
     )
 
 
@@ -954,3 +954,368 @@ def test_slow_checkout_ms_is_milliseconds_and_leak_threshold_seconds():
     text = " ".join(str(p) for p in problems)
     assert "['slow_checkout_ms'] must be a number of milliseconds or None" in text
     assert "['leak_detection_threshold'] must be a number > 0 (seconds) or None" in text
+
+
+# REPLICA_OF: E010 (a replica of a replica) and E011 (another vendor)
+
+
+def test_replica_of_a_replica_names_the_primary_to_use():
+    databases = {
+        "default": pooled(),
+        "replica": pooled(REPLICA_OF="default"),
+        "cascade": pooled(REPLICA_OF="replica"),
+    }
+    message = (
+        "DATABASES['cascade']['REPLICA_OF'] names 'replica', which is itself a replica. "
+        "Name the primary that takes the writes: REPLICA_OF = 'default'."
+    )
+
+    problem = only_problem(databases["cascade"], alias="cascade", databases=databases)
+
+    assert problem.id == "E010"
+    with pytest.raises(ImproperlyConfigured, match=whole(message)):
+        pool_settings("cascade", databases["cascade"], databases=databases, poolconf={})
+
+
+def test_replicas_of_each_other_have_no_primary_to_suggest():
+    databases = {"a": pooled(REPLICA_OF="b"), "b": pooled(REPLICA_OF="a")}
+
+    problem = only_problem(databases["a"], alias="a", databases=databases)
+
+    assert problem == Problem(
+        "E010",
+        "DATABASES['a']['REPLICA_OF'] names 'b', which is itself a replica.",
+        "Name the primary that takes the writes.",
+    )
+
+
+def test_replica_on_another_vendor_is_e011():
+    databases = {
+        "default": {"ENGINE": "django.db.backends.mysql"},
+        "replica": pooled(REPLICA_OF="default"),
+    }
+
+    problem = only_problem(databases["replica"], alias="replica", databases=databases)
+
+    assert problem == Problem(
+        "E011",
+        "DATABASES['replica'] is a replica of 'default', but its ENGINE "
+        "'django_poolconf.backends.postgresql' is for another database than "
+        "'django.db.backends.mysql'.",
+        "A replica runs the same database as its primary: fix ENGINE, or remove "
+        "REPLICA_OF.",
+    )
+
+
+@pytest.mark.parametrize(
+    "primary_engine",
+    [
+        "django.db.backends.postgresql",
+        "django.contrib.gis.db.backends.postgis",
+        "django_poolconf.backends.postgresql",
+    ],
+)
+def test_replica_of_a_postgresql_primary_on_any_postgresql_backend(primary_engine):
+    databases = {
+        "default": {"ENGINE": primary_engine},
+        "replica": pooled(REPLICA_OF="default"),
+    }
+
+    assert validate(databases["replica"], alias="replica", databases=databases)[1] == []
+
+
+def test_replica_of_a_primary_on_a_backend_named_otherwise_is_known_by_its_vendor():
+    databases = {
+        "default": {"ENGINE": "tests.renamed_backend"},
+        "replica": pooled(REPLICA_OF="default"),
+    }
+
+    assert validate(databases["replica"], alias="replica", databases=databases)[1] == []
+
+
+# The topology
+
+
+def test_topology_lists_each_primarys_replicas_in_order():
+    databases = {
+        "default": pooled(),
+        "replica2": pooled(REPLICA_OF="default"),
+        "analytics": pooled(),
+        "replica1": pooled(REPLICA_OF="default"),
+        "analytics_replica": pooled(REPLICA_OF="analytics"),
+        "legacy": {"ENGINE": "django.db.backends.postgresql", "REPLICA_OF": "default"},
+    }
+
+    topology = conf.topology(databases)
+
+    assert dict(topology.replicas) == {
+        "default": ("replica2", "replica1"),
+        "analytics": ("analytics_replica",),
+    }
+    assert dict(topology.primary_of) == {
+        "replica2": "default",
+        "replica1": "default",
+        "analytics_replica": "analytics",
+    }
+
+
+def test_topology_raises_on_a_bad_replica_of():
+    databases = {
+        "default": pooled(),
+        "replica": pooled(REPLICA_OF="default"),
+        "cascade": pooled(REPLICA_OF="replica"),
+    }
+
+    with pytest.raises(ImproperlyConfigured, match=r"\['cascade'\].*itself a replica"):
+        conf.topology(databases)
+
+
+def test_replicas_mirror_their_primary_in_tests_unless_set():
+    databases = {
+        "default": pooled(),
+        "replica1": pooled(REPLICA_OF="default"),
+        "replica2": pooled(REPLICA_OF="default", TEST={"MIRROR": None}),
+        "replica3": pooled(REPLICA_OF="default", TEST={"MIRROR": "other"}),
+        "legacy": {"ENGINE": "django.db.backends.sqlite3", "REPLICA_OF": "default"},
+        "broken": pooled(REPLICA_OF="nowhere"),
+    }
+
+    changed = conf.mirror_replicas_in_tests(databases)
+
+    assert changed == ["replica1", "replica2"]
+    assert databases["replica1"]["TEST"] == {"MIRROR": "default"}
+    assert databases["replica2"]["TEST"] == {"MIRROR": "default"}
+    assert databases["replica3"]["TEST"] == {"MIRROR": "other"}
+    assert "TEST" not in databases["legacy"]
+    assert "TEST" not in databases["broken"]
+    assert "TEST" not in databases["default"]
+
+
+def test_app_ready_makes_the_test_replicas_mirrors():
+    from django.conf import settings
+
+    assert settings.DATABASES["replica"]["TEST"]["MIRROR"] == "default"
+
+
+# POOLCONF["ROUTER"]: E012 to E015, W003
+
+ROUTER_KEYS_TEXT = (
+    "Valid keys are 'BALANCE', 'PIN_SECONDS', 'CAUSAL', 'MAX_REPLICA_LAG', "
+    "'CHECK_INTERVAL', 'BACKOFF', 'MAX_BACKOFF', 'APPS', 'COOKIE_NAME', 'HEADER_NAME'."
+)
+
+
+def router_problems(router, **kwargs):
+    return conf.validate_router({"ROUTER": router}, **kwargs)[1]
+
+
+def test_router_defaults_without_router():
+    assert conf.validate_router({}) == (conf.RouterSettings(), [])
+    assert conf.RouterSettings() == conf.RouterSettings(
+        balance="round_robin",
+        pin_seconds=None,
+        causal=False,
+        max_replica_lag=None,
+        check_interval=1.0,
+        backoff=1.0,
+        max_backoff=30.0,
+        apps={},
+        cookie_name="poolconf_pin",
+        header_name="X-Poolconf-Pin",
+    )
+
+
+def test_router_settings_are_read_in_lower_case():
+    databases = {"default": pooled(), "analytics": pooled()}
+    router = {
+        "BALANCE": "least_busy",
+        "PIN_SECONDS": 15,
+        "CAUSAL": True,
+        "MAX_REPLICA_LAG": 2,
+        "CHECK_INTERVAL": 0.5,
+        "BACKOFF": 2,
+        "MAX_BACKOFF": 60,
+        "APPS": {"reports": "analytics"},
+        "COOKIE_NAME": "pin",
+        "HEADER_NAME": "X-Pin",
+    }
+
+    result = conf.router_settings({"ROUTER": router}, databases=databases)
+
+    assert result == conf.RouterSettings(
+        balance="least_busy",
+        pin_seconds=15.0,
+        causal=True,
+        max_replica_lag=2.0,
+        check_interval=0.5,
+        backoff=2.0,
+        max_backoff=60.0,
+        apps={"reports": "analytics"},
+        cookie_name="pin",
+        header_name="X-Pin",
+    )
+    assert isinstance(result.pin_seconds, float)
+
+
+def test_router_not_a_dict_is_e012():
+    assert router_problems(["PIN_SECONDS"]) == [
+        Problem(
+            "E012",
+            "POOLCONF['ROUTER'] must be a dict, got ['PIN_SECONDS'].",
+            "Write ROUTER as a dict, e.g. {'PIN_SECONDS': 5}.",
+        )
+    ]
+
+
+def test_router_unknown_key_suggests_closest():
+    assert router_problems({"PIN_SECOND": 5}) == [
+        Problem(
+            "E012",
+            "POOLCONF['ROUTER'] has an unknown key 'PIN_SECOND'.",
+            f"Did you mean 'PIN_SECONDS'? {ROUTER_KEYS_TEXT}",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("router", "message"),
+    [
+        (
+            {"PIN_SECONDS": "5"},
+            "POOLCONF['ROUTER']['PIN_SECONDS'] must be a number of seconds or None, "
+            "got '5' (str). Write PIN_SECONDS as a Python value, not a string: e.g. "
+            "PIN_SECONDS=5.",
+        ),
+        (
+            {"MAX_REPLICA_LAG": 0},
+            "POOLCONF['ROUTER']['MAX_REPLICA_LAG'] must be a number > 0 (seconds) or "
+            "None, got 0. For example: MAX_REPLICA_LAG=5.",
+        ),
+        (
+            {"CHECK_INTERVAL": None},
+            "POOLCONF['ROUTER']['CHECK_INTERVAL'] must be a number of seconds, got None "
+            "(NoneType). For example: CHECK_INTERVAL=1.",
+        ),
+        (
+            {"BALANCE": "round-robin"},
+            "POOLCONF['ROUTER']['BALANCE'] must be one of 'round_robin', 'least_busy', "
+            "got 'round-robin'. Did you mean 'round_robin'?",
+        ),
+        (
+            {"CAUSAL": 1, "PIN_SECONDS": 5},
+            "POOLCONF['ROUTER']['CAUSAL'] must be True or False, got 1 (int). For "
+            "example: CAUSAL=True.",
+        ),
+        (
+            {"COOKIE_NAME": "my pin"},
+            "POOLCONF['ROUTER']['COOKIE_NAME'] must be a cookie or header name "
+            "(letters, digits and !#$%&'*+-.^_`|~), got 'my pin'. For example: "
+            "COOKIE_NAME='poolconf_pin'.",
+        ),
+        (
+            {"HEADER_NAME": b"X-Pin"},
+            "POOLCONF['ROUTER']['HEADER_NAME'] must be a string, got b'X-Pin' (bytes). "
+            "For example: HEADER_NAME='X-Poolconf-Pin'.",
+        ),
+        (
+            {"BACKOFF": 10, "MAX_BACKOFF": 5},
+            "POOLCONF['ROUTER']['MAX_BACKOFF'] must be >= BACKOFF (10), got 5. The "
+            "back-off starts at BACKOFF and doubles up to MAX_BACKOFF.",
+        ),
+    ],
+)
+def test_bad_router_value_is_e013(router, message):
+    [problem] = router_problems(router)
+
+    assert problem.id == "E013"
+    with pytest.raises(ImproperlyConfigured, match=whole(message)):
+        conf.router_settings({"ROUTER": router})
+
+
+@pytest.mark.parametrize(
+    ("apps", "message"),
+    [
+        (
+            {"reports": "analytcs"},
+            "POOLCONF['ROUTER']['APPS']['reports'] names 'analytcs', which is not in "
+            "DATABASES. Did you mean 'analytics'?",
+        ),
+        (
+            {"reports": "replica"},
+            "POOLCONF['ROUTER']['APPS']['reports'] names 'replica', which is a replica. "
+            "Map the app to the primary: 'default'.",
+        ),
+        (
+            {"reports": 1},
+            "POOLCONF['ROUTER']['APPS']['reports'] must name a database alias, got 1. "
+            "Map each app label to the alias of its primary, e.g. "
+            "{'analytics': 'analytics'}.",
+        ),
+        (
+            {"report": "analytics"},
+            "POOLCONF['ROUTER']['APPS'] names the app 'report', which is not installed. "
+            "Did you mean 'reports'?",
+        ),
+    ],
+)
+def test_bad_apps_entry_is_e014(apps, message):
+    databases = {
+        "default": pooled(),
+        "replica": pooled(REPLICA_OF="default"),
+        "analytics": pooled(),
+    }
+
+    [problem] = router_problems(
+        {"APPS": apps}, databases=databases, app_labels=["reports", "auth"]
+    )
+
+    assert problem.id == "E014"
+    assert str(problem) == message
+
+
+def test_apps_not_a_dict_is_e013():
+    assert router_problems({"APPS": ["reports"]}) == [
+        Problem(
+            "E013",
+            "POOLCONF['ROUTER']['APPS'] must be a dict, got ['reports'].",
+            "Write APPS as a dict, e.g. {'analytics': 'analytics'}.",
+        )
+    ]
+
+
+def test_causal_without_pin_seconds_is_e015():
+    assert router_problems({"CAUSAL": True}) == [
+        Problem(
+            "E015",
+            "POOLCONF['ROUTER']['CAUSAL'] needs PIN_SECONDS.",
+            "Set PIN_SECONDS too, e.g. 60: how long after a write a client's position "
+            "is carried across requests.",
+        )
+    ]
+
+
+def test_pin_without_the_middleware_is_w003_and_not_an_error():
+    with override_settings(MIDDLEWARE=[]):
+        result, problems = conf.validate_router(
+            {"ROUTER": {"PIN_SECONDS": 5}}, check_middleware=True
+        )
+
+    assert result == conf.RouterSettings(pin_seconds=5.0)
+    assert problems == [
+        Problem(
+            "W003",
+            "POOLCONF['ROUTER']['PIN_SECONDS'] is set, but "
+            "'django_poolconf.middleware.ReadWriteMiddleware' is not in MIDDLEWARE, so "
+            "no client is pinned across requests.",
+            "Add it to MIDDLEWARE, near the top: above the middleware whose writes "
+            "should pin (sessions, authentication).",
+        )
+    ]
+
+
+def test_router_settings_are_read_once_while_poolconf_is_unchanged():
+    with override_settings(POOLCONF={"ROUTER": {"PIN_SECONDS": 5}}):
+        first = conf.router_settings()
+        assert conf.router_settings() is first
+    with override_settings(POOLCONF={"ROUTER": {"PIN_SECONDS": 6}}):
+        assert conf.router_settings().pin_seconds == 6.0

@@ -6,7 +6,7 @@ import json
 
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import path
+from django.urls import include, path
 
 from tests.testapp.models import Item
 
@@ -87,4 +87,5 @@ urlpatterns = [
     path("raise-in-atomic/", raise_in_atomic),
     path("sql/", sql),
     path("hold/", hold_connection),
+    path("router/", include("tests.routing_urls")),
 ]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, cast
 
 from django.db import connections
@@ -11,6 +12,7 @@ from sqlalchemy.pool import QueuePool
 
 from django_poolconf import get_engine
 from django_poolconf.conf import is_pooled
+from django_poolconf.replicas import replica_states
 from example_project.notes.forms import NoteForm
 from example_project.notes.models import Note
 
@@ -44,11 +46,14 @@ def api_notes(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def pool(request: HttpRequest) -> JsonResponse:
-    """For each pooled alias: which server answered, and its pool's numbers.
+    """For each pooled alias: which server answered, and its pool's numbers; and the router's view.
 
     The query runs through Django's connection for the alias, so ``checked_out``
     counts the connection this request holds; the request's end returns it.
+    ``router`` says where this request's reads of notes go, and what the router knows
+    of each replica.
     """
+    read_from = Note.objects.all().db
     aliases: dict[str, Any] = {}
     for alias in connections:
         settings_dict = connections.settings[alias]
@@ -67,4 +72,7 @@ def pool(request: HttpRequest) -> JsonResponse:
             "checked_out": queue_pool.checkedout(),
             "overflow": queue_pool.overflow(),
         }
-    return JsonResponse({"aliases": aliases})
+    replicas = {alias: asdict(state) for alias, state in replica_states().items()}
+    return JsonResponse(
+        {"aliases": aliases, "router": {"read_from": read_from, "replicas": replicas}}
+    )
