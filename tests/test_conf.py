@@ -563,7 +563,7 @@ def test_poolconf_not_a_dict_is_e007(poolconf, shown):
 def test_poolconf_unknown_key_suggests_closest():
     message = (
         "POOLCONF has an unknown key 'PRESETS'. Did you mean 'PRESET'? "
-        "Valid keys are 'PRESET', 'POOL'."
+        "Valid keys are 'PRESET', 'POOL', 'HEALTH'."
     )
 
     problem = only_problem(pooled(), poolconf={"PRESETS": "small_api"})
@@ -579,7 +579,7 @@ def test_poolconf_unknown_key_without_near_match_lists_valid_keys():
     assert problem == Problem(
         "E007",
         "POOLCONF has an unknown key 'SIZE'.",
-        "Valid keys are 'PRESET', 'POOL'.",
+        "Valid keys are 'PRESET', 'POOL', 'HEALTH'.",
     )
 
 

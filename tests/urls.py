@@ -6,7 +6,7 @@ import json
 
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import path
+from django.urls import include, path
 
 from tests.testapp.models import Item
 
@@ -77,4 +77,5 @@ urlpatterns = [
     path("change-session/", change_session),
     path("raise-in-atomic/", raise_in_atomic),
     path("sql/", sql),
+    path("health/", include("django_poolconf.urls")),
 ]
