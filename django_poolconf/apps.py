@@ -13,6 +13,7 @@ class DjangoPoolconfAppConfig(AppConfig):
     verbose_name = "django-poolconf"
 
     def ready(self) -> None:
-        from django_poolconf.checks import check_pool_settings
+        from django_poolconf.checks import check_deployment, check_pool_settings
 
         checks.register(check_pool_settings)
+        checks.register(check_deployment, checks.Tags.database, deploy=True)

@@ -111,8 +111,8 @@ class Command(BaseCommand):
                 "--timeout takes a number of seconds > 0.", returncode=USAGE_ERROR
             )
         settings = health_settings()
-        workers = options["workers"] or settings.workers
-        hosts = options["hosts"] or settings.hosts
+        workers = settings.workers if options["workers"] is None else options["workers"]
+        hosts = settings.hosts if options["hosts"] is None else options["hosts"]
         if (workers is not None and workers < 1) or hosts < 1:
             raise CommandError(
                 "--workers and --hosts take an integer >= 1.", returncode=USAGE_ERROR
