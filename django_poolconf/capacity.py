@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 from django_poolconf.conf import Problem, health_settings
 from django_poolconf.health import (
     AliasHealth,
@@ -78,7 +80,7 @@ def plan_capacity(
     for alias in pooled_aliases():
         wrapper: Any = connections[alias]
         try:
-            target = _target_of(wrapper)
+            target = Target.from_params(wrapper.get_connection_params())
             capacity = wrapper.get_pool_settings().capacity
         except Exception:  # a misconfigured alias is reported elsewhere
             continue
@@ -102,12 +104,6 @@ def plan_capacity(
             )
         )
     return plans
-
-
-def _target_of(wrapper: Any) -> Target:
-    from django_poolconf.health import _target
-
-    return _target(wrapper.get_connection_params(), wrapper.settings_dict)
 
 
 def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
@@ -140,11 +136,14 @@ def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
     checked = [alias for alias in pooled if databases and alias in databases]
     if not checked:
         return problems
+    try:
+        options = health_settings()
+    except ImproperlyConfigured:  # reported as E010 by check_pool_settings()
+        return problems
     report = check_health(checked, max_age=0, server_view=True)
-    workers = health_settings().workers
-    if workers is not None:
-        hosts = health_settings().hosts
-        for plan in plan_capacity(report, workers=workers, hosts=hosts):
+    if options.workers is not None:
+        plans = plan_capacity(report, workers=options.workers, hosts=options.hosts)
+        for plan in plans:
             if plan.exceeds:
                 problems.append(_capacity_problem(plan))
     for health in report.databases:

@@ -86,6 +86,24 @@ class Target:
         user = f"{self.user}{secret}@" if self.user or secret else ""
         return f"{user}{self}"
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Target:
+        """Describe the target of ``get_connection_params()``, with the password masked."""
+        password = str(params.get("password") or "")
+
+        def shown(value: object, default: str) -> str:
+            text = str(value or default)
+            # Whatever else is shown, the password never is.
+            return text.replace(password, "***") if password else text
+
+        return cls(
+            host=shown(params.get("host"), "localhost"),
+            port=shown(params.get("port"), "5432"),
+            dbname=shown(params.get("dbname"), ""),
+            user=shown(params.get("user"), ""),
+            has_password=bool(password),
+        )
+
     @property
     def server(self) -> tuple[str, str]:
         """What identifies the server: aliases with the same one share its connections."""
@@ -261,7 +279,7 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
         numbers,
         settings.capacity,
         settings,
-        _target(params, settings_dict),
+        Target.from_params(params),
     )
     lender = None
     _, checked_in, checked_out, _ = numbers
@@ -290,23 +308,6 @@ def _pool_numbers(
         return None, (settings.pool_size, 0, 0, -settings.pool_size)
     pool = cast("QueuePool", entry.engine.pool)
     return entry, (pool.size(), pool.checkedin(), pool.checkedout(), pool.overflow())
-
-
-def _target(params: Mapping[str, Any], settings_dict: Mapping[str, Any]) -> Target:
-    password = str(params.get("password") or "")
-
-    def shown(value: object, default: str) -> str:
-        text = str(value or default)
-        # Whatever else is shown, the password never is.
-        return text.replace(password, "***") if password else text
-
-    return Target(
-        host=shown(params.get("host"), "localhost"),
-        port=shown(params.get("port"), "5432"),
-        dbname=shown(params.get("dbname"), ""),
-        user=shown(params.get("user"), ""),
-        has_password=bool(password or settings_dict.get("PASSWORD")),
-    )
 
 
 def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:

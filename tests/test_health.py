@@ -616,3 +616,34 @@ def test_probe_result_serves_concurrent_callers_and_its_thread_ends():
     assert wait_for(
         lambda: not {t.name for t in threading.enumerate()} - before, timeout=2
     )
+
+
+def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
+    from tests.test_engines import _StallingProxy
+
+    primary = connections.settings["default"]
+    proxy = _StallingProxy(primary["HOST"], int(primary["PORT"]))
+    pool = {**primary["POOL"], "pre_ping_threshold": 60}  # no ping when borrowed
+    try:
+        with extra_alias("stalled", PORT=str(proxy.port), POOL=pool):
+            with get_engine("stalled").connect() as conn:  # one idle pooled connection
+                before = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            proxy.stalled.set()
+            started = time.monotonic()
+            report = check_health(["stalled"])
+            took = time.monotonic() - started
+            probe = health._probes["stalled"].future.result(timeout=5)
+            proxy.stalled.clear()
+            with get_engine("stalled").connect() as conn:
+                after = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            checked_out = get_engine("stalled").pool.checkedout()
+    finally:
+        proxy.stalled.clear()
+        proxy.close()
+
+    assert (report["stalled"].status, report["stalled"].reason) == ("unhealthy", "timeout")
+    assert report["stalled"].checked_in == 1  # the probe went through the pool
+    assert took < TIMEOUT + MARGIN
+    assert probe.failure == "timeout"
+    assert after != before  # closed, not given to the next borrower
+    assert checked_out == 0

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
@@ -110,7 +111,10 @@ class Command(BaseCommand):
             raise CommandError(
                 "--timeout takes a number of seconds > 0.", returncode=USAGE_ERROR
             )
-        settings = health_settings()
+        try:
+            settings = health_settings()
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error), returncode=USAGE_ERROR) from None
         workers = settings.workers if options["workers"] is None else options["workers"]
         hosts = settings.hosts if options["hosts"] is None else options["hosts"]
         if (workers is not None and workers < 1) or hosts < 1:
