@@ -641,7 +641,10 @@ def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
         proxy.stalled.clear()
         proxy.close()
 
-    assert (report["stalled"].status, report["stalled"].reason) == ("unhealthy", "timeout")
+    assert (report["stalled"].status, report["stalled"].reason) == (
+        "unhealthy",
+        "timeout",
+    )
     assert report["stalled"].checked_in == 1  # the probe went through the pool
     assert took < TIMEOUT + MARGIN
     assert probe.failure == "timeout"
