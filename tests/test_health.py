@@ -607,7 +607,7 @@ def test_misconfigured_alias_is_unhealthy_not_an_error():
     assert report["default"].status == "healthy"
 
 
-def test_probe_result_serves_concurrent_callers_and_its_thread_ends():
+def test_probe_threads_end_after_the_check():
     wsgi_get("/item/")
     before = {t.name for t in threading.enumerate()}
 
@@ -650,3 +650,37 @@ def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
     assert probe.failure == "timeout"
     assert after != before  # closed, not given to the next borrower
     assert checked_out == 0
+
+
+def test_forked_child_checks_health_while_a_parent_thread_held_the_probe_lock():
+    import os
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with health._lock:
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                code = 0 if check_health(["default"]).status == "healthy" else 2
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(child, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(child, 9)
+                os.waitpid(child, 0)
+                pytest.fail("the child hung on the parent's probe lock")
+            time.sleep(0.01)
+    finally:
+        release.set()
+        holder.join()
+    assert os.waitstatus_to_exitcode(done[1]) == 0
