@@ -943,7 +943,7 @@ def test_validate_alias_returns_no_settings_on_error():
 # POOLCONF["HEALTH"]: E010
 
 
-def health(poolconf_health, env=None):
+def health(poolconf_health):
     with override_settings(POOLCONF={"HEALTH": poolconf_health}):
         return conf.health_settings()
 
