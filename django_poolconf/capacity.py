@@ -107,11 +107,11 @@ def plan_capacity(
 
 
 def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
-    """The problems ``manage.py check --deploy`` reports (``W003`` to ``W005``).
+    """The problems ``manage.py check --deploy`` reports (``W004`` to ``W006``).
 
-    Settings alone tell whether ``connect_timeout`` is turned off (``W004``). The
-    capacity (``W003``, when the worker count is known) and the idle session timeout
-    (``W005``) need the server: they are checked only for the aliases in
+    Settings alone tell whether ``connect_timeout`` is turned off (``W005``). The
+    capacity (``W004``, when the worker count is known) and the idle session timeout
+    (``W006``) need the server: they are checked only for the aliases in
     ``databases`` (``check --database``), with a bounded probe, and skipped for a
     server that does not answer.
     """
@@ -125,7 +125,7 @@ def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
         if value is not None and _disables_timeout(value):
             problems.append(
                 Problem(
-                    "W004",
+                    "W005",
                     f"DATABASES[{alias!r}]['OPTIONS']['connect_timeout'] is "
                     f"{value!r}, which makes libpq wait for a server that does not "
                     "answer as long as the operating system lets it (minutes).",
@@ -138,7 +138,7 @@ def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
         return problems
     try:
         options = health_settings()
-    except ImproperlyConfigured:  # reported as E010 by check_pool_settings()
+    except ImproperlyConfigured:  # reported as E016 by check_pool_settings()
         return problems
     report = check_health(checked, max_age=0, server_view=True)
     if options.workers is not None:
@@ -161,7 +161,7 @@ def _disables_timeout(value: object) -> bool:
 def _capacity_problem(plan: ServerCapacity) -> Problem:
     names = ", ".join(repr(alias) for alias in plan.aliases)
     return Problem(
-        "W003",
+        "W004",
         f"The pools of {names} may open {plan.worst_case} connections to one server "
         f"({plan.per_process} per process x {plan.workers} workers x {plan.hosts} "
         f"hosts), more than the {plan.available} it allows (max_connections="
@@ -179,7 +179,7 @@ def _recycle_problems(alias: str, health: AliasHealth) -> Iterable[Problem]:
     if recycle is None or recycle >= view.idle_session_timeout_s:
         shown = "None" if recycle is None else f"{recycle:g} s"
         yield Problem(
-            "W005",
+            "W006",
             f"DATABASES[{alias!r}]['POOL']['pool_recycle'] is {shown}, not shorter "
             f"than the server's idle_session_timeout "
             f"({view.idle_session_timeout_s:g} s): the server closes idle pooled "

@@ -588,9 +588,9 @@ def _validate_health(poolconf: object) -> tuple[HealthSettings | None, list[Prob
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        message = _not_a_dict("E010", where, raw).msg
+        message = _not_a_dict("E016", where, raw).msg
         return None, [
-            Problem("E010", message, "Write HEALTH as a dict, e.g. {'TIMEOUT': 5}.")
+            Problem("E016", message, "Write HEALTH as a dict, e.g. {'TIMEOUT': 5}.")
         ]
     problems: list[Problem] = []
     values: dict[str, Any] = {}
@@ -600,7 +600,7 @@ def _validate_health(poolconf: object) -> tuple[HealthSettings | None, list[Prob
                 # Never shown: the value may be the secret itself.
                 problems.append(
                     Problem(
-                        "E010",
+                        "E016",
                         f"{where}['TOKEN'] must be a non-empty string or None, got a "
                         f"value of type {type(value).__name__}.",
                         hint="Read it from the environment, e.g. "
@@ -612,7 +612,7 @@ def _validate_health(poolconf: object) -> tuple[HealthSettings | None, list[Prob
             continue
         entry = _HEALTH_RULES.get(key) if isinstance(key, str) else None
         if entry is None:
-            problems.append(_unknown_key("E010", where, key, HEALTH_KEYS))
+            problems.append(_unknown_key("E016", where, key, HEALTH_KEYS))
             continue
         name, rule = entry
         assert isinstance(key, str)
@@ -623,7 +623,7 @@ def _validate_health(poolconf: object) -> tuple[HealthSettings | None, list[Prob
             hint = (bad.hint or f"For example: {example}.").replace(
                 f"{key}=...", example
             )
-            problems.append(Problem("E010", bad.msg, hint))
+            problems.append(Problem("E016", bad.msg, hint))
         elif name in {"timeout", "cache", "max_replica_lag"} and value is not None:
             values[name] = float(value)
         else:
@@ -631,7 +631,7 @@ def _validate_health(poolconf: object) -> tuple[HealthSettings | None, list[Prob
     if values.get("detail") == "token" and not values.get("token"):
         problems.append(
             Problem(
-                "E010",
+                "E016",
                 f"{where}['DETAIL'] is 'token' but {where}['TOKEN'] is not set.",
                 hint="Set TOKEN to a long random string, e.g. from the environment, or "
                 "set DETAIL to 'none' or 'staff'.",

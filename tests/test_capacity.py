@@ -56,7 +56,7 @@ def test_capacity_beyond_max_connections_warns_when_workers_are_known():
     with use_health(WORKERS=30):
         messages = check_deployment(databases=["default"])
 
-    assert ids(messages) == ["django_poolconf.W003"]
+    assert ids(messages) == ["django_poolconf.W004"]
     assert messages[0].msg == (
         "The pools of 'default' may open 240 connections to one server (8 per process x "
         "30 workers x 1 hosts), more than the 197 it allows (max_connections=200 minus 3 "
@@ -82,7 +82,7 @@ def test_check_deploy_command_reports_capacity():
             "check", "--deploy", "--database", "default", "--fail-level", "WARNING"
         )
 
-    assert "django_poolconf.W003" in str(raised.value)
+    assert "django_poolconf.W004" in str(raised.value)
 
 
 def test_recycle_longer_than_idle_session_timeout_warns():
@@ -92,7 +92,7 @@ def test_recycle_longer_than_idle_session_timeout_warns():
     with use_health(), extra_alias("idle", OPTIONS=options, POOL={"pool_recycle": 5}):
         fine = check_deployment(databases=["idle"])
 
-    assert ids(messages) == ["django_poolconf.W005"]
+    assert ids(messages) == ["django_poolconf.W006"]
     assert messages[0].msg == (
         "DATABASES['idle']['POOL']['pool_recycle'] is 3600 s, not shorter than the "
         "server's idle_session_timeout (10 s): the server closes idle pooled "

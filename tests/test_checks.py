@@ -335,7 +335,7 @@ def test_bad_health_option_is_e010(settings):
 
     settings.POOLCONF = {"HEALTH": {"TIMEOUT": 0, "DETAIL": "all"}}
 
-    assert [m.id for m in check_pool_settings()] == ["django_poolconf.E010"] * 2
+    assert [m.id for m in check_pool_settings()] == ["django_poolconf.E016"] * 2
 
 
 def test_deployment_check_runs_with_deploy_only():
@@ -355,7 +355,7 @@ def test_connect_timeout_turned_off_in_options_warns_on_deploy(databases, value)
 
     [message] = check_deployment()  # settings only: no --database, no connection
 
-    assert message.id == "django_poolconf.W004"
+    assert message.id == "django_poolconf.W005"
     assert message.level == checks.WARNING
     assert message.msg == (
         f"DATABASES['default']['OPTIONS']['connect_timeout'] is {value!r}, which makes "

@@ -940,7 +940,7 @@ def test_validate_alias_returns_no_settings_on_error():
     assert ids(problems) == ["E004"]
 
 
-# POOLCONF["HEALTH"]: E010
+# POOLCONF["HEALTH"]: E016
 
 
 def health(poolconf_health):
@@ -1046,7 +1046,7 @@ def test_health_workers_default_to_web_concurrency(monkeypatch):
     ],
 )
 def test_bad_health_option_is_e010(value, message, hint):
-    assert health_problems(value) == [Problem("E010", message, hint)]
+    assert health_problems(value) == [Problem("E016", message, hint)]
     with (
         override_settings(POOLCONF={"HEALTH": value}),
         pytest.raises(ImproperlyConfigured, match=whole(f"{message} {hint}")),
