@@ -17,10 +17,11 @@ class DjangoPoolconfAppConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
-        from django_poolconf.checks import check_pool_settings
+        from django_poolconf.checks import check_deployment, check_pool_settings
         from django_poolconf.conf import ROUTER_PATH, mirror_replicas_in_tests
 
         checks.register(check_pool_settings)
+        checks.register(check_deployment, checks.Tags.database, deploy=True)
         # Before the test runner reads TEST["MIRROR"]: a replica has no test
         # database of its own, it reads its primary's.
         mirror_replicas_in_tests(settings.DATABASES)

@@ -10,7 +10,7 @@ from django.core.checks import CheckMessage, Error, Warning
 
 from django_poolconf.conf import validate_alias, validate_poolconf, validate_router
 
-__all__ = ["check_pool_settings"]
+__all__ = ["check_deployment", "check_pool_settings"]
 
 
 def check_pool_settings(
@@ -40,3 +40,21 @@ def check_pool_settings(
             level(problem.msg, hint=problem.hint, id=f"django_poolconf.{problem.id}")
         )
     return messages
+
+
+def check_deployment(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """With ``--deploy``: warn when the pools may outgrow ``max_connections`` and more.
+
+    Only the aliases given with ``--database`` are probed (bounded by
+    ``POOLCONF["HEALTH"]["TIMEOUT"]``); see :func:`django_poolconf.capacity.deployment_problems`.
+    """
+    from django_poolconf.capacity import deployment_problems
+
+    return [
+        Warning(problem.msg, hint=problem.hint, id=f"django_poolconf.{problem.id}")
+        for problem in deployment_problems(databases)
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -778,3 +779,43 @@ def test_waiters_are_served_first_come_first_served(pool_options):
         waiter.join(10)
 
     assert order == ["waiter0", "waiter1", "waiter2", "waiter3", "returner"]
+
+
+def _application_name() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('application_name')")
+        return cursor.fetchone()[0]  # type: ignore[no-any-return]
+
+
+def test_pooled_connections_name_the_alias_and_pid(get):
+    pid = get("/item/").json()["pid"]
+    shown = get("/sql/", q="SELECT current_setting('application_name')").json()
+
+    assert shown["pid"] == pid
+    assert shown["row"] == [f"django_poolconf:default:{os.getpid()}"]
+
+
+def test_application_name_in_options_wins(pool_options):
+    settings_dict = connections.settings["default"]
+    original = settings_dict["OPTIONS"]
+    settings_dict["OPTIONS"] = {**original, "application_name": "billing"}
+    try:
+        assert _application_name() == "billing"
+    finally:
+        connection.close()
+        settings_dict["OPTIONS"] = original
+
+
+def test_forked_child_names_its_own_pid():
+    from tests.test_engines import _in_child
+
+    parent = _application_name()
+    connection.close()
+
+    # The child inherits the cached connection parameters and the pool's hooks.
+    child_ok = _in_child(
+        lambda: int(_application_name() == f"django_poolconf:default:{os.getpid()}")
+    )
+
+    assert parent == f"django_poolconf:default:{os.getpid()}"
+    assert child_ok == 1

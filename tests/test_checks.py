@@ -443,3 +443,46 @@ def _pinning_middleware():
 
 
 PinningMiddleware = _pinning_middleware()
+
+
+def test_bad_health_option_is_e010(settings):
+    from django_poolconf.checks import check_pool_settings
+
+    settings.POOLCONF = {"HEALTH": {"TIMEOUT": 0, "DETAIL": "all"}}
+
+    assert [m.id for m in check_pool_settings()] == ["django_poolconf.E016"] * 2
+
+
+def test_deployment_check_runs_with_deploy_only():
+    from django_poolconf.checks import check_deployment
+
+    assert check_deployment in checks.registry.registry.get_checks(
+        include_deployment_checks=True
+    )
+    assert check_deployment not in checks.registry.registry.get_checks()
+
+
+@pytest.mark.parametrize("value", [0, "0", -1])
+def test_connect_timeout_turned_off_in_options_warns_on_deploy(databases, value):
+    from django_poolconf.checks import check_deployment
+
+    databases(default=alias_settings(OPTIONS={"connect_timeout": value}))
+
+    [message] = check_deployment()  # settings only: no --database, no connection
+
+    assert message.id == "django_poolconf.W005"
+    assert message.level == checks.WARNING
+    assert message.msg == (
+        f"DATABASES['default']['OPTIONS']['connect_timeout'] is {value!r}, which makes "
+        "libpq wait for a server that does not answer as long as the operating system "
+        "lets it (minutes)."
+    )
+
+
+@pytest.mark.parametrize("value", [3, "10"])
+def test_connect_timeout_in_options_is_fine_on_deploy(databases, value):
+    from django_poolconf.checks import check_deployment
+
+    databases(default=alias_settings(OPTIONS={"connect_timeout": value}))
+
+    assert check_deployment() == []

@@ -88,4 +88,5 @@ urlpatterns = [
     path("sql/", sql),
     path("hold/", hold_connection),
     path("router/", include("tests.routing_urls")),
+    path("health/", include("django_poolconf.urls")),
 ]

@@ -7,6 +7,7 @@ Requires psycopg 3.
 from __future__ import annotations
 
 import math
+import os
 import re
 import select
 import time
@@ -368,6 +369,26 @@ def _escape_option(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
+class _ApplicationName:
+    """``django_poolconf:<alias>:<pid>``, with the pid of the process that connects.
+
+    psycopg turns each connection parameter into text with ``str()`` as it connects, so
+    a forked child names its own pid although it inherited the cached parameters and
+    the pool's hooks. Not being a ``str``, it is left out of the pool's fingerprint.
+    """
+
+    __slots__ = ("alias",)
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+
+    def __str__(self) -> str:
+        return f"django_poolconf:{self.alias}:{os.getpid()}"
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+
 class DatabaseCreation(postgresql_creation.DatabaseCreation):
     """Test database creation that disposes of the pool first.
 
@@ -426,6 +447,8 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         )
         for name, value in TCP_DEFAULTS.items():
             params.setdefault(name, value)
+        # libpq uses it only when neither OPTIONS nor PGAPPNAME name the application.
+        params.setdefault("fallback_application_name", _ApplicationName(self.alias))
         options = [params["options"]] if params.get("options") else []
         if settings.statement_timeout is not None:
             options.append(f"-c statement_timeout={settings.statement_timeout}")

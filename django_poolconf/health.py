@@ -1,0 +1,475 @@
+"""Health of every pooled alias: reachability, latency, role, lag and the pool's numbers.
+
+Pure checks returning frozen dataclasses, with no HTTP in them: the view
+(:mod:`django_poolconf.views`) and ``manage.py poolstatus`` are thin faces over
+:func:`check_health`.
+
+Each alias is probed in a thread of its own, all at once, and the caller waits at
+most ``POOLCONF["HEALTH"]["TIMEOUT"]`` for all of them: a server that hangs is
+reported as ``timeout`` when the time is up, while its probe finishes (and closes
+what it opened) in the background. One probe per alias runs at a time; callers that
+come meanwhile wait for it, and its result serves for ``CACHE`` seconds. The pool's
+numbers are read afresh on every call: they cost no round trip.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Hashable, Iterable, Mapping
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
+
+from django.core.exceptions import ImproperlyConfigured
+
+from django_poolconf import engines
+from django_poolconf.conf import (
+    HealthSettings,
+    PoolSettings,
+    health_settings,
+    is_pooled,
+)
+from django_poolconf.probes import ProbeResult, ServerView, probe_pooled, probe_server
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import QueuePool
+
+__all__ = [
+    "DEGRADED",
+    "HEALTHY",
+    "UNHEALTHY",
+    "AliasHealth",
+    "HealthReport",
+    "Target",
+    "check_health",
+    "pooled_aliases",
+]
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["healthy", "degraded", "unhealthy"]
+Role = Literal["primary", "replica"]
+Reason = Literal[
+    "unreachable",
+    "timeout",
+    "pool_saturated",
+    "replica_lagging",
+    "read_only_primary",
+    "misconfigured",
+]
+
+HEALTHY: Final = "healthy"
+DEGRADED: Final = "degraded"
+UNHEALTHY: Final = "unhealthy"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """Where an alias connects: shown to operators only, never with the password."""
+
+    host: str
+    port: str
+    dbname: str
+    user: str
+    has_password: bool = field(default=False)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+    def masked(self) -> str:
+        """``user:***@host:port/dbname``: the password, if any, as ``***``."""
+        secret = ":***" if self.has_password else ""
+        user = f"{self.user}{secret}@" if self.user or secret else ""
+        return f"{user}{self}"
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Target:
+        """Describe the target of ``get_connection_params()``, with the password masked."""
+        password = str(params.get("password") or "")
+
+        def shown(value: object, default: str) -> str:
+            text = str(value or default)
+            # Whatever else is shown, the password never is.
+            return text.replace(password, "***") if password else text
+
+        return cls(
+            host=shown(params.get("host"), "localhost"),
+            port=shown(params.get("port"), "5432"),
+            dbname=shown(params.get("dbname"), ""),
+            user=shown(params.get("user"), ""),
+            has_password=bool(password),
+        )
+
+    @property
+    def server(self) -> tuple[str, str]:
+        """What identifies the server: aliases with the same one share its connections."""
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AliasHealth:
+    """The health of one pooled alias, as the view and ``poolstatus`` report it.
+
+    The pool's numbers are this process's, read when the check began:
+    ``pool_size``, ``checked_in``, ``checked_out`` and ``overflow`` are SQLAlchemy's
+    (``overflow`` is negative while fewer than ``pool_size`` connections are open),
+    and ``capacity`` is ``pool_size + max_overflow``.
+    """
+
+    alias: str
+    status: Status
+    role: Role
+    reason: Reason | None
+    latency_ms: float | None
+    pool_size: int
+    checked_in: int
+    checked_out: int
+    overflow: int
+    capacity: int
+    replication_lag_s: float | None = None  # replicas only; None: not known
+    breaker: str | None = None  # replicas only; None: no breaker
+    error: str | None = None  # redacted; shown with detail only
+    target: Target | None = None  # shown with detail only, without user or password
+    settings: PoolSettings | None = field(default=None, repr=False)
+    server_view: ServerView | None = field(default=None, repr=False)
+
+    def as_dict(self, *, detail: bool = False) -> dict[str, Any]:
+        """The alias's JSON object. Every alias has every key, ``null`` when unknown.
+
+        ``server`` and ``error`` are ``null`` unless ``detail`` is true.
+        """
+        return {
+            "status": self.status,
+            "role": self.role,
+            "reason": self.reason,
+            "latency_ms": self.latency_ms,
+            "pool_size": self.pool_size,
+            "checked_in": self.checked_in,
+            "checked_out": self.checked_out,
+            "overflow": self.overflow,
+            "capacity": self.capacity,
+            "replication_lag_s": self.replication_lag_s,
+            "breaker": self.breaker,
+            "server": str(self.target) if detail and self.target is not None else None,
+            "error": self.error if detail else None,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthReport:
+    """The health of every alias checked, and the verdict over them all.
+
+    ``status`` is ``unhealthy`` when a primary is unhealthy, ``degraded`` when any
+    alias is not healthy (an unhealthy replica included: reads fall back to the
+    primary), and ``healthy`` otherwise.
+    """
+
+    status: Status
+    databases: tuple[AliasHealth, ...]
+    pid: int  # the process whose pools were counted
+
+    def __getitem__(self, alias: str) -> AliasHealth:
+        for health in self.databases:
+            if health.alias == alias:
+                return health
+        raise KeyError(alias)
+
+    def as_dict(self, *, detail: bool = False) -> dict[str, Any]:
+        """The JSON payload of ``/health/db`` and ``poolstatus --json``."""
+        return {
+            "status": self.status,
+            "detail": detail,
+            "pid": self.pid if detail else None,
+            "databases": {h.alias: h.as_dict(detail=detail) for h in self.databases},
+        }
+
+
+def pooled_aliases() -> list[str]:
+    """Every alias of ``DATABASES`` that uses a django-poolconf backend, in order."""
+    from django.db import connections
+
+    return [alias for alias, s in connections.settings.items() if is_pooled(s)]
+
+
+def check_health(
+    aliases: Iterable[str] | None = None,
+    *,
+    timeout: float | None = None,
+    max_age: float | None = None,
+    server_view: bool = False,
+) -> HealthReport:
+    """Check ``aliases`` (default: every pooled alias) at once; return within ``timeout``.
+
+    ``timeout`` defaults to ``POOLCONF["HEALTH"]["TIMEOUT"]``; an alias whose probe
+    has not answered by then is reported as ``timeout``. A probe result younger than
+    ``max_age`` seconds (default ``POOLCONF["HEALTH"]["CACHE"]``; ``0`` never) is
+    reused. ``server_view`` also reads each server's connections and limits (for
+    ``poolstatus``), and never reuses an earlier result that lacks them.
+
+    No connection of a pool is opened, and none is held past the check: a probe
+    borrows a pooled connection only when one is idle, else opens its own and closes it.
+
+    :raises ImproperlyConfigured: when ``POOLCONF["HEALTH"]`` is invalid, or an alias
+        is not a pooled one.
+    """
+    options = health_settings()
+    timeout = options.timeout if timeout is None else timeout
+    max_age = options.cache if max_age is None else max_age
+    names = pooled_aliases() if aliases is None else list(aliases)
+    deadline = time.monotonic() + timeout
+    checks = [_start(alias, deadline, max_age, server_view) for alias in names]
+    pending = [c.future for c in checks if c.future is not None]
+    if pending:
+        wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+    results = tuple(_verdict(check, options) for check in checks)
+    return HealthReport(status=_overall(results), databases=results, pid=os.getpid())
+
+
+def _overall(results: Iterable[AliasHealth]) -> Status:
+    status: Status = HEALTHY
+    for health in results:
+        if health.status == UNHEALTHY and health.role == "primary":
+            return UNHEALTHY
+        if health.status != HEALTHY:
+            status = DEGRADED
+    return status
+
+
+# -- one alias ---------------------------------------------------------------------
+
+
+@dataclass
+class _Check:
+    alias: str
+    role: Role
+    numbers: tuple[int, int, int, int]  # pool_size, checked_in, checked_out, overflow
+    capacity: int
+    settings: PoolSettings | None = None
+    target: Target | None = None
+    future: Future[ProbeResult] | None = None
+    error: str | None = None  # a configuration error: no probe
+
+
+def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _Check:
+    """Read the alias's settings and pool numbers, and start (or join) its probe."""
+    from django.db import connections
+
+    wrapper: Any = connections[alias]
+    if not getattr(wrapper, "is_pooled", False):
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}] does not use a django-poolconf backend, so it has "
+            "no pool to check."
+        )
+    settings_dict = connections.settings[alias]
+    role: Role = "replica" if settings_dict.get("REPLICA_OF") else "primary"
+    try:
+        settings: PoolSettings = wrapper.get_pool_settings()
+        params: dict[str, Any] = wrapper.get_connection_params()
+    except ImproperlyConfigured as error:
+        # Configuration messages name keys and values, never the password.
+        return _Check(alias, role, (0, 0, 0, 0), 0, error=str(error))
+    entry, numbers = _pool_numbers(alias, settings)
+    check = _Check(
+        alias,
+        role,
+        numbers,
+        settings.capacity,
+        settings,
+        Target.from_params(params),
+    )
+    lender = None
+    _, checked_in, checked_out, _ = numbers
+    if (
+        entry is not None
+        and checked_in > 0
+        and checked_out < settings.capacity
+        # The server's view leaves the probe's own connection out: not a pooled one.
+        and not server_view
+    ):
+        # An idle connection costs no connect; borrowing could still wait if another
+        # thread takes it first, which the caller's timeout bounds.
+        lender = wrapper._lender_for(params)
+        if lender.engine is not entry.engine:  # parameters changed: not this pool
+            lender = None
+    check.future = _probe(alias, params, lender, deadline, max_age, server_view)
+    return check
+
+
+def _pool_numbers(
+    alias: str, settings: PoolSettings
+) -> tuple[Any, tuple[int, int, int, int]]:
+    entry = engines._registry.get(alias)
+    if entry is None or entry.pid != os.getpid():
+        # No pool yet in this process: what a new one reports.
+        return None, (settings.pool_size, 0, 0, -settings.pool_size)
+    pool = cast("QueuePool", entry.engine.pool)
+    return entry, (pool.size(), pool.checkedin(), pool.checkedout(), pool.overflow())
+
+
+def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
+    pool_size, checked_in, checked_out, overflow = check.numbers
+    probe: ProbeResult | None = None
+    if check.future is not None and check.future.done():
+        probe = check.future.result()
+    saturated = check.capacity > 0 and checked_out >= check.capacity
+    reason: Reason | None = None
+    if check.error is not None:
+        reason = "misconfigured"
+    elif probe is None:
+        # Out of time. Borrowing may have waited for a pool that filled up meanwhile.
+        assert check.settings is not None
+        now = _pool_numbers(check.alias, check.settings)[1]
+        reason = "pool_saturated" if now[2] >= check.capacity else "timeout"
+    elif probe.failure is not None:
+        reason = probe.failure
+    elif check.role == "primary" and (probe.in_recovery or probe.read_only):
+        reason = "read_only_primary"
+    elif (
+        check.role == "replica"
+        and options.max_replica_lag is not None
+        and probe.replication_lag_s is not None
+        and probe.replication_lag_s > options.max_replica_lag
+    ):
+        reason = "replica_lagging"
+    elif saturated:
+        reason = "pool_saturated"
+    status: Status = HEALTHY
+    if reason in {"pool_saturated", "replica_lagging"}:
+        status = DEGRADED
+    elif reason is not None:
+        status = UNHEALTHY
+    return AliasHealth(
+        alias=check.alias,
+        status=status,
+        role=check.role,
+        reason=reason,
+        latency_ms=None
+        if probe is None or probe.latency_ms is None
+        else round(probe.latency_ms, 3),
+        pool_size=pool_size,
+        checked_in=checked_in,
+        checked_out=checked_out,
+        overflow=overflow,
+        capacity=check.capacity,
+        replication_lag_s=None
+        if probe is None or probe.replication_lag_s is None
+        else round(probe.replication_lag_s, 3),
+        breaker=_breaker_state(check.alias) if check.role == "replica" else None,
+        error=check.error if probe is None else probe.error,
+        target=check.target,
+        settings=check.settings,
+        server_view=None if probe is None else probe.server,
+    )
+
+
+def _breaker_state(alias: str) -> str | None:
+    """The replica's circuit-breaker state from :mod:`django_poolconf.replicas`, if any."""
+    try:
+        replicas = importlib.import_module("django_poolconf.replicas")
+    except ModuleNotFoundError as error:
+        if error.name != "django_poolconf.replicas":
+            raise
+        return None
+    state = getattr(replicas, "breaker_state", None)
+    return None if state is None else str(state(alias))
+
+
+# -- probes: one at a time per alias, results reused for CACHE seconds --------------
+
+
+@dataclass
+class _Probe:
+    key: Hashable
+    server_view: bool
+    future: Future[ProbeResult]
+
+
+_lock = threading.Lock()
+_probes: dict[str, _Probe] = {}
+
+
+def _probe(
+    alias: str,
+    params: dict[str, Any],
+    lender: engines.Lender | None,
+    deadline: float,
+    max_age: float,
+    server_view: bool,
+) -> Future[ProbeResult]:
+    key = _fingerprint(params)
+    with _lock:
+        current = _probes.get(alias)
+        if (
+            current is not None
+            and current.key == key
+            and (current.server_view or not server_view)
+        ):
+            future = current.future
+            if not future.done():
+                return future  # join the probe in flight rather than start another
+            result = future.result()
+            if (
+                time.monotonic() - result.finished_at < max_age
+                # Says nothing about the server: the pool was full.
+                and result.failure != "pool_saturated"
+            ):
+                return future
+        future = Future()
+        _probes[alias] = _Probe(key, server_view, future)
+    thread = threading.Thread(
+        target=_run_probe,
+        args=(future, alias, params, lender, deadline, server_view),
+        name=f"django_poolconf health {alias}",
+        daemon=True,  # a hung server must not hold up the interpreter's exit
+    )
+    thread.start()
+    return future
+
+
+def _run_probe(
+    future: Future[ProbeResult],
+    alias: str,
+    params: dict[str, Any],
+    lender: engines.Lender | None,
+    deadline: float,
+    server_view: bool,
+) -> None:
+    future.set_running_or_notify_cancel()
+    try:
+        if lender is not None:
+            result = probe_pooled(lender, params, deadline, server_view=server_view)
+        else:
+            result = probe_server(params, deadline, server_view=server_view)
+    except Exception as error:
+        logger.exception("health probe of %r failed", alias)
+        result = ProbeResult(
+            finished_at=time.monotonic(),
+            failure="unreachable",
+            error=f"the probe failed ({type(error).__name__})",
+        )
+    future.set_result(result)
+
+
+def _fingerprint(params: Mapping[str, Any]) -> Hashable:
+    return tuple(
+        sorted(
+            (key, value)
+            for key, value in params.items()
+            if isinstance(value, str | int | float | bool) or value is None
+        )
+    )
+
+
+def _forget_probes() -> None:
+    global _lock
+    # A child has none of its parent's probe threads, and maybe a lock held by one.
+    _lock = threading.Lock()
+    _probes.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
+    os.register_at_fork(after_in_child=_forget_probes)

@@ -1,0 +1,304 @@
+"""``manage.py poolstatus``: the operator's view of every pool, built on :mod:`django_poolconf.health`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, Final, NoReturn
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+
+from django_poolconf.capacity import ServerCapacity, plan_capacity
+from django_poolconf.conf import health_settings, is_pooled
+from django_poolconf.health import (
+    DEGRADED,
+    HEALTHY,
+    UNHEALTHY,
+    HealthReport,
+    check_health,
+    pooled_aliases,
+)
+
+#: Exit status with ``--check``.
+EXIT_CODES: Final = {HEALTHY: 0, UNHEALTHY: 1, DEGRADED: 2}
+#: Exit status of a command-line mistake (argparse's own 2 would read as "degraded").
+USAGE_ERROR: Final = 3
+
+
+class Command(BaseCommand):
+    help = (
+        "Show every pooled alias: its pool's settings and numbers, a live probe of its "
+        "server (health, latency, replication lag), the server's own view of its "
+        "connections, and, given the number of workers, whether all their pools fit in "
+        "max_connections. --check exits 1 when unhealthy, 2 when degraded."
+    )
+    # A diagnostic must run even when the configuration has errors.
+    requires_system_checks: list[str] = []
+
+    def create_parser(
+        self, prog_name: str, subcommand: str, **kwargs: Any
+    ) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        argparse_exit = parser.exit
+
+        def exit(status: int = 0, message: str | None = None) -> NoReturn:
+            argparse_exit(USAGE_ERROR if status else 0, message)
+
+        parser.exit = exit  # type: ignore[method-assign]
+        return parser
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--database",
+            action="append",
+            dest="databases",
+            choices=tuple(connections),
+            metavar="ALIAS",
+            help="Only this alias; repeat for more. Default: every pooled alias.",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print the JSON payload of the /health/db view, with detail.",
+        )
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Exit with status 1 when unhealthy, 2 when degraded, 0 when healthy.",
+        )
+        parser.add_argument(
+            "--watch",
+            type=float,
+            metavar="SECONDS",
+            help="Refresh every SECONDS until interrupted (Ctrl-C).",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            metavar="SECONDS",
+            help="Time allowed for the probes. Default: POOLCONF['HEALTH']['TIMEOUT'].",
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            metavar="N",
+            help="Worker processes per host, for the capacity plan. Default: "
+            "POOLCONF['HEALTH']['WORKERS'], else $WEB_CONCURRENCY.",
+        )
+        parser.add_argument(
+            "--hosts",
+            type=int,
+            metavar="M",
+            help="Hosts running these settings. Default: POOLCONF['HEALTH']['HOSTS'] (1).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        aliases = self._aliases(options["databases"])
+        watch: float | None = options["watch"]
+        if watch is not None and watch <= 0:
+            raise CommandError(
+                "--watch takes a number of seconds > 0.", returncode=USAGE_ERROR
+            )
+        if watch is not None and options["check"]:
+            raise CommandError(
+                "Use --check or --watch, not both.", returncode=USAGE_ERROR
+            )
+        timeout: float | None = options["timeout"]
+        if timeout is not None and timeout <= 0:
+            raise CommandError(
+                "--timeout takes a number of seconds > 0.", returncode=USAGE_ERROR
+            )
+        try:
+            settings = health_settings()
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error), returncode=USAGE_ERROR) from None
+        workers = settings.workers if options["workers"] is None else options["workers"]
+        hosts = settings.hosts if options["hosts"] is None else options["hosts"]
+        if (workers is not None and workers < 1) or hosts < 1:
+            raise CommandError(
+                "--workers and --hosts take an integer >= 1.", returncode=USAGE_ERROR
+            )
+
+        if watch is None:
+            report = self._show(aliases, timeout, options["json"], workers, hosts)
+            if options["check"] and EXIT_CODES[report.status]:
+                raise SystemExit(EXIT_CODES[report.status])
+            return
+        try:
+            while True:
+                if not options["json"]:
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                    self.stdout.write(f"-- {stamp}, every {watch:g} s; Ctrl-C stops")
+                self._show(
+                    aliases, timeout, options["json"], workers, hosts, lines=True
+                )
+                self.stdout.flush()
+                time.sleep(watch)
+        except KeyboardInterrupt:
+            return
+
+    def _aliases(self, given: Sequence[str] | None) -> list[str]:
+        if not given:
+            return pooled_aliases()
+        for alias in given:
+            if not is_pooled(connections.settings[alias]):
+                raise CommandError(
+                    f"DATABASES[{alias!r}] does not use a django-poolconf backend.",
+                    returncode=USAGE_ERROR,
+                )
+        return list(dict.fromkeys(given))
+
+    def _show(
+        self,
+        aliases: list[str],
+        timeout: float | None,
+        as_json: bool,
+        workers: int | None,
+        hosts: int,
+        *,
+        lines: bool = False,
+    ) -> HealthReport:
+        # Always a fresh probe: a command's answer must not be an earlier one's.
+        report = check_health(
+            aliases, timeout=timeout, max_age=0, server_view=not as_json
+        )
+        if as_json:
+            # One document per line when watching (JSON Lines); indented otherwise.
+            payload = report.as_dict(detail=True)
+            self.stdout.write(json.dumps(payload, indent=None if lines else 2))
+            return report
+        self.stdout.write(_pools_table(report, self.style))
+        errors = [h for h in report.databases if h.error]
+        for health in errors:
+            self.stdout.write(f"  {health.alias}: {health.reason}: {health.error}")
+        self.stdout.write(_server_views(report))
+        if workers is None:
+            self.stdout.write(
+                "Capacity: give --workers N (and --hosts M), or set "
+                "POOLCONF['HEALTH']['WORKERS'] or WEB_CONCURRENCY, to compare the worst "
+                "case with each server's max_connections."
+            )
+        else:
+            plans = plan_capacity(report, workers=workers, hosts=hosts)
+            self.stdout.write(_capacity_table(plans, self.style))
+        self.stdout.write("")
+        return report
+
+
+def _pools_table(report: HealthReport, style: Any) -> str:
+    header = (
+        "ALIAS", "ROLE", "SERVER", "POOL_SIZE", "MAX_OVERFLOW", "TIMEOUT", "RECYCLE",
+        "IN", "OUT", "OVERFLOW", "HEALTH", "LATENCY", "LAG", "BREAKER",
+    )  # fmt: skip
+    rows = [header]
+    for h in report.databases:
+        settings = h.settings
+        rows.append(
+            (
+                h.alias,
+                h.role,
+                "-" if h.target is None else h.target.masked(),
+                "-" if settings is None else str(h.pool_size),
+                "-" if settings is None else str(settings.max_overflow),
+                "-" if settings is None else f"{settings.pool_timeout:g} s",
+                "-"
+                if settings is None
+                else "never"
+                if settings.pool_recycle is None
+                else f"{settings.pool_recycle:g} s",
+                str(h.checked_in),
+                str(h.checked_out),
+                str(h.overflow),
+                h.status if h.reason is None else f"{h.status} ({h.reason})",
+                "-" if h.latency_ms is None else f"{h.latency_ms:.2f} ms",
+                "-" if h.replication_lag_s is None else f"{h.replication_lag_s:g} s",
+                _or_dash(h.breaker),
+            )
+        )
+    styles = {HEALTHY: style.SUCCESS, DEGRADED: style.WARNING, UNHEALTHY: style.ERROR}
+    title = f"Pools of process {report.pid} (a command's own pools are empty): {report.status}"
+    lines = _columns(rows)
+    body = [lines[0]] + [
+        styles[h.status](line)
+        for h, line in zip(report.databases, lines[1:], strict=True)
+    ]
+    return "\n".join([styles[report.status](title), *body])
+
+
+def _server_views(report: HealthReport) -> str:
+    out: list[str] = []
+    seen: set[str] = set()
+    for h in report.databases:
+        view, target = h.server_view, h.target
+        if view is None or target is None or str(target) in seen:
+            continue
+        seen.add(str(target))
+        out.append(
+            f"Connections to {target} by application_name and state (pg_stat_activity, "
+            "this command's probe left out):"
+        )
+        rows = [("APPLICATION_NAME", "STATE", "COUNT")]
+        rows += [
+            (name or "-", state or "?", str(n)) for name, state, n in view.connections
+        ]
+        if len(rows) == 1:
+            rows.append(("(none)", "", ""))
+        out += ["  " + line for line in _columns(rows)]
+        out.append(
+            f"  {view.total_connections} of max_connections={view.max_connections} in "
+            f"use on this server; {view.reserved_connections} reserved for superusers."
+        )
+    return "\n".join(out)
+
+
+def _capacity_table(plans: list[ServerCapacity], style: Any) -> str:
+    rows = [
+        (
+            "SERVER", "ALIASES", "PER_PROCESS", "WORKERS", "HOSTS", "WORST_CASE",
+            "ALLOWED", "VERDICT",
+        )
+    ]  # fmt: skip
+    for plan in plans:
+        verdict = (
+            "unknown (no answer)"
+            if plan.available is None
+            else "EXCEEDS max_connections"
+            if plan.exceeds
+            else "fits"
+        )
+        rows.append(
+            (
+                plan.server,
+                ",".join(plan.aliases),
+                str(plan.per_process),
+                str(plan.workers),
+                str(plan.hosts),
+                str(plan.worst_case),
+                _or_dash(plan.available),
+                verdict,
+            )
+        )
+    lines = _columns(rows)
+    styled = [
+        style.WARNING(line) if plan.exceeds else line
+        for plan, line in zip(plans, lines[1:], strict=True)
+    ]
+    title = "Capacity, worst case = (pool_size + max_overflow) x workers x hosts:"
+    return "\n".join([title, "  " + lines[0], *("  " + line for line in styled)])
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,275 @@
+"""Bounded probes of one PostgreSQL server: is it there, how fast, which role, how far behind.
+
+Every probe has a deadline and gives back whatever it took. It borrows an idle
+connection of the alias's pool when the caller hands it a lender, else it opens a
+short-lived connection of its own and closes it. Error text never carries the
+password, the user or the host.
+
+:mod:`django_poolconf.health` runs these in threads and decides what the results mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import select
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import psycopg
+from psycopg import pq
+from sqlalchemy import exc as sa_exc
+
+from django_poolconf.backends.postgresql.base import _redact
+from django_poolconf.engines import Lender
+from django_poolconf.errors import PoolError
+
+__all__ = ["ProbeResult", "ServerView", "probe_pooled", "probe_server"]
+
+logger = logging.getLogger(__name__)
+
+Failure = Literal["unreachable", "timeout", "pool_saturated"]
+
+#: libpq counts ``connect_timeout`` in whole seconds, and takes less than 2 as 2.
+MIN_CONNECT_TIMEOUT_S: Final = 2
+
+# One round trip. The lag is 0 while the replica has replayed all it received and is
+# still streaming (an idle primary sends nothing, so the last replay grows old);
+# otherwise the age of the last transaction replayed.
+_STATE_QUERY: Final = b"""
+SELECT pg_is_in_recovery(),
+       current_setting('transaction_read_only') = 'on',
+       CASE
+         WHEN NOT pg_is_in_recovery() THEN NULL
+         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+              AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver
+                          WHERE status IS NULL OR status = 'streaming')
+           THEN 0
+         ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
+       END
+"""
+
+# The server's own view, for poolstatus and the deployment checks. Settings that an
+# older server lacks (reserved_connections: 16+, idle_session_timeout: 14+) are NULL.
+_SERVER_QUERY: Final = b"""
+SELECT current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int
+         + coalesce((SELECT setting::int FROM pg_settings
+                     WHERE name = 'reserved_connections'), 0),
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'idle_session_timeout'),
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend');
+SELECT coalesce(application_name, ''), coalesce(state, ''), count(*)
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND backend_type = 'client backend'
+   AND pid <> pg_backend_pid()
+ GROUP BY 1, 2
+ ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerView:
+    """What the server says about its connections (``pg_stat_activity``, settings)."""
+
+    max_connections: int
+    reserved_connections: int  # superuser_reserved_connections + reserved_connections
+    idle_session_timeout_s: float | None  # None: disabled, or not known to the server
+    total_connections: int  # client connections to every database of the server
+    #: (application_name, state, count) of the other connections to this database.
+    #: ``state`` is empty for sessions of roles this one may not inspect.
+    connections: tuple[tuple[str, str, int], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeResult:
+    """The outcome of one probe; ``failure`` is ``None`` when the server answered."""
+
+    finished_at: float  # time.monotonic()
+    failure: Failure | None = None
+    error: str | None = None  # redacted
+    latency_ms: float | None = None  # one round trip of the state query
+    in_recovery: bool | None = None
+    read_only: bool | None = None
+    replication_lag_s: float | None = None
+    server: ServerView | None = None
+
+
+class _Timeout(Exception):
+    """The probe's deadline passed."""
+
+
+def probe_server(
+    params: Mapping[str, Any], deadline: float, *, server_view: bool = False
+) -> ProbeResult:
+    """Probe with a connection of its own, opened for this probe and always closed.
+
+    ``params`` are the alias's connection parameters (``get_connection_params()``);
+    ``deadline`` is a :func:`time.monotonic` time. libpq's ``connect_timeout`` is
+    whole seconds and at least 2, so connecting may outlast a shorter deadline:
+    callers wait for the result with their own timeout.
+    """
+    kwargs = {
+        key: value
+        for key, value in params.items()
+        if key not in {"cursor_factory", "context"}
+    }
+    kwargs["connect_timeout"] = max(
+        MIN_CONNECT_TIMEOUT_S, math.ceil(deadline - time.monotonic())
+    )
+    name = params.get("fallback_application_name")
+    if name is not None:
+        kwargs["fallback_application_name"] = f"{name}:health"
+    try:
+        connection = psycopg.Connection.connect(autocommit=True, **kwargs)
+    except psycopg.Error as error:
+        timed_out = isinstance(error, psycopg.errors.ConnectionTimeout) or (
+            "timeout expired" in str(error)
+        )
+        failure: Failure = "timeout" if timed_out else "unreachable"
+        return _failed(failure, _safe_error(error, params))
+    try:
+        return _measure(connection.pgconn, deadline, server_view, params)
+    finally:
+        connection.close()
+
+
+def probe_pooled(
+    lender: Lender,
+    params: Mapping[str, Any],
+    deadline: float,
+    *,
+    server_view: bool = False,
+) -> ProbeResult:
+    """Probe with a connection borrowed from the alias's pool, and give it back.
+
+    Call it only when the pool has an idle connection: borrowing otherwise waits up to
+    ``pool_timeout`` for one, or opens a new connection. A connection whose probe
+    failed or ran out of time is closed, not pooled.
+    """
+    try:
+        record = lender.borrow()
+    except sa_exc.TimeoutError:
+        return _failed("pool_saturated", None)
+    except (PoolError, sa_exc.SQLAlchemyError, psycopg.Error) as error:
+        return _failed("unreachable", _safe_error(error, params))
+    result: ProbeResult | None = None
+    try:
+        result = _measure(record.dbapi_connection.pgconn, deadline, server_view, params)  # type: ignore[union-attr]
+        return result
+    finally:
+        if result is not None and result.failure is None:
+            lender.give_back(record)
+        else:
+            # Mid-query or broken: the next borrower must not get it.
+            lender.discard(record, "its health probe failed")
+
+
+def _measure(
+    pgconn: pq.abc.PGconn,
+    deadline: float,
+    server_view: bool,
+    params: Mapping[str, Any],
+) -> ProbeResult:
+    try:
+        started = time.perf_counter()
+        [[(in_recovery, read_only, lag)]] = _run(pgconn, _STATE_QUERY, deadline)
+        latency_ms = (time.perf_counter() - started) * 1000
+        server = _server_view(pgconn, deadline) if server_view else None
+    except _Timeout:
+        return _failed("timeout", None)
+    except psycopg.Error as error:
+        return _failed("unreachable", _safe_error(error, params))
+    return ProbeResult(
+        finished_at=time.monotonic(),
+        latency_ms=latency_ms,
+        in_recovery=in_recovery == "t",
+        read_only=read_only == "t",
+        replication_lag_s=None if lag is None else max(0.0, float(lag)),
+        server=server,
+    )
+
+
+def _server_view(pgconn: pq.abc.PGconn, deadline: float) -> ServerView:
+    settings, connections = _run(pgconn, _SERVER_QUERY, deadline)
+    [(max_connections, reserved, idle_ms, total)] = settings
+    return ServerView(
+        max_connections=int(max_connections or 0),
+        reserved_connections=int(reserved or 0),
+        idle_session_timeout_s=int(idle_ms) / 1000
+        if idle_ms and int(idle_ms)
+        else None,
+        total_connections=int(total or 0),
+        connections=tuple(
+            (name or "", state or "", int(count or 0))
+            for name, state, count in connections
+        ),
+    )
+
+
+Rows = list[tuple[str | None, ...]]
+
+
+def _run(pgconn: pq.abc.PGconn, query: bytes, deadline: float) -> list[Rows]:
+    """Run ``query`` (one or more statements) before ``deadline``; return each result's rows as text.
+
+    :raises _Timeout: when the deadline passes first; the connection is then mid-query.
+    :raises psycopg.OperationalError: when a statement fails or the connection breaks.
+    """
+    pgconn.send_query(query)
+    while pgconn.flush():
+        _wait(pgconn.socket, deadline, write=True)
+    results: list[Rows] = []
+    error: str | None = None
+    while True:
+        while pgconn.is_busy():
+            _wait(pgconn.socket, deadline, write=False)
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if result.status != pq.ExecStatus.TUPLES_OK:
+            error = error or (result.error_message or b"").decode(errors="replace")
+            continue
+        results.append(
+            [
+                tuple(
+                    None if value is None else bytes(value).decode(errors="replace")
+                    for value in (
+                        result.get_value(row, column)
+                        for column in range(result.nfields)
+                    )
+                )
+                for row in range(result.ntuples)
+            ]
+        )
+    if error is not None:
+        raise psycopg.OperationalError(error.strip() or "the probe query failed")
+    return results
+
+
+def _wait(fileno: int, deadline: float, *, write: bool) -> None:
+    remaining = deadline - time.monotonic()
+    poller = select.poll()
+    poller.register(fileno, select.POLLOUT if write else select.POLLIN)
+    if remaining <= 0 or not poller.poll(remaining * 1000):
+        raise _Timeout
+
+
+def _failed(failure: Failure, error: str | None) -> ProbeResult:
+    return ProbeResult(finished_at=time.monotonic(), failure=failure, error=error)
+
+
+def _safe_error(error: BaseException, params: Mapping[str, Any]) -> str:
+    """The error's text without the password, the user, the host or its address."""
+    text = _redact(str(error), dict(params))
+    user = params.get("user")
+    if isinstance(user, str) and user:
+        text = re.sub(rf"(?<![\w.-]){re.escape(user)}(?![\w.-])", "***", text)
+    password = params.get("password")
+    if isinstance(password, str) and password and password in text:
+        # Not only as a whole word: a password never appears, whatever surrounds it.
+        text = text.replace(password, "***")
+    return text
