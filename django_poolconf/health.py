@@ -14,7 +14,6 @@ numbers are read afresh on every call: they cost no round trip.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -33,6 +32,7 @@ from django_poolconf.conf import (
     health_settings,
     is_pooled,
 )
+from django_poolconf.monitoring import PoolStats
 from django_poolconf.probes import ProbeResult, ServerView, probe_pooled, probe_server
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ class AliasHealth:
     capacity: int
     replication_lag_s: float | None = None  # replicas only; None: not known
     breaker: str | None = None  # replicas only; None: no breaker
+    stats: PoolStats | None = None  # this process's counters; None: no pool yet
     error: str | None = None  # redacted; shown with detail only
     target: Target | None = None  # shown with detail only, without user or password
     settings: PoolSettings | None = field(default=None, repr=False)
@@ -154,6 +155,12 @@ class AliasHealth:
             "capacity": self.capacity,
             "replication_lag_s": self.replication_lag_s,
             "breaker": self.breaker,
+            # The pool's counters since it was created, in this process, with the
+            # names of django_poolconf.pool_stats(); null before the pool exists.
+            **{
+                key: None if self.stats is None else getattr(self.stats, key)
+                for key in STATS_KEYS
+            },
             "server": str(self.target) if detail and self.target is not None else None,
             "error": self.error if detail else None,
         }
@@ -330,9 +337,9 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
         reason = "read_only_primary"
     elif (
         check.role == "replica"
-        and options.max_replica_lag is not None
+        and (max_lag := _max_replica_lag(options)) is not None
         and probe.replication_lag_s is not None
-        and probe.replication_lag_s > options.max_replica_lag
+        and probe.replication_lag_s > max_lag
     ):
         reason = "replica_lagging"
     elif saturated:
@@ -359,6 +366,7 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
         if probe is None or probe.replication_lag_s is None
         else round(probe.replication_lag_s, 3),
         breaker=_breaker_state(check.alias) if check.role == "replica" else None,
+        stats=engines.stats_of(check.alias),
         error=check.error if probe is None else probe.error,
         target=check.target,
         settings=check.settings,
@@ -367,15 +375,45 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
 
 
 def _breaker_state(alias: str) -> str | None:
-    """The replica's circuit-breaker state from :mod:`django_poolconf.replicas`, if any."""
+    """The replica's circuit-breaker state, as the router's replica tracking knows it."""
+    from django_poolconf import replicas
+
     try:
-        replicas = importlib.import_module("django_poolconf.replicas")
-    except ModuleNotFoundError as error:
-        if error.name != "django_poolconf.replicas":
-            raise
+        state = replicas.replica_states().get(alias)
+    except ImproperlyConfigured:  # a bad REPLICA_OF: reported as misconfigured
         return None
-    state = getattr(replicas, "breaker_state", None)
-    return None if state is None else str(state(alias))
+    return None if state is None else str(state.breaker)
+
+
+def _max_replica_lag(options: HealthSettings) -> float | None:
+    """HEALTH's MAX_REPLICA_LAG, or else the router's: one bound for both."""
+    if options.max_replica_lag is not None:
+        return options.max_replica_lag
+    from django_poolconf.conf import router_settings
+
+    try:
+        return router_settings().max_replica_lag
+    except ImproperlyConfigured:
+        return None
+
+
+#: The counters of :class:`~django_poolconf.monitoring.PoolStats` each alias's JSON
+#: object carries besides the pool's instant numbers.
+STATS_KEYS: Final = (
+    "waiting",
+    "connections_opened",
+    "connections_closed",
+    "connections_invalidated",
+    "checkouts",
+    "checkout_timeouts",
+    "recycled",
+    "pre_pings",
+    "pre_ping_failures",
+    "wait_ms_total",
+    "wait_ms_max",
+    "hold_ms_total",
+    "hold_ms_max",
+)
 
 
 # -- probes: one at a time per alias, results reused for CACHE seconds --------------

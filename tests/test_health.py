@@ -7,7 +7,6 @@ import contextlib
 import json
 import re
 import socket
-import sys
 import threading
 import time
 import types
@@ -17,10 +16,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.test import RequestFactory, override_settings
 
-from django_poolconf import engines, get_engine, health
+from django_poolconf import engines, get_engine, health, pool_stats
 from django_poolconf.embedded import EmbeddedServer
 from django_poolconf.health import check_health
 from django_poolconf.views import database_health
@@ -164,8 +163,14 @@ def test_healthy_cluster_reports_every_number_as_pool_status_does(cluster):
         assert shown["capacity"] == 8  # the suite's pool_size=4 + max_overflow=4
     assert payload["databases"]["default"]["checked_in"] == 1
     assert payload["databases"]["replica"]["replication_lag_s"] == 0
-    assert payload["databases"]["replica"]["breaker"] is None  # no router yet
+    assert payload["databases"]["replica"]["breaker"] == "closed"
+    assert payload["databases"]["default"]["breaker"] is None  # primaries have none
     assert payload["databases"]["default"]["replication_lag_s"] is None
+    # The pool's counters, with pool_stats()'s names.
+    stats = pool_stats("default")
+    for key in health.STATS_KEYS:
+        assert payload["databases"]["default"][key] == getattr(stats, key), key
+    assert payload["databases"]["default"]["checkouts"] >= 1
 
 
 def test_response_is_never_cached_by_http_caches():
@@ -565,13 +570,22 @@ def test_hung_server_under_asgi_answers_within_the_timeout(hung_server):
     assert took < TIMEOUT + MARGIN
 
 
-def test_breaker_state_comes_from_the_replicas_module(monkeypatch, cluster):
-    cluster.wait_for_replica()
-    replicas = types.ModuleType("django_poolconf.replicas")
-    replicas.breaker_state = lambda alias: "open" if alias == "replica" else "closed"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "django_poolconf.replicas", replicas)
+def test_breaker_state_comes_from_the_routers_replica_tracking(cluster):
+    from django_poolconf import replicas
 
-    report = check_health()
+    cluster.wait_for_replica()
+    try:
+        # What the router records when a replica's connection fails.
+        with override_settings(
+            POOLCONF={
+                "HEALTH": {"TIMEOUT": TIMEOUT, "CACHE": 0},
+                "ROUTER": {"BACKOFF": 60, "MAX_BACKOFF": 60},
+            }
+        ):
+            replicas.record_failure("replica", OperationalError("connection lost"))
+            report = check_health()
+    finally:
+        replicas.reset()
 
     assert report["replica"].breaker == "open"
     assert report["default"].breaker is None  # primaries have none

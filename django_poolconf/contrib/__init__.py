@@ -1,0 +1,1 @@
+"""Integrations with other Django apps, each importable only when that app is installed."""
