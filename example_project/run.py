@@ -234,6 +234,14 @@ def _smoke() -> int:
     )
     request("GET", "/", 200)
 
+    health = request("GET", "/health/db", 200).json()
+    check(health["status"] == "healthy", f"/health/db says {health['status']!r}")
+    check(
+        set(health["databases"]) == {"default", "replica1"},
+        "/health/db does not report both aliases",
+    )
+    request("GET", "/health/db/live", 200)
+
     print()
     for alias in ("default", "replica1"):
         pool = cast(QueuePool, get_engine(alias).pool)
