@@ -383,7 +383,7 @@ class Lender:
         record = None if self.line else _take(pool)
         if record is None:
             try:
-                record = self._wait(pool, began)
+                record = self._wait_in_line(pool, began)
             except exc.TimeoutError:
                 self._exhausted()
                 raise
@@ -423,45 +423,28 @@ class Lender:
             "parameters changed, or dispose_all() ran). Call get_engine() again."
         )
 
-    def _wait(self, pool: Any, began: float) -> _ConnectionRecord:
+    def _wait_in_line(self, pool: Any, began: float) -> _ConnectionRecord:
         # QueuePool alone is not fair: a connection returned to a waiting thread can
         # be taken by a thread that arrives meanwhile (often the one that returned
         # it, back for its next request), and the robbed waiter queues again at the
         # back, so under sustained load one can wait past pool_timeout while others
-        # are served. Strict first-come-first-served costs throughput, though: each
-        # connection then waits for its next borrower's thread to be scheduled,
-        # which under the GIL can take milliseconds (measured: 3.4x fewer requests
-        # per second with 64 threads on 8 connections). So a waiter first waits on
-        # the pool as QueuePool does, and only one that has waited a tenth of
-        # pool_timeout joins the line, which is then served first come, first
-        # served, before any newcomer.
-        fair_at = began + pool._timeout * FAIR_AFTER
-        while True:
-            record = _take(pool)
-            if record is not None:
-                return record
-            now = time.monotonic()
-            if now >= fair_at or self.line:
-                return self._wait_in_line(pool, began)
-            try:
-                # Bounded, to notice capacity freed by a closed connection, which
-                # the pool does not announce.
-                return cast(
-                    "_ConnectionRecord",
-                    pool._pool.get(True, min(fair_at - now, 0.05)),
-                )
-            except sqla_queue.Empty:
-                pass
-
-    def _wait_in_line(self, pool: Any, began: float) -> _ConnectionRecord:
-        # Returned connections are handed straight to the first in line (see
-        # _hand_over). The first also takes what reaches the pool otherwise
-        # (SQLAlchemy code's returns, capacity freed by a closed connection), which
-        # the pool does not announce: it looks every 50 ms.
+        # are served. Django's borrowers wait in line instead, first come, first
+        # served: a returned connection is handed straight to the first in line
+        # (see _hand_over), and a newcomer queues behind. The first also takes what
+        # reaches the pool otherwise (SQLAlchemy code's returns, capacity freed by a
+        # closed connection), which the pool does not announce: it looks every 50 ms.
         deadline = began + pool._timeout
         ticket = _Ticket()
+        ticket.began = began
         with self.line_lock:
-            self.line.append(ticket)
+            # In order of arrival: those who waited on the pool first come first,
+            # whichever of them noticed its turn to join first.
+            line = self.line
+            place = len(line)
+            while place > 0 and line[place - 1].began > began:
+                place -= 1
+            line.insert(place, ticket)
+            self._next_in_line()
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -469,6 +452,10 @@ class Lender:
                 with self.line_lock:
                     if ticket.record is not None:
                         return ticket.record  # handed over, and out of the line
+                    # Not served yet: sleep again until handed a connection, made
+                    # first in line, or 50 ms have passed. (Cleared under the lock,
+                    # which _hand_over and _next_in_line hold to set it.)
+                    ticket.clear()
                     if self.life.retired:
                         self.line.remove(ticket)
                         self._next_in_line()
@@ -644,10 +631,6 @@ class Lender:
         info[INFO_RETURNED_AT] = time.monotonic()
 
 
-#: The fraction of ``pool_timeout`` a checkout waits as QueuePool waits (fast, not
-#: fair) before it waits in line (fair, first come, first served).
-FAIR_AFTER: Final = 0.1
-
 #: Connections whose Django connection object was collected while borrowing them:
 #: (lender, record, error kind, pid), appended by the object's finalizer, which may
 #: run in any thread at any allocation, even while a lock of this module is held.
@@ -678,6 +661,7 @@ class _Ticket(threading.Event):
     """A place in a Lender's line; ``record`` is set when a connection is handed over."""
 
     record: _ConnectionRecord | None = None
+    began = 0.0  # when its checkout began (monotonic seconds)
 
 
 def _take(pool: Any) -> _ConnectionRecord | None:
