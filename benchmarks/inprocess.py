@@ -228,6 +228,22 @@ def bench_round_trips(server: Any, cycles: int) -> str:
     )
 
 
+def time_cases(
+    cases: dict[str, Callable[[], None]], rounds: int, count: int
+) -> dict[str, list[float]]:
+    """Microseconds per call of each case, per round, the cases interleaved."""
+    for fn in cases.values():
+        fn()
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            began = time.perf_counter()
+            for _ in range(count):
+                fn()
+            results[name].append((time.perf_counter() - began) / count * 1e6)
+    return results
+
+
 def bench_overhead(server: Any, rounds: int, count: int) -> str:
     import psycopg
     from django.db import connections
@@ -265,15 +281,7 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
         "poolconf, SQLAlchemy's path (pool.connect() + listeners)": pool_cycle,
         "poolconf, Django connect()+close()": django_cycle,
     }
-    for fn in cases.values():
-        fn()
-    results: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            began = time.perf_counter()
-            for _ in range(count):
-                fn()
-            results[name].append((time.perf_counter() - began) / count * 1e6)
+    results = time_cases(cases, rounds, count)
     calls = {}
     for name, fn in cases.items():
         profile = cProfile.Profile()
@@ -328,15 +336,7 @@ def bench_monitoring(rounds: int, count: int) -> str:
         ),
         "statistics' own work alone": statistics_only,
     }
-    for fn in cases.values():
-        fn()
-    results: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            began = time.perf_counter()
-            for _ in range(count):
-                fn()
-            results[name].append((time.perf_counter() - began) / count * 1e6)
+    results = time_cases(cases, rounds, count)
     base = statistics.median(results["checkout+checkin, statistics (always on)"])
     lines = [
         "Monitoring on the checkout path (median of rounds)",
