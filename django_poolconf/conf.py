@@ -75,6 +75,7 @@ class PoolSettings:
     connect_timeout: float = 10.0  # seconds to open a new connection
     statement_timeout: int | None = None  # milliseconds, None = server default
     reset_on_return: ResetOnReturn = "auto"
+    thread_affinity: bool = True  # a thread keeps its connection between requests
     leak_detection_threshold: float | None = None  # seconds held before a warning
     slow_checkout_ms: float | None = None  # milliseconds waited before a warning
     replica_of: str | None = field(default=None)
@@ -564,6 +565,7 @@ _EXAMPLES: Final[Mapping[str, str]] = {
     "statement_timeout": "30000",
     "leak_detection_threshold": "60",
     "slow_checkout_ms": "500",
+    "thread_affinity": "True",
     "PIN_SECONDS": "5",
     "CAUSAL": "True",
     "MAX_REPLICA_LAG": "5",
@@ -590,6 +592,7 @@ _RULES: Final[Mapping[str, Rule]] = {
     "connect_timeout": _number(0, inclusive=False),
     "statement_timeout": _integer(0, optional=True),
     "reset_on_return": _choice(RESET_CHOICES),
+    "thread_affinity": _boolean,
     "leak_detection_threshold": _number(0, inclusive=False, optional=True),
     "slow_checkout_ms": _number(0, inclusive=True, optional=True, unit="milliseconds"),
 }

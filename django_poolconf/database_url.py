@@ -23,7 +23,7 @@ POSTGRES_ENGINE: Final = "django_poolconf.backends.postgresql"
 POSTGRES_SCHEMES: Final = frozenset({"postgres", "postgresql", "pgsql"})
 
 _INT_KEYS: Final = frozenset({"pool_size", "max_overflow", "statement_timeout"})
-_BOOL_KEYS: Final = frozenset({"pool_pre_ping"})
+_BOOL_KEYS: Final = frozenset({"pool_pre_ping", "thread_affinity"})
 _OPTIONAL_KEYS: Final = frozenset({"pool_recycle", "statement_timeout"})
 _TEXT_KEYS: Final = frozenset({"reset_on_return"})
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})

@@ -255,10 +255,25 @@ def _dispose_entry(alias: str, entry: _Registered) -> None:
     # Retire the engine: connections still checked out are closed when returned,
     # and the engine itself refuses new checkouts (PoolClosed).
     entry.life.retired = True
+    _close_parked(entry.lender)
     entry.engine.dispose()
     if entry.async_engine is not None:
         _dispose_async(entry.async_engine)
     logger.info("disposed pool for %r", alias)
+
+
+def _close_parked(lender: Lender) -> None:
+    # Parked entries are checked out as far as the pool knows, so its dispose()
+    # would not close them. Their owners find them gone and borrow anew.
+    parked = lender.parked
+    while parked:
+        record = _take_parked(parked)
+        if record is None:
+            return
+        try:
+            record.invalidate(Invalidation("its pool was disposed of", quiet=True))
+        finally:
+            lender._hand_over(record)
 
 
 def _dispose_async(engine: AsyncEngine) -> None:
@@ -281,7 +296,7 @@ def _build_engine(
     engine = sqlalchemy.create_engine(
         hooks.dialect_url,
         creator=hooks.connect,
-        poolclass=QueuePool,
+        poolclass=LendingPool,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
@@ -298,8 +313,44 @@ def _build_engine(
         hide_parameters=True,
     )
     lender = Lender(engine, settings, hooks, life)
+    engine.pool.lender = lender  # type: ignore[attr-defined]
     _listen(lender)
     return lender
+
+
+class LendingPool(QueuePool):
+    """SQLAlchemy's ``QueuePool``, with the Lender's parked connections counted as idle.
+
+    Connections parked with a Django connection object between requests (see
+    ``thread_affinity``) are checked out as far as ``QueuePool`` knows, but idle
+    and free to take: SQLAlchemy code's checkouts take one when no other is idle
+    before opening a connection or waiting, and wait in the Lender's line, first
+    come, first served, as Django's do. ``checkedin()``, ``checkedout()`` and
+    ``status()`` count parked connections as idle.
+    """
+
+    lender: Lender | None = None  # None after a dispose() rebuilt the pool
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        lender = self.lender
+        if lender is None:
+            return super()._do_get()
+        record = None if lender.line else _take(self, lender.parked)
+        if record is None:
+            try:
+                record = lender._wait_in_line(self, time.monotonic())
+            except exc.TimeoutError:
+                lender._exhausted()
+                raise
+        return record
+
+    def checkedin(self) -> int:
+        lender = self.lender
+        return super().checkedin() + (0 if lender is None else len(lender.parked))
+
+    def checkedout(self) -> int:
+        lender = self.lender
+        return super().checkedout() - (0 if lender is None else len(lender.parked))
 
 
 class _Life:
@@ -323,6 +374,7 @@ class Lender:
     """
 
     __slots__ = (
+        "affinity",
         "alias",
         "counters",
         "engine",
@@ -331,6 +383,7 @@ class Lender:
         "life",
         "line",
         "line_lock",
+        "parked",
         "policy",
         "pre_ping",
         "settings",
@@ -354,6 +407,11 @@ class Lender:
         self.counters = Counters()
         self.line: deque[_Ticket] = deque()  # Django's waiters, oldest first
         self.line_lock = threading.Lock()
+        # Connections kept by the Django connection object that returned them, by
+        # its loan: idle, and taken by whoever needs one when no other is idle.
+        # Owner and takers race through single dict operations, atomic in CPython.
+        self.parked: dict[object, _ConnectionRecord] = {}
+        self.affinity = settings.thread_affinity
         self.leak_threshold = settings.leak_detection_threshold
         self.slow_checkout = (
             None
@@ -380,13 +438,51 @@ class Lender:
         pool = self.engine.pool
         began = time.monotonic()
         # Nobody in line: take an idle connection, or open one under capacity.
-        record = None if self.line else _take(pool)
+        record = None if self.line else _take(pool, self.parked)
         if record is None:
             try:
                 record = self._wait_in_line(pool, began)
             except exc.TimeoutError:
                 self._exhausted()
                 raise
+        return self._lend(record, began)
+
+    def reclaim(self, key: object) -> _ConnectionRecord | None:
+        """Take back the entry parked under ``key``, checked; None if it cannot be.
+
+        None when another borrower took it, or when it was replaced or failed its
+        check: it goes back to the pool then, and the caller borrows as usual.
+        """
+        record = self.parked.pop(key, None)
+        if record is None:
+            return None
+        dbapi_connection = record.dbapi_connection
+        try:
+            # Recycled or invalidated while parked: get_connection() replaced it,
+            # and the new connection needs the setup of any new one.
+            if record.get_connection() is not dbapi_connection:
+                self._hand_over(record)
+                return None
+            self.check_out(dbapi_connection, record)
+        except exc.DisconnectionError as error:
+            record.invalidate(error)
+            if error.invalidate_pool:
+                _invalidate_older(self.engine.pool, record, self.alias)
+            self._hand_over(record)
+            return None
+        except BaseException as error:
+            record._checkin_failed(error, _fairy_was_created=False)
+            raise
+        record.info[INFO_BORROWED_AT] = time.monotonic()
+        self.counters.checked_out(0.0)
+        if self.leak_threshold is not None:
+            self._watch(record, skip=1)
+        if monitoring.logger.isEnabledFor(logging.DEBUG):
+            monitoring.logger.debug("took back a parked connection of %r", self.alias)
+        return record
+
+    def _lend(self, record: _ConnectionRecord, began: float) -> _ConnectionRecord:
+        pool = self.engine.pool
         try:
             # As SQLAlchemy's checkout: a connection that fails its check is
             # replaced (with every older one) and the new one checked once more.
@@ -409,7 +505,7 @@ class Lender:
             if self.slow_checkout is not None and waited > self.slow_checkout:
                 self._slow(waited)
             if self.leak_threshold is not None:
-                self._watch(record, skip=2)
+                self._watch(record, skip=3)
         except BaseException as error:
             record._checkin_failed(error, _fairy_was_created=False)
             raise
@@ -465,6 +561,8 @@ class Lender:
                             record = pool._pool.get(False)
                         except sqla_queue.Empty:
                             record = None
+                        if record is None and self.parked:
+                            record = _take_parked(self.parked)
                         if record is not None:
                             self.line.popleft()
                             self._next_in_line()
@@ -549,8 +647,12 @@ class Lender:
             in_line=len(self.line),
         )
 
-    def give_back(self, record: _ConnectionRecord) -> None:
-        """Reset a borrowed entry and check it back in (closed, if it cannot be reset)."""
+    def give_back(self, record: _ConnectionRecord, park: object = None) -> bool:
+        """Reset a borrowed entry and check it back in (closed, if it cannot be reset).
+
+        With a ``park`` key, and nobody waiting, the entry is parked under it instead:
+        idle, but kept for :meth:`reclaim`. Return whether it was parked.
+        """
         try:
             self.check_in(record.dbapi_connection, record)
         except BaseException as error:
@@ -562,10 +664,23 @@ class Lender:
                 self._hand_over(record)
             if not isinstance(error, Exception):
                 raise  # interrupted: the connection is closed, not pooled
-            return
+            return False
         if monitoring.logger.isEnabledFor(logging.DEBUG):
             monitoring.logger.debug("checked in a connection of %r", self.alias)
+        if park is not None and not self.line and INFO_NEW not in record.info:
+            parked = self.parked
+            parked[park] = record
+            # A borrower that joined the line meanwhile may have looked already.
+            if not self.line or parked.pop(park, None) is None:
+                return True
         self._hand_over(record)
+        return False
+
+    def unpark(self, key: object) -> None:
+        """Check the entry parked under ``key`` into the pool, if nobody took it."""
+        record = self.parked.pop(key, None)
+        if record is not None:
+            self._hand_over(record)
 
     def discard(
         self, record: _ConnectionRecord, reason: str, older_too: bool = False
@@ -592,6 +707,9 @@ class Lender:
         """In a forked child: drop the parent's waiters, locks and counts."""
         self.line = deque()
         self.line_lock = threading.Lock()
+        # The parent's sockets: keep them referenced, never use or close them.
+        INHERITED.extend(self.parked.values())
+        self.parked = {}
         self.counters.reset()
 
     def check_out(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -664,12 +782,19 @@ class _Ticket(threading.Event):
     began = 0.0  # when its checkout began (monotonic seconds)
 
 
-def _take(pool: Any) -> _ConnectionRecord | None:
+def _take(
+    pool: Any, parked: dict[object, _ConnectionRecord]
+) -> _ConnectionRecord | None:
     """An idle entry of the pool, or a new one under capacity; None at capacity."""
     try:
         return cast("_ConnectionRecord", pool._pool.get(False))
     except sqla_queue.Empty:
         pass
+    if parked:
+        # A parked connection is idle too: take it rather than open another.
+        record = _take_parked(parked)
+        if record is not None:
+            return record
     if pool._inc_overflow():
         try:
             return cast("_ConnectionRecord", pool._create_connection())
@@ -677,6 +802,14 @@ def _take(pool: Any) -> _ConnectionRecord | None:
             pool._dec_overflow()
             raise
     return None
+
+
+def _take_parked(parked: dict[object, _ConnectionRecord]) -> _ConnectionRecord | None:
+    """Any parked entry, or None when its owner, or another taker, was first."""
+    try:
+        return parked.popitem()[1]
+    except KeyError:
+        return None
 
 
 def _timeout_error(pool: Any) -> exc.TimeoutError:

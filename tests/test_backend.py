@@ -45,7 +45,8 @@ def test_request_reuses_one_pooled_connection(get):
     pids = {get("/item/").json()["pid"] for _ in range(20)}
 
     assert len(pids) == 1
-    assert connection.connection is None  # returned at request end
+    pool = get_engine().pool
+    assert (pool.checkedout(), pool.checkedin()) == (0, 1)  # idle at request end
 
 
 def test_connection_created_is_sent_once_per_physical_connection(get):

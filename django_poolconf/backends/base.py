@@ -49,6 +49,8 @@ class _PoolErrorWrapper(DatabaseErrorWrapper):
         self.pooled = wrapper
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is None:
+            return  # the common case, without a second call
         if exc_value is not None:
             self.pooled.note_pool_error(exc_value)
         super().__exit__(exc_type, exc_value, traceback)
@@ -64,9 +66,15 @@ class PooledDatabaseWrapperMixin:
     # Declared for type checkers; Django's DatabaseWrapper defines them.
     alias: str
     settings_dict: dict[str, Any]
-    connection: Any
     in_atomic_block: bool
     closed_in_transaction: bool
+    errors_occurred: bool
+    autocommit: bool
+    close_at: float | None
+    run_on_commit: list[Any]
+
+    _conn: Any = None  # the driver connection, borrowed or parked
+    _parked = False  # returned to the pool at request end, but kept for this object
 
     _pool_settings_cache: tuple[tuple[object, ...], PoolSettings] | None = None
     _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None
@@ -116,6 +124,80 @@ class PooledDatabaseWrapperMixin:
         if self.connection is None and self.is_pooled:
             self.get_pool_settings()
         super().close_if_health_check_failed()  # type: ignore[misc]
+
+    # -- the connection, kept between requests -------------------------------------
+    #
+    # With thread_affinity, the end of a request resets the connection and parks it
+    # instead of checking it in: it is idle and any borrower may take it when no
+    # other connection is idle, but the next request of this object (of this
+    # thread) takes it back with one dict operation, without Django's connect().
+    # Every use goes through Django's ``connection`` attribute, so the attribute
+    # takes a parked connection back before anyone sees it, or reads None when
+    # another borrower took it: Django then connects anew.
+
+    @property
+    def connection(self) -> Any:
+        """Django's driver connection; a parked one is taken back first."""
+        if self._parked:
+            return self._take_back()
+        return self._conn
+
+    @connection.setter
+    def connection(self, value: Any) -> None:
+        self._conn = value
+        self._parked = False
+
+    def _take_back(self) -> Any:
+        self._parked = False
+        loan = self._loan
+        lender = loan.lender
+        assert lender is not None
+        try:
+            record = lender.reclaim(loan)
+        except Exception:  # noqa: BLE001 - connect() borrows anew, and reports
+            record = None
+        if record is None:
+            self._conn = None
+            return None
+        loan.record = record
+        return self._conn
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        """At a request's start and end: park the connection, or Django's own checks."""
+        if self._parked:
+            return  # reset when parked, checked when taken back
+        loan = self._loan
+        if (
+            loan.record is not None
+            and loan.error is None
+            and not self.errors_occurred
+            and not self.in_atomic_block
+            and self.autocommit == self.settings_dict["AUTOCOMMIT"]
+            and self.close_at is not None
+            and time.monotonic() >= self.close_at
+            and loan.lender is not None
+            and loan.lender.affinity
+            and not self.connection_is_broken(self._conn)
+        ):
+            self.run_on_commit = []
+            record, loan.record = loan.record, None
+            if loan.lender.give_back(record, park=loan):
+                self._parked = True
+            else:
+                self._conn = None
+            return
+        super().close_if_unusable_or_obsolete()  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Check the connection in (Django's ``close()``), parked or not."""
+        if self._parked:
+            self._parked = False
+            self._conn = None
+            lender = self._loan.lender
+            assert lender is not None
+            lender.unpark(self._loan)
+            return
+        super().close()  # type: ignore[misc]
 
     # -- vendor hooks ------------------------------------------------------------
 
@@ -168,6 +250,8 @@ class PooledDatabaseWrapperMixin:
         """Borrow a connection from the pool (Django's ``connect()``, pooled)."""
         if not self.is_pooled:
             return super().connect()  # type: ignore[misc, no-any-return]
+        if self._parked:  # called directly, not by ensure_connection()
+            self.close()
         # What follows is Django's BaseDatabaseWrapper.connect() (unchanged from 4.2
         # to 6.1), except that the per-connection setup runs only for a connection
         # the pool has just opened or fully reset.
@@ -206,7 +290,7 @@ class PooledDatabaseWrapperMixin:
             # to reset on return.
             self.mark_session_clean(self.connection)
             record.info.pop(engines.INFO_NEW, None)
-        self.run_on_commit: list[Any] = []
+        self.run_on_commit = []
 
     def checkout_connection(self, conn_params: dict[str, Any]) -> Any:
         """Check a driver connection out of the pool; vendors call it from ``get_new_connection()``.
@@ -282,6 +366,10 @@ class PooledDatabaseWrapperMixin:
 
     def forget_inherited_connection(self) -> None:
         """Drop, without closing, a connection inherited from the parent across ``fork()``."""
+        if self._parked:
+            # The lender kept the parent's parked entries (forget_fork_state).
+            self.connection = None
+            return
         record = self._loan.record
         if record is None:
             return

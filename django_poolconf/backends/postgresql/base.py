@@ -150,13 +150,36 @@ class _FatalNotice:
                 connection.server_ended_session = True
 
 
+#: changes_session()'s verdicts on recent query strings: an application's ORM
+#: queries repeat, and a lookup costs a tenth of the tests. Bounded in entries and
+#: in the length of what it keeps.
+_VERDICTS: Final[dict[str, bool]] = {}
+_VERDICTS_MAX: Final = 2048
+_VERDICT_MAX_LENGTH: Final = 4096
+
+
+def _verdict(query: str) -> bool:
+    changed = changes_session(query)
+    if len(query) <= _VERDICT_MAX_LENGTH:
+        if len(_VERDICTS) >= _VERDICTS_MAX:
+            _VERDICTS.clear()
+        _VERDICTS[query] = changed
+    return changed
+
+
 class _SessionTrackingMixin:
     """A cursor that notes statements changing session state on its connection."""
 
     connection: PooledConnection
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        if changes_session(query):
+        if query.__class__ is str:
+            changed = _VERDICTS.get(query)
+            if changed is None:
+                changed = _verdict(query)
+        else:
+            changed = changes_session(query)
+        if changed:
             self.connection.session_changed = True
         return super().execute(query, params, **kwargs)  # type: ignore[misc]
 

@@ -1,0 +1,208 @@
+"""Thread affinity: a connection parked with its Django connection object between requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from django.db import connection, connections, transaction
+from django.db.backends.signals import connection_created
+
+from django_poolconf import PoolTimeout, engines, get_engine, pool_stats
+from tests.conftest import server_pids, wsgi_get
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_pools():
+    connections.close_all()
+    engines.dispose_all()
+    yield
+    connections.close_all()
+
+
+def _lender() -> engines.Lender:
+    lender = get_engine().pool.lender  # type: ignore[attr-defined]
+    assert lender is not None
+    return lender  # type: ignore[no-any-return]
+
+
+def _in_thread(fn: Any) -> Any:
+    """Run ``fn`` in a thread that ends without closing its connections; return its result."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def test_request_end_parks_the_connection_and_the_next_request_takes_it_back():
+    first = wsgi_get("/item/").json()["pid"]
+
+    # Idle for the pool and its statistics, yet kept for this thread.
+    pool = get_engine().pool
+    assert (pool.checkedout(), pool.checkedin()) == (0, 1)  # type: ignore[attr-defined]
+    assert len(_lender().parked) == 1
+    assert pool._pool.qsize() == 0  # type: ignore[attr-defined]
+    stats = pool_stats("default")
+    assert (stats.checked_out, stats.checked_in, stats.checkouts) == (0, 1, 1)
+
+    assert wsgi_get("/item/").json()["pid"] == first
+    assert pool_stats("default").checkouts == 2
+
+
+def test_another_thread_takes_a_parked_connection_when_none_is_idle(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=5)
+    mine = wsgi_get("/item/").json()["pid"]
+
+    started = time.monotonic()
+    theirs = _in_thread(lambda: wsgi_get("/item/").json()["pid"])
+
+    # Taken at once, not after pool_timeout; the thread ended holding it parked,
+    # and this thread takes it back from there.
+    assert time.monotonic() - started < 2
+    assert theirs == mine
+    assert wsgi_get("/item/").json()["pid"] == mine
+    assert pool_stats("default").checkout_timeouts == 0
+
+
+def test_owner_never_reaches_a_parked_connection_another_borrower_took(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=0.3)
+    wsgi_get("/item/")
+    holding = threading.Event()
+    release = threading.Event()
+    taken: list[Any] = []
+
+    def borrow_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                taken.append(connections["default"].connection)
+                holding.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thief = threading.Thread(target=borrow_and_hold)
+    thief.start()
+    try:
+        assert holding.wait(10)
+        # The driver connection this object parked is in another thread's
+        # transaction: this object must not hand it out.
+        assert connection.connection is None
+        assert taken[0] is not None
+        with pytest.raises(PoolTimeout):
+            connection.ensure_connection()
+    finally:
+        release.set()
+        thief.join(10)
+    assert wsgi_get("/item/").status == 200
+
+
+def test_sqlalchemy_code_takes_a_parked_connection(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=5)
+    pid = wsgi_get("/item/").json()["pid"]
+
+    started = time.monotonic()
+    with get_engine().connect() as sa_connection:
+        seen = sa_connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+    assert time.monotonic() - started < 2
+    assert seen == pid
+    assert wsgi_get("/item/").json()["pid"] == pid
+
+
+def test_sqlalchemy_waiter_gets_a_connection_parked_while_it_waits(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=5)
+    connection.ensure_connection()  # borrowed: SQLAlchemy code has to wait
+    got: list[float] = []
+
+    def sqlalchemy_checkout() -> None:
+        began = time.monotonic()
+        with get_engine().connect() as sa_connection:
+            sa_connection.exec_driver_sql("SELECT 1")
+        got.append(time.monotonic() - began)
+
+    waiter = threading.Thread(target=sqlalchemy_checkout)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not _lender().line and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _lender().line  # it waits in the line
+    connection.close_if_unusable_or_obsolete()  # what request_finished does
+    waiter.join(10)
+
+    assert got and got[0] < 2
+
+
+def test_without_thread_affinity_request_end_checks_the_connection_in(pool_options):
+    pool_options(thread_affinity=False)
+    wsgi_get("/item/")
+
+    pool = get_engine().pool
+    assert not _lender().parked
+    assert pool._pool.qsize() == 1  # type: ignore[attr-defined]
+    assert connection.connection is None
+
+
+def test_close_checks_a_parked_connection_into_the_pool():
+    pid = wsgi_get("/item/").json()["pid"]
+
+    connection.close()
+
+    pool = get_engine().pool
+    assert not _lender().parked
+    assert pool._pool.qsize() == 1  # type: ignore[attr-defined]
+    assert wsgi_get("/item/").json()["pid"] == pid
+
+
+def test_parked_connection_due_for_recycling_is_replaced_and_set_up(
+    admin, test_db_name, pool_options
+):
+    pool_options(pool_recycle=0.3)
+    created: list[int] = []
+
+    def receiver(sender: Any, connection: Any, **kwargs: Any) -> None:
+        created.append(connection.connection.info.backend_pid)
+
+    connection_created.connect(receiver)
+    try:
+        first = wsgi_get("/item/").json()["pid"]
+        time.sleep(0.5)
+        second = wsgi_get("/item/").json()["pid"]
+    finally:
+        connection_created.disconnect(receiver)
+
+    assert second != first
+    # Django set the new connection up, as any new one.
+    assert created == [first, second]
+    deadline = time.monotonic() + 5
+    while first in server_pids(admin, test_db_name) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first not in server_pids(admin, test_db_name)
+
+
+def test_transaction_left_open_is_not_parked(get):
+    # A view that leaves autocommit off is Django's "close it" case: not parked.
+    connection.ensure_connection()
+    connection.set_autocommit(False)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connection.close_if_unusable_or_obsolete()
+
+    assert not _lender().parked
+    assert connection.connection is None
+    assert get("/item/").status == 200
