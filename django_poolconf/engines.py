@@ -344,6 +344,23 @@ class LendingPool(QueuePool):
                 raise
         return record
 
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        lender = self.lender
+        if (
+            lender is not None
+            and lender.parked
+            and self._overflow > 0
+            and len(self._pool.queue) + len(lender.parked) >= self._pool.maxsize  # type: ignore[attr-defined]
+        ):
+            # pool_size connections are idle already, some of them parked: close
+            # this overflow one, as QueuePool does when its queue is full.
+            try:
+                record.close()
+            finally:
+                self._dec_overflow()
+            return
+        super()._do_return_conn(record)
+
     def checkedin(self) -> int:
         lender = self.lender
         return super().checkedin() + (0 if lender is None else len(lender.parked))
@@ -667,12 +684,28 @@ class Lender:
             return False
         if monitoring.logger.isEnabledFor(logging.DEBUG):
             monitoring.logger.debug("checked in a connection of %r", self.alias)
-        if park is not None and not self.line and INFO_NEW not in record.info:
+        if (
+            park is not None
+            and not self.line
+            and record.dbapi_connection is not None  # not closed by check_in()
+            and INFO_NEW not in record.info  # not reset fully: Django sets it up
+        ):
             parked = self.parked
-            parked[park] = record
-            # A borrower that joined the line meanwhile may have looked already.
-            if not self.line or parked.pop(park, None) is None:
-                return True
+            queue = self.engine.pool._pool  # type: ignore[attr-defined]
+            # At most pool_size idle connections, parked or queued: one more goes
+            # through the pool, which closes it, as it closes overflow connections.
+            if len(queue.queue) + len(parked) < queue.maxsize:
+                parked[park] = record
+                # A borrower that joined the line meanwhile may have looked already,
+                # and a dispose may have closed the parked ones already.
+                if not (self.line or self.life.retired):
+                    return True
+                if parked.pop(park, None) is None:
+                    return True  # taken meanwhile: the taker has it
+                if self.life.retired:
+                    record.invalidate(
+                        Invalidation("its pool was disposed of", quiet=True)
+                    )
         self._hand_over(record)
         return False
 

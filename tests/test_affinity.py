@@ -206,3 +206,26 @@ def test_transaction_left_open_is_not_parked(get):
     assert not _lender().parked
     assert connection.connection is None
     assert get("/item/").status == 200
+
+
+def test_idle_connections_beyond_pool_size_are_closed_parked_or_not(
+    admin, test_db_name, pool_options
+):
+    pool_options(pool_size=1, max_overflow=1)
+    connection.ensure_connection()  # this thread holds one ...
+    held = connection.connection.info.backend_pid
+
+    # ... so this request opens the overflow connection, and parks it.
+    other = _in_thread(lambda: wsgi_get("/item/").json()["pid"])
+    assert other != held
+    assert len(_lender().parked) == 1
+
+    connection.close_if_unusable_or_obsolete()  # this thread's request ends
+
+    # One idle connection is pool_size: the second is closed, not kept.
+    pool = get_engine().pool
+    assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while len(server_pids(admin, test_db_name)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(server_pids(admin, test_db_name)) == 1
