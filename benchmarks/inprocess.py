@@ -46,6 +46,11 @@ def strategies(base: dict[str, Any], threads: int) -> dict[str, dict[str, Any]]:
     found = {
         "persistent": {**base, "ENGINE": pg, "CONN_MAX_AGE": None},
         "poolconf": {**base, "ENGINE": pooled, "POOL": size},
+        "poolconf_no_affinity": {
+            **base,
+            "ENGINE": pooled,
+            "POOL": {**size, "thread_affinity": False},
+        },
         "poolconf_ping_always": {
             **base,
             "ENGINE": pooled,
@@ -275,11 +280,18 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
         wrapper.ensure_connection()
         wrapper.close()
 
+    def affinity_cycle() -> None:
+        # What a request's first query and its end cost with thread affinity:
+        # take the parked connection back, park it again.
+        wrapper.ensure_connection()
+        wrapper.close_if_unusable_or_obsolete()
+
     cases: dict[str, Callable[[], None]] = {
         "SQLAlchemy QueuePool, bare": bare_cycle,
         "poolconf, Django's path (Lender borrow + give_back)": lender_cycle,
         "poolconf, SQLAlchemy's path (pool.connect() + listeners)": pool_cycle,
         "poolconf, Django connect()+close()": django_cycle,
+        "poolconf, take back + park (thread affinity, per request)": affinity_cycle,
     }
     results = time_cases(cases, rounds, count)
     calls = {}
