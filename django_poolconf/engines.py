@@ -346,6 +346,9 @@ class LendingPool(QueuePool):
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         lender = self.lender
+        # SQLAlchemy code's returns, too, go to the first waiter in line at once.
+        if lender is not None and lender.line and lender._give_to_first(record):
+            return
         if (
             lender is not None
             and lender.parked
@@ -401,6 +404,7 @@ class Lender:
         "line",
         "line_lock",
         "parked",
+        "pid",
         "policy",
         "pre_ping",
         "settings",
@@ -429,6 +433,7 @@ class Lender:
         # Owner and takers race through single dict operations, atomic in CPython.
         self.parked: dict[object, _ConnectionRecord] = {}
         self.affinity = settings.thread_affinity
+        self.pid = os.getpid()
         self.leak_threshold = settings.leak_detection_threshold
         self.slow_checkout = (
             None
@@ -472,6 +477,17 @@ class Lender:
         """
         record = self.parked.pop(key, None)
         if record is None:
+            return None
+        if self.life.retired or self.pid != os.getpid():
+            # Disposed of, or forked without os.register_at_fork's hooks: never
+            # reconnect in a retired pool, never touch a parent's socket.
+            if self.pid != os.getpid():
+                INHERITED.append(record)
+                return None
+            try:
+                record.invalidate(Invalidation("its pool was disposed of", quiet=True))
+            finally:
+                self._hand_over(record)
             return None
         dbapi_connection = record.dbapi_connection
         try:
@@ -614,15 +630,19 @@ class Lender:
 
     def _hand_over(self, record: _ConnectionRecord) -> None:
         """Give a returned entry to the first waiter in line, or back to the pool."""
-        if self.line:
-            with self.line_lock:
-                if self.line:
-                    ticket = self.line.popleft()
-                    ticket.record = record
-                    ticket.set()
-                    self._next_in_line()
-                    return
-        record.checkin(_fairy_was_created=False)
+        if not (self.line and self._give_to_first(record)):
+            record.checkin(_fairy_was_created=False)
+
+    def _give_to_first(self, record: ConnectionPoolEntry) -> bool:
+        """Hand ``record`` to the first waiter in line; False if there is none."""
+        with self.line_lock:
+            if not self.line:
+                return False
+            ticket = self.line.popleft()
+            ticket.record = record  # type: ignore[assignment]
+            ticket.set()
+            self._next_in_line()
+            return True
 
     def _exhausted(self) -> None:
         self.counters.add("checkout_timeouts")
@@ -743,6 +763,7 @@ class Lender:
         # The parent's sockets: keep them referenced, never use or close them.
         INHERITED.extend(self.parked.values())
         self.parked = {}
+        self.pid = os.getpid()
         self.counters.reset()
 
     def check_out(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -838,11 +859,19 @@ def _take(
 
 
 def _take_parked(parked: dict[object, _ConnectionRecord]) -> _ConnectionRecord | None:
-    """Any parked entry, or None when its owner, or another taker, was first."""
-    try:
-        return parked.popitem()[1]
-    except KeyError:
-        return None
+    """The longest parked entry, or None when there is none left to take.
+
+    The longest parked is the one whose owner is least likely to be back for it.
+    """
+    while parked:
+        try:
+            key = next(iter(parked))
+        except (StopIteration, RuntimeError):  # emptied, or changed meanwhile
+            continue
+        record = parked.pop(key, None)
+        if record is not None:
+            return record
+    return None
 
 
 def _timeout_error(pool: Any) -> exc.TimeoutError:
@@ -989,6 +1018,8 @@ def _abandon_inherited(entry: _Registered) -> None:
     process opened when it is garbage-collected.
     """
     entry.engine.dispose(close=False)
+    # dispose() built a new pool, which lends through the same lender.
+    entry.engine.pool.lender = entry.lender  # type: ignore[attr-defined]
     if entry.async_engine is not None:
         entry.async_engine.sync_engine.dispose(close=False)
     entry.lender.forget_fork_state()

@@ -295,7 +295,7 @@ def _reachable(alias: str) -> bool:
     """
     wrapper = connections[alias]
     _watch(wrapper, _watch_replica)
-    if wrapper.connection is not None or _in_event_loop():
+    if _in_event_loop() or wrapper.connection is not None:
         # Django forbids connecting from async code; the breaker has the say there.
         return True
     try:

@@ -12,6 +12,7 @@ from django.db.backends.signals import connection_created
 
 from django_poolconf import PoolTimeout, engines, get_engine, pool_stats
 from tests.conftest import server_pids, wsgi_get
+from tests.test_engines import _in_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -229,3 +230,35 @@ def test_idle_connections_beyond_pool_size_are_closed_parked_or_not(
     while len(server_pids(admin, test_db_name)) > 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(server_pids(admin, test_db_name)) == 1
+
+
+def test_sqlalchemy_return_goes_straight_to_the_first_waiter(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=5)
+    sa_connection = get_engine().connect()
+    waiter = threading.Thread(target=lambda: wsgi_get("/item/"))
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not _lender().line and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _lender().line
+    finally:
+        sa_connection.close()
+    # Handed to the waiter on return, not queued for the waiter to find later.
+    assert not _lender().line
+    assert get_engine().pool._pool.qsize() == 0  # type: ignore[attr-defined]
+    waiter.join(10)
+
+
+def test_forked_child_lends_parked_connections_to_sqlalchemy_code(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=1)
+    get_engine()  # the parent built the pool before the fork
+
+    def in_child() -> int:
+        wsgi_get("/item/")  # parks the child's connection
+        with get_engine().connect() as sa_connection:
+            sa_connection.exec_driver_sql("SELECT 1")
+        pool = get_engine().pool
+        return int((pool.checkedin(), pool.checkedout()) == (1, 0))  # type: ignore[attr-defined]
+
+    assert _in_child(in_child) == 1

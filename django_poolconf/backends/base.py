@@ -148,6 +148,9 @@ class PooledDatabaseWrapperMixin:
         self._parked = False
 
     def _take_back(self) -> Any:
+        # Forget the connection first: if anything interrupts the take-back, this
+        # object borrows anew rather than use a connection it may not own.
+        connection, self._conn = self._conn, None
         self._parked = False
         loan = self._loan
         lender = loan.lender
@@ -155,12 +158,12 @@ class PooledDatabaseWrapperMixin:
         try:
             record = lender.reclaim(loan)
         except Exception:  # noqa: BLE001 - connect() borrows anew, and reports
-            record = None
+            return None
         if record is None:
-            self._conn = None
             return None
         loan.record = record
-        return self._conn
+        self._conn = connection
+        return connection
 
     def close_if_unusable_or_obsolete(self) -> None:
         """At a request's start and end: park the connection, or Django's own checks."""
@@ -181,10 +184,10 @@ class PooledDatabaseWrapperMixin:
         ):
             self.run_on_commit = []
             record, loan.record = loan.record, None
+            connection, self._conn = self._conn, None
             if loan.lender.give_back(record, park=loan):
+                self._conn = connection
                 self._parked = True
-            else:
-                self._conn = None
             return
         super().close_if_unusable_or_obsolete()  # type: ignore[misc]
 
