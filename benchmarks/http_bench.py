@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 STRATEGIES: Final = ("new_per_request", "persistent", "native_pool", "poolconf")
 BASELINE: Final = "persistent"
 CONCURRENCIES: Final = (1, 8, 32, 128)
-DEFAULT_ROUNDS: Final = 3
+DEFAULT_ROUNDS: Final = 5
 DEFAULT_DURATION_S: Final = 5
 QUICK_DURATION_S: Final = 2
 DATABASE: Final = "bench"
@@ -190,7 +190,7 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark from the command line; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="default: 3")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"default: {DEFAULT_ROUNDS}")
     parser.add_argument(
         "--duration",
         type=int,

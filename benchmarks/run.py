@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
         parts.append(
             http_bench.run(
-                rounds=1 if args.quick else 3,
+                rounds=1 if args.quick else http_bench.DEFAULT_ROUNDS,
                 duration=2 if args.quick else 5,
                 concurrencies=(1, 8, 32, 128),
             )
