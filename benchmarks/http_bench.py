@@ -113,6 +113,7 @@ def run(
     rounds: int = DEFAULT_ROUNDS,
     duration: int = DEFAULT_DURATION_S,
     concurrencies: Sequence[int] = CONCURRENCIES,
+    only: Sequence[str] | None = None,
 ) -> str:
     """Run the HTTP benchmark and return its report as Markdown.
 
@@ -128,6 +129,9 @@ def run(
     pgbouncer = shutil.which("pgbouncer")
     if pgbouncer is not None:
         strategies.append("pgbouncer")
+    if only:
+        # The floor is always measured: every ratio is to it, round by round.
+        strategies = [s for s in strategies if s in only or s == BASELINE]
 
     from django_poolconf.embedded import EmbeddedCluster
 
@@ -190,7 +194,9 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark from the command line; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"default: {DEFAULT_ROUNDS}")
+    parser.add_argument(
+        "--rounds", type=int, default=DEFAULT_ROUNDS, help=f"default: {DEFAULT_ROUNDS}"
+    )
     parser.add_argument(
         "--duration",
         type=int,
@@ -208,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         help="wrk connections; repeat for several (default: 1, 8, 32, 128)",
     )
+    parser.add_argument(
+        "--strategy",
+        action="append",
+        choices=(*STRATEGIES, "pgbouncer"),
+        help="measure only these; repeat for several (persistent, the floor, always runs)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report to PATH")
     args = parser.parse_args(argv)
     if args.duration is None:
@@ -217,7 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `kill <pid>` ends in the finally clauses that stop the servers, as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        report = run(args.rounds, args.duration, args.concurrency or CONCURRENCIES)
+        report = run(
+            args.rounds,
+            args.duration,
+            args.concurrency or CONCURRENCIES,
+            only=args.strategy,
+        )
     except KeyboardInterrupt:
         return 130
     except RuntimeError as err:
