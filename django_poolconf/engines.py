@@ -255,8 +255,7 @@ def _dispose_entry(alias: str, entry: _Registered) -> None:
     # Retire the engine: connections still checked out are closed when returned,
     # and the engine itself refuses new checkouts (PoolClosed).
     entry.life.retired = True
-    _close_parked(entry.lender)
-    entry.engine.dispose()
+    entry.engine.dispose()  # closes parked connections too (LendingPool.dispose)
     if entry.async_engine is not None:
         _dispose_async(entry.async_engine)
     logger.info("disposed pool for %r", alias)
@@ -329,7 +328,21 @@ class LendingPool(QueuePool):
     ``status()`` count parked connections as idle.
     """
 
-    lender: Lender | None = None  # None after a dispose() rebuilt the pool
+    lender: Lender | None = None
+
+    def recreate(self) -> LendingPool:
+        # Engine.dispose() replaces the pool with this one: it lends the same way.
+        pool = cast("LendingPool", super().recreate())
+        pool.lender = self.lender
+        return pool
+
+    def dispose(self) -> None:
+        # Parked connections are checked out as far as QueuePool knows: close them
+        # too, or they would outlive this pool.
+        super().dispose()
+        lender = self.lender
+        if lender is not None and lender.pid == os.getpid():
+            _close_parked(lender)
 
     def _do_get(self) -> ConnectionPoolEntry:
         lender = self.lender
@@ -347,7 +360,14 @@ class LendingPool(QueuePool):
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         lender = self.lender
         # SQLAlchemy code's returns, too, go to the first waiter in line at once.
-        if lender is not None and lender.line and lender._give_to_first(record):
+        # Without waiting for the line's lock: the garbage collector may return a
+        # connection here in a thread that holds it. If it is busy, the first in line
+        # finds the connection in the pool at its next look, within 50 ms.
+        if (
+            lender is not None
+            and lender.line
+            and lender._give_to_first(record, blocking=False)
+        ):
             return
         if (
             lender is not None
@@ -390,7 +410,9 @@ class Lender:
     entries directly with :meth:`borrow` and :meth:`give_back`: the same checks,
     without the proxy object, weak reference and event dispatches SQLAlchemy adds to
     every checkout. So for Django's checkouts the pool fires ``connect``,
-    ``invalidate`` and ``checkin`` events, but not ``checkout`` or ``reset``.
+    ``invalidate`` and ``checkin`` events, but not ``checkout`` or ``reset``; and not
+    ``checkin`` either for a connection parked (``thread_affinity``) or handed
+    straight to a waiter.
     """
 
     __slots__ = (
@@ -633,9 +655,16 @@ class Lender:
         if not (self.line and self._give_to_first(record)):
             record.checkin(_fairy_was_created=False)
 
-    def _give_to_first(self, record: ConnectionPoolEntry) -> bool:
-        """Hand ``record`` to the first waiter in line; False if there is none."""
-        with self.line_lock:
+    def _give_to_first(
+        self, record: ConnectionPoolEntry, blocking: bool = True
+    ) -> bool:
+        """Hand ``record`` to the first waiter in line; False if there is none.
+
+        With ``blocking`` false, also False when the line's lock is taken.
+        """
+        if not self.line_lock.acquire(blocking):
+            return False
+        try:
             if not self.line:
                 return False
             ticket = self.line.popleft()
@@ -643,6 +672,8 @@ class Lender:
             ticket.set()
             self._next_in_line()
             return True
+        finally:
+            self.line_lock.release()
 
     def _exhausted(self) -> None:
         self.counters.add("checkout_timeouts")
@@ -803,11 +834,14 @@ class Lender:
         info[INFO_RETURNED_AT] = time.monotonic()
 
 
-#: Connections whose Django connection object was collected while borrowing them:
-#: (lender, record, error kind, pid), appended by the object's finalizer, which may
-#: run in any thread at any allocation, even while a lock of this module is held.
-#: So it only appends; the next checkout in the process gives them back.
+#: Connections whose Django connection object was collected while borrowing or
+#: keeping them parked: (lender, record, error kind or PARKED, pid), appended by the
+#: object's finalizer, which may run in any thread at any allocation, even while a
+#: lock of this module is held. So it only appends; the next checkout in the process
+#: gives them back.
 ORPHANS: Final[deque[tuple[Lender, Any, str | None, int]]] = deque()
+#: The error kind of an orphan that was parked: reset already, nothing leaked.
+PARKED: Final = "parked"
 
 
 def _return_orphans() -> None:
@@ -818,6 +852,9 @@ def _return_orphans() -> None:
             return
         if pid != os.getpid():
             continue  # the parent's: never touch its socket
+        if error == PARKED:
+            lender._hand_over(record)
+            continue
         logger.warning(
             "a connection of %r was still borrowed when its Django connection "
             "object was collected (a thread ended without closing it); returning it",
@@ -1018,8 +1055,6 @@ def _abandon_inherited(entry: _Registered) -> None:
     process opened when it is garbage-collected.
     """
     entry.engine.dispose(close=False)
-    # dispose() built a new pool, which lends through the same lender.
-    entry.engine.pool.lender = entry.lender  # type: ignore[attr-defined]
     if entry.async_engine is not None:
         entry.async_engine.sync_engine.dispose(close=False)
     entry.lender.forget_fork_state()

@@ -94,7 +94,9 @@ class Counters:
 
     def reset(self) -> None:
         """Start from zero, with a new lock (also in a forked child)."""
-        self.lock = threading.Lock()
+        # Reentrant: the garbage collector may return a SQLAlchemy connection, and
+        # so count it, in a thread that is counting already.
+        self.lock = threading.RLock()
         self.connections_opened = 0
         self.connections_closed = 0
         self.connections_invalidated = 0
@@ -227,9 +229,9 @@ def snapshot(
 
 
 def _waiting(pool: QueuePool, in_line: int) -> int:
-    # Django's waiters stand in the Lender's line, whose head alone may wait in the
-    # pool's queue; SQLAlchemy code's waiters wait in the queue. Both are read from
-    # where they wait, so that counting them costs the checkout path nothing.
+    # Waiters, Django's and SQLAlchemy code's, stand in the Lender's line; a pool of
+    # another class, or one whose lender is gone, has its waiters in its queue. Both
+    # are read from where they wait, so counting them costs the checkout path nothing.
     try:
         in_queue = len(pool._pool.not_empty._waiters)  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover - another pool class
@@ -351,8 +353,9 @@ class _LeakWatch:
                 ).start()
 
     def release(self, held: Held) -> None:
-        with self.lock:
-            self.held.pop(id(held), None)
+        # No lock: the garbage collector may return a connection (and so call this)
+        # in a thread that holds it. One dict operation is atomic.
+        self.held.pop(id(held), None)
         if held.reported:
             leak_logger.info(
                 "the connection of %r reported as possibly leaked was returned "

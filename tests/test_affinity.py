@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 import time
 from typing import Any
@@ -262,3 +264,74 @@ def test_forked_child_lends_parked_connections_to_sqlalchemy_code(pool_options):
         return int((pool.checkedin(), pool.checkedout()) == (1, 0))  # type: ignore[attr-defined]
 
     assert _in_child(in_child) == 1
+
+
+def test_replacing_a_parked_connection_checks_it_in(pool_options):
+    pool_options(pool_size=2, max_overflow=0)
+    connection.ensure_connection()  # one borrowed here ...
+    _in_thread(lambda: wsgi_get("/item/"))  # ... so another opens, parked there
+    connection.close()
+    wsgi_get("/item/")  # parks one here
+    assert len(_lender().parked) >= 1
+
+    connection.connection = None  # code that swaps the attribute (Django never does)
+    connection.ensure_connection()
+    connection.close_if_unusable_or_obsolete()  # parks again, under the same key
+
+    # Both connections idle: none lost under an overwritten key.
+    pool = get_engine().pool
+    assert (pool.checkedout(), pool.checkedin()) == (0, 2)  # type: ignore[attr-defined]
+
+
+def test_return_by_a_thread_holding_the_line_lock_does_not_deadlock(pool_options):
+    # The garbage collector can return a SQLAlchemy connection in any thread, even
+    # one holding the line's lock: the return must not wait for that lock.
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=5)
+    sa_connection = get_engine().connect()
+    served: list[int] = []
+    waiter = threading.Thread(
+        target=lambda: served.append(wsgi_get("/item/").status), daemon=True
+    )
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not _lender().line and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _lender().line
+    lender = _lender()
+
+    def return_holding_the_lock() -> None:
+        with lender.line_lock:
+            sa_connection.close()
+
+    returner = threading.Thread(target=return_holding_the_lock, daemon=True)
+    returner.start()
+    returner.join(5)
+    assert not returner.is_alive()
+    waiter.join(5)
+    assert served == [200]
+
+
+def test_connection_parked_by_a_collected_object_goes_back_without_a_warning(caplog):
+    pid = _in_thread(lambda: wsgi_get("/item/").json()["pid"])
+    gc.collect()  # the ended thread's Django connection object
+
+    with caplog.at_level(logging.WARNING, logger="django_poolconf"):
+        assert wsgi_get("/item/").json()["pid"] == pid
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not engines.ORPHANS
+
+
+def test_engine_dispose_closes_parked_connections_and_keeps_lending(
+    admin, test_db_name
+):
+    pid = wsgi_get("/item/").json()["pid"]
+    lender = _lender()
+
+    get_engine().dispose()  # what the docs say not to do, but someone will
+
+    deadline = time.monotonic() + 5
+    while pid in server_pids(admin, test_db_name) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pid not in server_pids(admin, test_db_name)
+    assert get_engine().pool.lender is lender  # type: ignore[attr-defined]
+    assert wsgi_get("/item/").status == 200

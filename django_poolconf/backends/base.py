@@ -144,8 +144,12 @@ class PooledDatabaseWrapperMixin:
 
     @connection.setter
     def connection(self, value: Any) -> None:
+        if self._parked:  # replaced without being taken back: check it in
+            self._parked = False
+            lender = self._loan.lender
+            assert lender is not None
+            lender.unpark(self._loan)
         self._conn = value
-        self._parked = False
 
     def _take_back(self) -> Any:
         # Forget the connection first: if anything interrupts the take-back, this
@@ -400,5 +404,15 @@ class _Loan:
         # nothing here takes a lock or talks to the server: the next checkout
         # gives the connection back (engines.ORPHANS).
         record, self.record = self.record, None
-        if record is not None and self.lender is not None:
-            engines.ORPHANS.append((self.lender, record, self.error, os.getpid()))
+        lender = self.lender
+        if lender is None:
+            return
+        if record is not None:
+            engines.ORPHANS.append((lender, record, self.error, os.getpid()))
+            return
+        # Parked by a wrapper that will not be back for it (a thread that ended, a
+        # request's own wrapper under ASGI): into the pool with it, where the most
+        # recently used connection is lent first. One dict operation.
+        record = lender.parked.pop(self, None)
+        if record is not None:
+            engines.ORPHANS.append((lender, record, engines.PARKED, os.getpid()))
