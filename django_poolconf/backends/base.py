@@ -374,8 +374,10 @@ class PooledDatabaseWrapperMixin:
     def forget_inherited_connection(self) -> None:
         """Drop, without closing, a connection inherited from the parent across ``fork()``."""
         if self._parked:
-            # The lender kept the parent's parked entries (forget_fork_state).
-            self.connection = None
+            # The lender kept the parent's parked entries (forget_fork_state): drop
+            # the connection without touching the lender.
+            self._parked = False
+            self._conn = None
             return
         record = self._loan.record
         if record is None:
