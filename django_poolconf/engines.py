@@ -269,10 +269,7 @@ def _close_parked(lender: Lender) -> None:
         record = _take_parked(parked)
         if record is None:
             return
-        try:
-            record.invalidate(Invalidation("its pool was disposed of", quiet=True))
-        finally:
-            lender._hand_over(record)
+        lender._close_retired(record)
 
 
 def _dispose_async(engine: AsyncEngine) -> None:
@@ -506,10 +503,7 @@ class Lender:
             if self.pid != os.getpid():
                 INHERITED.append(record)
                 return None
-            try:
-                record.invalidate(Invalidation("its pool was disposed of", quiet=True))
-            finally:
-                self._hand_over(record)
+            self._close_retired(record)
             return None
         dbapi_connection = record.dbapi_connection
         try:
@@ -754,11 +748,17 @@ class Lender:
                 if parked.pop(park, None) is None:
                     return True  # taken meanwhile: the taker has it
                 if self.life.retired:
-                    record.invalidate(
-                        Invalidation("its pool was disposed of", quiet=True)
-                    )
+                    self._close_retired(record)
+                    return False
         self._hand_over(record)
         return False
+
+    def _close_retired(self, record: _ConnectionRecord) -> None:
+        """Close an entry of a disposed pool, and give its place back."""
+        try:
+            record.invalidate(Invalidation("its pool was disposed of", quiet=True))
+        finally:
+            self._hand_over(record)
 
     def unpark(self, key: object) -> None:
         """Check the entry parked under ``key`` into the pool, if nobody took it."""

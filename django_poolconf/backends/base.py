@@ -198,11 +198,7 @@ class PooledDatabaseWrapperMixin:
     def close(self) -> None:
         """Check the connection in (Django's ``close()``), parked or not."""
         if self._parked:
-            self._parked = False
-            self._conn = None
-            lender = self._loan.lender
-            assert lender is not None
-            lender.unpark(self._loan)
+            self.connection = None  # the setter checks the parked one in
             return
         super().close()  # type: ignore[misc]
 
