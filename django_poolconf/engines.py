@@ -80,9 +80,16 @@ class ConnectionHooks(Protocol):
         """Prepare a connection checked out by SQLAlchemy code, not by Django."""
 
     def reset(self, dbapi_connection: Any, policy: str) -> bool:
-        """Make a returned connection clean; return whether session state was discarded.
+        """Make a returned connection clean; return whether Django must set it up again.
 
-        Raise to have the connection closed instead of pooled.
+        The reset may be sent without waiting for it: :meth:`complete_reset` collects
+        it at the next checkout. Raise to have the connection closed instead of pooled.
+        """
+
+    def complete_reset(self, dbapi_connection: Any, timeout: float) -> bool:
+        """Collect a reset sent on return, within ``timeout`` seconds; False if it failed.
+
+        True at once when no reset is outstanding.
         """
 
     async def async_connect(self) -> Any:
@@ -801,12 +808,19 @@ class Lender:
         """Make sure a connection about to be lent works, at a round trip's cost only when needed."""
         if self.life.retired:
             raise self._closed()
+        hooks = self.hooks
+        # The reset sent when the connection was returned has had the idle time to
+        # finish: its result is usually here already, and costs no wait.
+        if not hooks.complete_reset(dbapi_connection, self.validation_timeout):
+            raise exc.DisconnectionError(
+                "its reset failed, or did not finish within "
+                f"{self.validation_timeout:g} s"
+            )
         info = record.info
         if info.pop(INFO_FRESH, False) or not self.pre_ping:
             return  # a connection opened just now needs no ping
         # The ping is the only round trip here, and only for a connection that has
         # been idle a while or that the server visibly closed while idle.
-        hooks = self.hooks
         if time.monotonic() - info[
             INFO_RETURNED_AT
         ] > self.threshold or hooks.closed_while_idle(dbapi_connection):
@@ -989,10 +1003,10 @@ def _listen(lender: Lender) -> None:
     def on_checkout(
         dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
     ) -> None:
+        check_out(dbapi_connection, record)
         # Django sets what it needs on every connect; SQLAlchemy expects a
         # connection as the driver makes it.
         for_sqlalchemy(dbapi_connection)
-        check_out(dbapi_connection, record)
         record.info[INFO_BORROWED_AT] = time.monotonic()
         # SQLAlchemy fires no event before it waits, so its waits are not timed.
         counters.add("checkouts")

@@ -15,6 +15,21 @@ from django_poolconf.embedded import EmbeddedCluster
 from tests import servers
 
 
+#: What pg_stat_statements shows of the reset every return sends.
+RESET_STATEMENTS = frozenset(
+    {
+        "CLOSE ALL",
+        "SET SESSION AUTHORIZATION DEFAULT",
+        "RESET ALL",
+        "DEALLOCATE ALL",
+        "UNLISTEN *",
+        "SELECT pg_advisory_unlock_all()",
+        "DISCARD TEMP",
+        "DISCARD SEQUENCES",
+    }
+)
+
+
 class Response:
     def __init__(self, status: int, body: bytes) -> None:
         self.status = status

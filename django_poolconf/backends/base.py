@@ -289,9 +289,9 @@ class PooledDatabaseWrapperMixin:
         if record is not None and record.info.get(engines.INFO_NEW):
             self.init_connection_state()  # type: ignore[attr-defined]
             connection_created.send(sender=self.__class__, connection=self)
-            # Whatever the setup did to the session is its baseline, not a change
-            # to reset on return.
-            self.mark_session_clean(self.connection)
+            # Whatever the setup did to the session is its baseline: each reset
+            # restores it, so the setup runs once per physical connection.
+            self.note_session_baseline(self.connection)
             record.info.pop(engines.INFO_NEW, None)
         self.run_on_commit = []
 
@@ -320,8 +320,8 @@ class PooledDatabaseWrapperMixin:
         loan.record = record
         return record.dbapi_connection
 
-    def mark_session_clean(self, dbapi_connection: Any) -> None:
-        """Forget the session changes seen so far on ``dbapi_connection``."""
+    def note_session_baseline(self, dbapi_connection: Any) -> None:
+        """Remember the session as Django's setup left it: each reset restores it."""
 
     def _close(self) -> None:
         loan = self._loan

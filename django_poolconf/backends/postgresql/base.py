@@ -20,6 +20,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as postgresql_base
 from django.db.backends.postgresql import creation as postgresql_creation
 from psycopg import pq
+from psycopg._preparing import PrepareManager
+from psycopg.adapt import AdaptersMap
 
 from django_poolconf import engines
 from django_poolconf.backends.base import (
@@ -42,74 +44,36 @@ TCP_DEFAULTS: Final[dict[str, int]] = {
     "tcp_user_timeout": 30_000,  # milliseconds
 }
 
-# Statements that change session state beyond a transaction: after one, the
-# connection is fully reset (DISCARD ALL) before the next borrower gets it.
-_SESSION_CHANGE: Final = re.compile(
-    rb"""
-      # a statement, after any comments (query tags), that changes the session
-      (?:^|;)\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*
-        (?:SET|RESET|LISTEN|PREPARE|LOAD|DECLARE)\b
-    | \bset_config\s*\(
-    | \bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(
-    | \bCREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:GLOBAL|LOCAL)\s+)?(?:TEMP|TEMPORARY)\b
-    | \bINTO\s+(?:(?:GLOBAL|LOCAL)\s+)?(?:TEMP|TEMPORARY)\b
-    | \bWITH\s+HOLD\b
-    """,
-    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+#: What a returned connection gets under ``reset_on_return="auto"``: the parts of
+#: ``DISCARD ALL`` that reset session state (``DISCARD ALL`` itself cannot run in the
+#: implicit transaction of a query of several statements), sent without waiting for
+#: the result, which the next checkout collects. ``SET SESSION AUTHORIZATION
+#: DEFAULT`` also resets the role, which ``RESET ALL`` leaves alone.
+RESET_SQL: Final = (
+    b"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; "
+    b"UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 )
-_SESSION_CHANGE_STR: Final = re.compile(
-    _SESSION_CHANGE.pattern.decode(), _SESSION_CHANGE.flags
-)
-# The full pattern costs about 25 us on a 350-character ORM query, on every execute.
-# These cheap tests come first; the full pattern runs only when one of them hits.
-_STATEMENT_START: Final = re.compile(
-    rb"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*"
-    rb"(?:SET|RESET|LISTEN|PREPARE|LOAD|DECLARE)\b",
-    re.IGNORECASE | re.DOTALL,
-)
-_STATEMENT_START_STR: Final = re.compile(
-    _STATEMENT_START.pattern.decode(), _STATEMENT_START.flags
-)
+#: What Django's setup (``init_connection_state()``, ``connection_created``
+#: receivers) set in the session, as one statement that sets it again after
+#: ``RESET_SQL``: the connection's baseline, restored without a round trip.
+_BASELINE_SQL: Final = b"""
+SELECT 'SELECT ' || string_agg(format('set_config(%L, %L, false)', name, value), ', ')
+FROM (
+    SELECT name, current_setting(name) AS value FROM pg_settings WHERE source = 'session'
+    UNION ALL
+    SELECT 'role', current_user::text WHERE current_user <> session_user
+) AS baseline
+"""
 
 _IDLE: Final = pq.TransactionStatus.IDLE
 _CONNECTION_OK: Final = pq.ConnStatus.OK
 _BAD_STATUS: Final = frozenset(
     {pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN}
 )
-
-
-def changes_session(query: object) -> bool:
-    """Whether a statement may leave session state behind (``SET``, temp tables, ...)."""
-    if isinstance(query, str):
-        if _STATEMENT_START_STR.match(query) is not None:
-            return True
-        lowered = query.lower()
-        # Words every other session-changing form contains; a statement after a
-        # semicolon may begin with any of the keywords above.
-        if (
-            "temp" in lowered
-            or "hold" in lowered
-            or "set_config" in lowered
-            or "advisory" in lowered
-            or ";" in query
-        ):
-            return _SESSION_CHANGE_STR.search(query) is not None
-        return False
-    if isinstance(query, bytes):
-        if _STATEMENT_START.match(query) is not None:
-            return True
-        lowered_bytes = query.lower()
-        if (
-            b"temp" in lowered_bytes
-            or b"hold" in lowered_bytes
-            or b"set_config" in lowered_bytes
-            or b"advisory" in lowered_bytes
-            or b";" in query
-        ):
-            return _SESSION_CHANGE.search(query) is not None
-        return False
-    # A psycopg.sql.Composable: too costly to render here; assume the worst.
-    return True
+#: How long a reset's result may take when something needs the connection before
+#: its next checkout (the checkout itself allows ``validation_timeout``).
+RESET_TIMEOUT: Final = 5.0
+_RESET_OK: Final = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK})
 
 
 class PooledConnection(psycopg.Connection[Any]):
@@ -120,19 +84,166 @@ class PooledConnection(psycopg.Connection[Any]):
 
     # psycopg skips its "deleted while still open" warning for pool-owned connections.
     _pool = None
-    session_changed: bool = False
     isolation_default: Any = None
     named_cursors: list[Any]  # named cursors made by the current borrower
     server_ended_session: bool = False  # a FATAL error arrived while idle
+    reset_pending: bool = False  # RESET_SQL sent, its result not collected yet
+    #: What the connection had after it was opened and set up, restored on return:
+    baseline_sql: bytes = b""  # RESET_SQL plus the session settings of the setup
+    baseline: _ClientBaseline
 
     def _set_autocommit(self, value: bool) -> None:
         # Django sets autocommit on every checkout; it is usually what it was.
         if bool(value) is not self._autocommit:
             super()._set_autocommit(value)
 
+    def wait(self, *args: Any, **kwargs: Any) -> Any:
+        # Everything psycopg sends goes through here. A reset still on its way is
+        # collected first: SQLAlchemy, for one, restores an isolation level after its
+        # reset event, and the pool's checkout has not run yet.
+        if self.reset_pending and not _collect_reset(self, RESET_TIMEOUT):
+            raise psycopg.OperationalError("the connection's reset failed")
+        return super().wait(*args, **kwargs)
+
     def __repr__(self) -> str:
         status = pq.TransactionStatus(self.pgconn.transaction_status).name
         return f"<{type(self).__qualname__} [{status}] at 0x{id(self):x}>"
+
+
+class _ClientBaseline:
+    """The client side of a connection as its setup left it: what a borrower may change.
+
+    psycopg keeps these on the connection object, not on the server, so no reset
+    statement touches them: a row factory, a notice handler or a loader one borrower
+    set would reach the next one.
+    """
+
+    __slots__ = (
+        "adapters",
+        "cursor_factory",
+        "notice_handlers",
+        "notify_handlers",
+        "prepare_threshold",
+        "prepared_max",
+        "row_factory",
+        "server_cursor_factory",
+    )
+
+    def __init__(self, connection: PooledConnection) -> None:
+        self.row_factory = connection.row_factory
+        self.cursor_factory = connection.cursor_factory
+        self.server_cursor_factory = connection.server_cursor_factory
+        self.notice_handlers = list(connection._notice_handlers)
+        self.notify_handlers = list(connection._notify_handlers)
+        self.prepare_threshold = connection.prepare_threshold
+        self.prepared_max = connection.prepared_max
+        # The connection gets a copy-on-write child of its adapters: a borrower that
+        # registers a dumper or loader changes the child, which is then replaced.
+        self.adapters = connection.adapters
+        connection._adapters = AdaptersMap(self.adapters)
+
+    def restore(self, connection: PooledConnection) -> None:
+        """Put back what a borrower changed; no round trip, a few comparisons when nothing did."""
+        if connection.row_factory is not self.row_factory:
+            connection.row_factory = self.row_factory
+        if connection.cursor_factory is not self.cursor_factory:
+            connection.cursor_factory = self.cursor_factory
+        if connection.server_cursor_factory is not self.server_cursor_factory:
+            connection.server_cursor_factory = self.server_cursor_factory
+        if connection._notice_handlers != self.notice_handlers:
+            connection._notice_handlers[:] = self.notice_handlers
+        if connection._notify_handlers != self.notify_handlers:
+            connection._notify_handlers[:] = self.notify_handlers
+        prepared = connection._prepared
+        if (
+            prepared.prepare_threshold != self.prepare_threshold
+            or prepared.prepared_max != self.prepared_max
+        ):
+            prepared.prepare_threshold = self.prepare_threshold
+            prepared.prepared_max = self.prepared_max
+        adapters = connection._adapters
+        if adapters is not None and _changed(adapters, self.adapters):
+            connection._adapters = AdaptersMap(self.adapters)
+
+
+def _changed(adapters: AdaptersMap, baseline: AdaptersMap) -> bool:
+    # A child map shares its template's tables until a registration copies the one
+    # it changes: a table that is not the template's has been changed.
+    return (
+        adapters._loaders[0] is not baseline._loaders[0]
+        or adapters._loaders[1] is not baseline._loaders[1]
+        or adapters._dumpers_by_oid[0] is not baseline._dumpers_by_oid[0]
+        or adapters._dumpers_by_oid[1] is not baseline._dumpers_by_oid[1]
+        or any(
+            table is not baseline._dumpers[key]
+            for key, table in adapters._dumpers.items()
+        )
+        or adapters.types._registry is not baseline.types._registry
+    )
+
+
+def _collect_reset(connection: PooledConnection, timeout: float) -> bool:
+    """Read the results of the reset sent on return; False if it failed or timed out.
+
+    A connection the server closed meanwhile counts as collected: nothing is left of
+    its session, and the liveness check that follows the collection finds it closed.
+    """
+    connection.reset_pending = False
+    pgconn = connection.pgconn
+    deadline = time.monotonic() + timeout
+    failed = False
+    try:
+        while pgconn.flush():
+            if not _wait(pgconn.socket, deadline, write=True):
+                return False
+        while True:
+            pgconn.consume_input()
+            while pgconn.is_busy():
+                if not _wait(pgconn.socket, deadline, write=False):
+                    return False
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            failed |= result.status not in _RESET_OK
+    except (psycopg.Error, OSError):
+        return True
+    if pgconn.status != _CONNECTION_OK:
+        return True
+    return not failed and pgconn.transaction_status == _IDLE
+
+
+def note_baseline(connection: PooledConnection) -> None:
+    """Remember the session as Django's setup left it, to restore after each reset.
+
+    Runs once per physical connection (and after a full reset): one round trip.
+    """
+    connection.baseline = _ClientBaseline(connection)
+    result = connection.pgconn.exec_(_BASELINE_SQL)
+    if result.status != pq.ExecStatus.TUPLES_OK:
+        raise psycopg.OperationalError(
+            "could not read the session's settings after Django's setup"
+        )
+    restore = result.get_value(0, 0)
+    connection.baseline_sql = (
+        RESET_SQL if restore is None else RESET_SQL + b"; " + bytes(restore)
+    )
+
+
+def _forget_prepared(connection: PooledConnection) -> None:
+    """Empty psycopg's cache of prepared statements, after the server deallocated them.
+
+    psycopg notices a ``DISCARD ALL`` or ``DEALLOCATE ALL`` only the first time it sees
+    that text on a connection; afterwards its cache names statements the server has
+    forgotten, and every borrower's prepared query fails. A new manager with the same
+    limits keeps the two in step, and sends nothing.
+    """
+    prepared = connection._prepared
+    if prepared._names or prepared._counts:
+        fresh = PrepareManager()
+        fresh.prepare_threshold = prepared.prepare_threshold
+        fresh.prepared_max = prepared.prepared_max
+        connection._prepared = fresh
 
 
 class _FatalNotice:
@@ -148,57 +259,6 @@ class _FatalNotice:
             connection = self.connection()
             if connection is not None:
                 connection.server_ended_session = True
-
-
-#: changes_session()'s verdicts on recent query strings: an application's ORM
-#: queries repeat, and a lookup costs a tenth of the tests. Bounded in entries and
-#: in the length of what it keeps.
-_VERDICTS: Final[dict[str, bool]] = {}
-_VERDICTS_MAX: Final = 2048
-_VERDICT_MAX_LENGTH: Final = 4096
-
-
-def _verdict(query: str) -> bool:
-    changed = changes_session(query)
-    if len(query) <= _VERDICT_MAX_LENGTH:
-        if len(_VERDICTS) >= _VERDICTS_MAX:
-            _VERDICTS.clear()
-        _VERDICTS[query] = changed
-    return changed
-
-
-class _SessionTrackingMixin:
-    """A cursor that notes statements changing session state on its connection."""
-
-    connection: PooledConnection
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        if query.__class__ is str:
-            changed = _VERDICTS.get(query)
-            if changed is None:
-                changed = _verdict(query)
-        else:
-            changed = changes_session(query)
-        if changed:
-            self.connection.session_changed = True
-        return super().execute(query, params, **kwargs)  # type: ignore[misc]
-
-    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> Any:
-        if changes_session(query):
-            self.connection.session_changed = True
-        return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
-
-
-_tracking_cursors: dict[type, type] = {}
-
-
-def _tracking_cursor(factory: type) -> type:
-    tracking = _tracking_cursors.get(factory)
-    if tracking is None:
-        tracking = type(factory.__name__, (_SessionTrackingMixin, factory), {})
-        tracking.__module__ = __name__
-        _tracking_cursors[factory] = tracking
-    return tracking
 
 
 class PostgresHooks:
@@ -224,6 +284,8 @@ class PostgresHooks:
             if self.isolation_level is not None:
                 connection.isolation_level = self.isolation_level
             connection.isolation_default = connection.isolation_level
+            connection.baseline = _ClientBaseline(connection)
+            connection.baseline_sql = RESET_SQL
             return connection
         # Raised outside the except block, so that the driver's message (which names
         # the host and port) is not kept as the exception's __context__ either.
@@ -278,48 +340,53 @@ class PostgresHooks:
             return False
 
     def reset(self, dbapi_connection: PooledConnection, policy: str) -> bool:
-        if (
-            dbapi_connection.pgconn.transaction_status == _IDLE
-            and policy != "full"
-            and not dbapi_connection.session_changed
-            and not dbapi_connection.named_cursors
-        ):
-            # The common case: nothing to undo on the server, no round trip. Read
-            # psycopg's own fields (its properties cost a call each) and go through
-            # the public setters only for what a borrower changed.
-            if (
-                dbapi_connection._isolation_level
-                is not dbapi_connection.isolation_default
-                or dbapi_connection._read_only is not None
-                or dbapi_connection._deferrable is not None
-            ):
-                self._restore_attributes(dbapi_connection)
-            return False
-        if dbapi_connection.pgconn.transaction_status in _BAD_STATUS:
+        pgconn = dbapi_connection.pgconn
+        status = pgconn.transaction_status
+        if status in _BAD_STATUS:
             raise psycopg.OperationalError(
                 "connection returned in the middle of a query"
             )
-        # Named cursors are WITH HOLD outside a transaction and outlive it: close what
-        # the borrower left open (Django closes what it exhausts: usually nothing).
         named = dbapi_connection.named_cursors
-        dbapi_connection.named_cursors = []
-        for cursor in named:
-            if not cursor.closed:
-                try:
-                    cursor.close()
-                except psycopg.Error:
-                    dbapi_connection.session_changed = True  # DISCARD ALL closes it
-        if dbapi_connection.pgconn.transaction_status != _IDLE:
+        if named:
+            # Named cursors are WITH HOLD outside a transaction and outlive it: close
+            # what the borrower left open, so that psycopg's cursor objects agree with
+            # the server (Django closes what it exhausts: usually nothing is left).
+            dbapi_connection.named_cursors = []
+            for cursor in named:
+                if not cursor.closed:
+                    try:
+                        cursor.close()
+                    except psycopg.Error:
+                        pass  # the reset's CLOSE ALL closes it on the server
+            status = pgconn.transaction_status
+        if status != _IDLE:
             dbapi_connection.rollback()
-        full = policy == "full" or (
-            policy == "auto" and dbapi_connection.session_changed
-        )
-        if full:
+        dbapi_connection.baseline.restore(dbapi_connection)
+        # What fast paths read: psycopg's own fields, a property costs a call each.
+        if (
+            dbapi_connection._isolation_level is not dbapi_connection.isolation_default
+            or dbapi_connection._read_only is not None
+            or dbapi_connection._deferrable is not None
+        ):
+            self._restore_attributes(dbapi_connection)
+        if policy == "rollback":
+            return False
+        if policy == "full":
             dbapi_connection.autocommit = True
             dbapi_connection.execute("DISCARD ALL")
-        dbapi_connection.session_changed = False
-        self._restore_attributes(dbapi_connection)
-        return full
+            _forget_prepared(dbapi_connection)
+            return True
+        # "auto": send the reset and go; the next checkout collects its result (see
+        # complete_reset), by when it has arrived: no borrower waits for it.
+        _forget_prepared(dbapi_connection)
+        pgconn.send_query(dbapi_connection.baseline_sql)
+        dbapi_connection.reset_pending = True
+        return False
+
+    def complete_reset(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
+        if not dbapi_connection.reset_pending:
+            return True
+        return _collect_reset(dbapi_connection, timeout)
 
     @staticmethod
     def _restore_attributes(dbapi_connection: PooledConnection) -> None:
@@ -481,7 +548,6 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             options.append(f"-c TimeZone={_escape_option(self.timezone_name)}")
         if options:
             params["options"] = " ".join(options)
-        params["cursor_factory"] = _tracking_cursor(params["cursor_factory"])
         self._params_cache = (key, params)
         return params
 
@@ -553,8 +619,8 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         # Closed or lost connections report UNKNOWN; ACTIVE is mid-query.
         return dbapi_connection.pgconn.transaction_status in _BAD_STATUS
 
-    def mark_session_clean(self, dbapi_connection: Any) -> None:
-        dbapi_connection.session_changed = False
+    def note_session_baseline(self, dbapi_connection: Any) -> None:
+        note_baseline(dbapi_connection)
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)
