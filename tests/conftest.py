@@ -14,7 +14,6 @@ from django_poolconf import engines
 from django_poolconf.embedded import EmbeddedCluster
 from tests import servers
 
-
 #: What pg_stat_statements shows of the reset every return sends.
 RESET_STATEMENTS = frozenset(
     {

@@ -111,9 +111,7 @@ def _via_copy() -> None:
 
 def _via_stream() -> None:
     with connection.cursor() as cursor:
-        for _ in cursor.cursor.stream(
-            "SELECT set_config('app.tenant', '44', false)"
-        ):
+        for _ in cursor.cursor.stream("SELECT set_config('app.tenant', '44', false)"):
             pass
 
 
@@ -347,4 +345,3 @@ def test_prepared_statements_survive_every_reset_policy(
         statuses.append(response.status)
 
     assert statuses == [200] * 200
-

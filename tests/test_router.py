@@ -25,7 +25,6 @@ from django.test import AsyncClient, RequestFactory, override_settings
 
 from django_poolconf import engines, get_engine, replicas, routers
 from django_poolconf.middleware import SIGNING_SALT, ReadWriteMiddleware
-from tests.conftest import RESET_STATEMENTS
 from django_poolconf.routers import (
     ReadWriteRouter,
     note_write,
@@ -33,6 +32,7 @@ from django_poolconf.routers import (
     use_primary,
     use_replica,
 )
+from tests.conftest import RESET_STATEMENTS
 from tests.routing_urls import server
 from tests.testapp.models import Item
 

@@ -6,6 +6,7 @@ Requires psycopg 3.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -135,8 +136,8 @@ class _ClientBaseline:
         self.server_cursor_factory = connection.server_cursor_factory
         self.notice_handlers = list(connection._notice_handlers)
         self.notify_handlers = list(connection._notify_handlers)
-        self.prepare_threshold = connection.prepare_threshold
-        self.prepared_max = connection.prepared_max
+        self.prepare_threshold = connection._prepared.prepare_threshold
+        self.prepared_max = connection._prepared.prepared_max
         # The connection gets a copy-on-write child of its adapters: a borrower that
         # registers a dumper or loader changes the child, which is then replaced.
         self.adapters = connection.adapters
@@ -354,10 +355,9 @@ class PostgresHooks:
             dbapi_connection.named_cursors = []
             for cursor in named:
                 if not cursor.closed:
-                    try:
+                    # If it fails, the reset's CLOSE ALL closes it on the server.
+                    with contextlib.suppress(psycopg.Error):
                         cursor.close()
-                    except psycopg.Error:
-                        pass  # the reset's CLOSE ALL closes it on the server
             status = pgconn.transaction_status
         if status != _IDLE:
             dbapi_connection.rollback()
@@ -383,7 +383,9 @@ class PostgresHooks:
         dbapi_connection.reset_pending = True
         return False
 
-    def complete_reset(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
+    def complete_reset(
+        self, dbapi_connection: PooledConnection, timeout: float
+    ) -> bool:
         if not dbapi_connection.reset_pending:
             return True
         return _collect_reset(dbapi_connection, timeout)
