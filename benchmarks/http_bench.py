@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the example project and benchmarks.http_settings
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import argparse  # noqa: E402
 import concurrent.futures  # noqa: E402
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from django_poolconf.embedded import EmbeddedServer
 
 STRATEGIES: Final = ("new_per_request", "persistent", "native_pool", "poolconf")
+#: Where benchmarks/baseline.py exported the package for --baseline, if given.
+_BASELINE_PATH: str | None = None
 BASELINE: Final = "persistent"
 CONCURRENCIES: Final = (1, 8, 32, 128)
 DEFAULT_ROUNDS: Final = 5
@@ -129,6 +132,8 @@ def run(
     pgbouncer = shutil.which("pgbouncer")
     if pgbouncer is not None:
         strategies.append("pgbouncer")
+    if _BASELINE_PATH is not None:
+        strategies.append("poolconf_baseline")
     if only:
         # The floor is always measured: every ratio is to it, round by round.
         strategies = [s for s in strategies if s in only or s == BASELINE]
@@ -217,11 +222,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strategy",
         action="append",
-        choices=(*STRATEGIES, "pgbouncer"),
+        choices=(*STRATEGIES, "pgbouncer", "poolconf_baseline"),
         help="measure only these; repeat for several (persistent, the floor, always runs)",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report to PATH")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the package at this git revision (poolconf_baseline)",
+    )
     args = parser.parse_args(argv)
+    global _BASELINE_PATH
+    if args.baseline:
+        import baseline
+
+        _BASELINE_PATH = str(baseline.prepare(args.baseline))
+        args.strategy = [*(args.strategy or STRATEGIES), "poolconf_baseline"]
     if args.duration is None:
         args.duration = QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S
     if args.rounds < 1 or args.duration < 1:
@@ -272,7 +288,7 @@ def _environ(
     }
     env.update(
         DJANGO_SETTINGS_MODULE="benchmarks.http_settings",
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), _BASELINE_PATH))),
         POOLCONF_BENCH_STRATEGY=strategy,
         POOLCONF_BENCH_HOST=server.host,
         POOLCONF_BENCH_PORT=str(server.port if port is None else port),

@@ -37,6 +37,7 @@ STRATEGIES: Final = (
     "native_pool",
     "poolconf",
     "pgbouncer",
+    "poolconf_baseline",  # benchmarks/baseline.py, with http_bench.py --baseline
 )
 
 
@@ -55,8 +56,12 @@ def _database(strategy: str) -> dict[str, Any]:
     elif strategy == "native_pool":
         pool = {"min_size": POOL_CAPACITY, "max_size": POOL_CAPACITY}
         database["OPTIONS"] = {"pool": pool}
-    elif strategy == "poolconf":
-        database["ENGINE"] = "django_poolconf.backends.postgresql"
+    elif strategy in ("poolconf", "poolconf_baseline"):
+        database["ENGINE"] = (
+            "django_poolconf.backends.postgresql"
+            if strategy == "poolconf"
+            else "django_poolconf_baseline.backends.postgresql"
+        )
         database["POOL"] = {"pool_size": POOL_CAPACITY, "max_overflow": 0}
     elif strategy == "pgbouncer":
         # Persistent client connections to PgBouncer, which shares POOL_CAPACITY server

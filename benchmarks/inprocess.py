@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import platform
 import pstats
 import statistics
@@ -34,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baseline  # noqa: E402
 
 QUERY = "SELECT name FROM item WHERE id = %s"
 
@@ -66,8 +70,16 @@ def strategies(base: dict[str, Any], threads: int) -> dict[str, dict[str, Any]]:
             "ENGINE": pooled,
             "POOL": {**size, "leak_detection_threshold": 60},
         },
+        "poolconf_rollback_reset": {
+            **base,
+            "ENGINE": pooled,
+            "POOL": {**size, "reset_on_return": "rollback"},
+        },
         "new_per_request": {**base, "ENGINE": pg, "CONN_MAX_AGE": 0},
     }
+    if importlib.util.find_spec(baseline.PACKAGE) is not None:
+        # The package at the revision given with --baseline, as it was configured.
+        found["poolconf_baseline"] = {**base, "ENGINE": baseline.ENGINE, "POOL": size}
     try:
         import psycopg_pool  # noqa: F401
     except ImportError:
@@ -211,26 +223,30 @@ def bench_cycle(
     return "\n".join(lines)
 
 
-def bench_round_trips(server: Any, cycles: int) -> str:
+def bench_round_trips(server: Any, aliases: list[str], cycles: int) -> str:
     import psycopg
 
+    lines = [f"Round trips: statements the server saw for {cycles} request cycles", ""]
     # A separate, plain connection: Django closes its own at every request_finished.
     with psycopg.connect(**server.connection_params("bench"), autocommit=True) as admin:
         admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        cycle("poolconf")
-        admin.execute("SELECT pg_stat_statements_reset()")
-        for _ in range(cycles):
-            cycle("poolconf")
-        rows = admin.execute(
-            "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-            "WHERE d.datname = 'bench' AND query NOT LIKE '%pg_stat_statements%'"
-        ).fetchall()
-    total = sum(calls for _, calls in rows)
-    shown = ", ".join(f"{calls} x `{query[:50]}`" for query, calls in rows)
-    return (
-        f"Round trips: {cycles} poolconf cycles -> {total} statements on the server "
-        f"({shown}); extra per cycle: {(total - cycles) / cycles:.3f}"
-    )
+        for alias in aliases:
+            cycle(alias)
+            admin.execute("SELECT pg_stat_statements_reset()")
+            for _ in range(cycles):
+                cycle(alias)
+            rows = admin.execute(
+                "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d "
+                "ON d.oid = s.dbid WHERE d.datname = 'bench' "
+                "AND query NOT LIKE '%pg_stat_statements%'"
+            ).fetchall()
+            total = sum(calls for _, calls in rows)
+            shown = ", ".join(f"{calls} x `{query[:40]}`" for query, calls in rows)
+            lines.append(
+                f"* {alias}: {total} statements, {total / cycles:.2f} per cycle "
+                f"({shown})"
+            )
+    return "\n".join(lines)
 
 
 def time_cases(
@@ -467,7 +483,12 @@ def run(quick: bool = False) -> str:
                     count if threads == 1 else count // threads * 2,
                 )
             )
-        parts.append(bench_round_trips(cluster.primary, 200))
+        round_trip_aliases = [
+            alias
+            for alias in ("poolconf", "poolconf_rollback_reset", "poolconf_baseline")
+            if alias in aliases
+        ]
+        parts.append(bench_round_trips(cluster.primary, round_trip_aliases, 200))
         parts.append(bench_overhead(cluster.primary, rounds, 2000 if quick else 10000))
         parts.append(bench_monitoring(rounds, 2000 if quick else 10000))
         parts.append(bench_contention(64, 20 if quick else 50))
@@ -490,7 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--markdown", type=Path, help="also write the tables to this file"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the package at this git revision (poolconf_baseline)",
+    )
     args = parser.parse_args(argv)
+    if args.baseline:
+        baseline.install(args.baseline)
     text = run(args.quick)
     print(text)
     if args.markdown:

@@ -17,6 +17,8 @@ from tests import servers
 #: What pg_stat_statements shows of the reset every return sends.
 RESET_STATEMENTS = frozenset(
     {
+        "DISCARD ALL",
+        "DISCARD PLANS",
         "CLOSE ALL",
         "SET SESSION AUTHORIZATION DEFAULT",
         "RESET ALL",

@@ -45,18 +45,20 @@ TCP_DEFAULTS: Final[dict[str, int]] = {
     "tcp_user_timeout": 30_000,  # milliseconds
 }
 
-#: What a returned connection gets under ``reset_on_return="auto"``: the parts of
-#: ``DISCARD ALL`` that reset session state (``DISCARD ALL`` itself cannot run in the
-#: implicit transaction of a query of several statements), sent without waiting for
-#: the result, which the next checkout collects. ``SET SESSION AUTHORIZATION
-#: DEFAULT`` also resets the role, which ``RESET ALL`` leaves alone.
-RESET_SQL: Final = (
+#: What a returned connection gets under ``reset_on_return="auto"``, sent without
+#: waiting for the result, which the next checkout collects.
+RESET_SQL: Final = b"DISCARD ALL"
+#: The same when Django's setup left settings to restore afterwards: ``DISCARD ALL``'s
+#: parts, as it cannot run in the implicit transaction of a query of several
+#: statements. ``SET SESSION AUTHORIZATION DEFAULT`` resets the role too.
+RESET_PARTS_SQL: Final = (
     b"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; "
-    b"UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+    b"UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; "
+    b"DISCARD SEQUENCES"
 )
 #: What Django's setup (``init_connection_state()``, ``connection_created``
 #: receivers) set in the session, as one statement that sets it again after
-#: ``RESET_SQL``: the connection's baseline, restored without a round trip.
+#: ``RESET_PARTS_SQL``: the connection's baseline, restored without a round trip.
 _BASELINE_SQL: Final = b"""
 SELECT 'SELECT ' || string_agg(format('set_config(%L, %L, false)', name, value), ', ')
 FROM (
@@ -90,7 +92,7 @@ class PooledConnection(psycopg.Connection[Any]):
     server_ended_session: bool = False  # a FATAL error arrived while idle
     reset_pending: bool = False  # RESET_SQL sent, its result not collected yet
     #: What the connection had after it was opened and set up, restored on return:
-    baseline_sql: bytes = b""  # RESET_SQL plus the session settings of the setup
+    baseline_sql: bytes = RESET_SQL  # or RESET_PARTS_SQL and the setup's settings
     baseline: _ClientBaseline
 
     def _set_autocommit(self, value: bool) -> None:
@@ -227,7 +229,7 @@ def note_baseline(connection: PooledConnection) -> None:
         )
     restore = result.get_value(0, 0)
     connection.baseline_sql = (
-        RESET_SQL if restore is None else RESET_SQL + b"; " + bytes(restore)
+        RESET_SQL if restore is None else RESET_PARTS_SQL + b"; " + bytes(restore)
     )
 
 
