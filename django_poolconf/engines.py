@@ -479,7 +479,9 @@ class Lender:
         # Django's loans, with the thread that borrowed (None for a connection object
         # shared between threads): whoever pops a loan's entry, its owner closing it,
         # its finalizer or the reaper (its thread ended), returns the connection.
-        self.borrowed: dict[object, tuple[_ConnectionRecord, threading.Thread | None]] = {}
+        self.borrowed: dict[
+            object, tuple[_ConnectionRecord, threading.Thread | None]
+        ] = {}
         self.affinity = settings.thread_affinity
         self.pid = os.getpid()
         self.leak_threshold = settings.leak_detection_threshold
@@ -930,9 +932,7 @@ class Lender:
 #: appended by the object's finalizer, which may run in any thread at any
 #: allocation, even while a lock of this module is held. So it only appends; the
 #: next checkout in the process, a waiter or the reaper gives them back.
-ORPHANS: Final[deque[tuple[Lender, Any, str | None, threading.Thread | None]]] = (
-    deque()
-)
+ORPHANS: Final[deque[tuple[Lender, Any, str | None, threading.Thread | None]]] = deque()
 #: The error kind of an orphan that was parked: reset already, nothing leaked.
 PARKED: Final = "parked"
 

@@ -261,9 +261,7 @@ def _orphan(lender: Any, record: Any, error: str | None) -> tuple[Any, ...]:
 
 
 def test_connect_on_a_connection_that_holds_one_returns_it_first(pool_options):
-    pool_options(
-        pool_size=2, max_overflow=0, pool_timeout=0.5, thread_affinity=False
-    )
+    pool_options(pool_size=2, max_overflow=0, pool_timeout=0.5, thread_affinity=False)
     connection.ensure_connection()
     for _ in range(4):
         connection.connect()  # e.g. code that "reconnects" explicitly
@@ -344,7 +342,9 @@ def _one_query_then_end() -> None:
     assert Item.objects.count() >= 0  # borrowed, and never closed
 
 
-def _max_server_connections(admin: Any, dbname: str, stop: threading.Event) -> list[int]:
+def _max_server_connections(
+    admin: Any, dbname: str, stop: threading.Event
+) -> list[int]:
     """Sample, in a thread, how many pooled connections the server has to ``dbname``."""
     seen = [0]
 
