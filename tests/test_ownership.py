@@ -348,14 +348,24 @@ def _max_server_connections(
     """Sample, in a thread, how many pooled connections the server has to ``dbname``."""
     seen = [0]
 
+    def count() -> int:
+        # An idle backend not waiting for its client is exiting: the pool closed it
+        # (an overflow connection returned to a full pool) and the server has not
+        # finished tearing it down. It is not a connection anymore.
+        (n,) = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name LIKE 'django_poolconf:%%' "
+            "AND (state IS DISTINCT FROM 'idle' OR wait_event = 'ClientRead')",
+            [dbname],
+        ).fetchone()
+        return n  # type: ignore[no-any-return]
+
+    # Backends of earlier tests' pools may still be exiting: start from none.
+    assert _wait_for(lambda: count() == 0)
+
     def sample() -> None:
         while not stop.is_set():
-            (count,) = admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                "AND application_name LIKE 'django_poolconf:%%'",
-                [dbname],
-            ).fetchone()
-            seen[0] = max(seen[0], count)
+            seen[0] = max(seen[0], count())
             stop.wait(0.005)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -435,4 +445,57 @@ def test_connection_of_an_ended_thread_comes_back_without_a_collection(
     message = warnings[0].getMessage()
     assert "short-lived-7" in message
     assert "_one_query_then_end" in message  # where it was borrowed
+    assert pool_stats("default").checked_out == 0
+
+
+def test_reaper_gives_back_an_orphan_without_any_checkout(pool_options):
+    pool_options(thread_affinity=False)
+    _orphan_of_a_collected_wrapper()
+
+    assert _wait_for(lambda: not engines.ORPHANS)
+    assert pool_stats("default").checked_out == 0
+
+
+def test_connection_an_ended_thread_saw_fail_is_closed_not_pooled(pool_options):
+    from django.db import OperationalError
+
+    pool_options(thread_affinity=False)
+    pids: list[int] = []
+
+    def fail() -> None:
+        pids.append(_backend_pid())
+        with pytest.raises(OperationalError), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    thread = threading.Thread(target=fail)
+    thread.start()
+    thread.join(30)
+    assert pids
+
+    assert _wait_for(lambda: pool_stats("default").checked_out == 0)
+    assert pool_stats("default").connections_invalidated == 1  # closed, not reset
+
+
+def test_owner_closing_a_connection_the_reaper_returned_does_not_return_it_again(
+    pool_options,
+):
+    pool_options(thread_affinity=False)
+    wrappers: list[Any] = []
+
+    def borrow() -> None:
+        wrapper = connections.create_connection("default")
+        wrapper.ensure_connection()
+        wrappers.append(wrapper)  # kept alive: only the reaper can return it
+
+    thread = threading.Thread(target=borrow)
+    thread.start()
+    thread.join(30)
+    assert _wait_for(lambda: pool_stats("default").checked_out == 0)
+    checked_in = pool_stats("default").checked_in
+
+    (wrapper,) = wrappers
+    wrapper.inc_thread_sharing()  # Django's way to close it from this thread
+    wrapper.close()
+
+    assert pool_stats("default").checked_in == checked_in
     assert pool_stats("default").checked_out == 0
