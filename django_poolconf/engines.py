@@ -15,6 +15,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -56,10 +57,14 @@ INFO_FRESH: Final = "django_poolconf.fresh"  # opened, not yet checked out
 INFO_BORROWED_AT: Final = "django_poolconf.borrowed_at"  # monotonic seconds
 INFO_HELD: Final = "django_poolconf.held"  # leak detection's record of the borrower
 INFO_INVALIDATED: Final = "django_poolconf.invalidated"  # closing as unusable
+INFO_PID: Final = "django_poolconf.pid"  # the process that opened it: its owner
 
 #: Recycling takes up to this fraction off ``pool_recycle``, so that connections
 #: opened together are not all replaced together (psycopg_pool takes up to 5 %).
 RECYCLE_JITTER: Final = 0.05
+
+#: How often the reaper looks for connections borrowed by threads that have ended.
+REAP_INTERVAL_S: Final = 1.0
 
 
 class ConnectionHooks(Protocol):
@@ -113,6 +118,20 @@ _registry: dict[str, _Registered] = {}
 
 #: Connections a forked child inherited checked out: kept, never used or closed.
 INHERITED: list[object] = []
+
+
+def _refuse_foreign(record: ConnectionPoolEntry) -> bool:
+    """Whether another process opened ``record``: then keep it referenced, untouched.
+
+    Ownership is stamped when a connection is opened (the ``connect`` listener), never
+    when it is returned, so this holds whichever thread, finalizer or garbage
+    collection in a forked child hands a parent's connection back. A parent's socket
+    must see nothing from the child: no reset, no close, no other borrower.
+    """
+    if record.info.get(INFO_PID) == os.getpid():
+        return False
+    INHERITED.append(record)
+    return True
 
 
 def get_engine(alias: str = DEFAULT_DB_ALIAS) -> Engine:
@@ -352,6 +371,8 @@ class LendingPool(QueuePool):
         lender = self.lender
         if lender is None:
             return super()._do_get()
+        if ORPHANS:
+            _return_orphans()
         record = None if lender.line else _take(self, lender.parked)
         if record is None:
             try:
@@ -362,6 +383,8 @@ class LendingPool(QueuePool):
         return record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        if _refuse_foreign(record):
+            return  # a parent's, dropped in a forked child
         lender = self.lender
         # SQLAlchemy code's returns, too, go to the first waiter in line at once.
         # Without waiting for the line's lock: the garbage collector may return a
@@ -420,8 +443,10 @@ class Lender:
     """
 
     __slots__ = (
+        "__weakref__",
         "affinity",
         "alias",
+        "borrowed",
         "counters",
         "engine",
         "hooks",
@@ -458,6 +483,12 @@ class Lender:
         # its loan: idle, and taken by whoever needs one when no other is idle.
         # Owner and takers race through single dict operations, atomic in CPython.
         self.parked: dict[object, _ConnectionRecord] = {}
+        # Django's loans, with the thread that borrowed (None for a connection object
+        # shared between threads): whoever pops a loan's entry, its owner closing it,
+        # its finalizer or the reaper (its thread ended), returns the connection.
+        self.borrowed: dict[
+            object, tuple[_ConnectionRecord, threading.Thread | None]
+        ] = {}
         self.affinity = settings.thread_affinity
         self.pid = os.getpid()
         self.leak_threshold = settings.leak_detection_threshold
@@ -470,6 +501,7 @@ class Lender:
         self.pre_ping = settings.pool_pre_ping
         self.threshold = settings.pre_ping_threshold
         self.validation_timeout = settings.validation_timeout
+        REAPER.add(self)
 
     # These run on every checkout and return: keep them lean.
 
@@ -501,6 +533,8 @@ class Lender:
         None when another borrower took it, or when it was replaced or failed its
         check: it goes back to the pool then, and the caller borrows as usual.
         """
+        if ORPHANS:
+            _return_orphans()
         record = self.parked.pop(key, None)
         if record is None:
             return None
@@ -536,6 +570,51 @@ class Lender:
         if monitoring.logger.isEnabledFor(logging.DEBUG):
             monitoring.logger.debug("took back a parked connection of %r", self.alias)
         return record
+
+    def lent(self, loan: object, record: _ConnectionRecord, shared: bool) -> None:
+        """Note that the current thread borrowed ``record`` for ``loan``.
+
+        If the thread ends without returning it, the reaper returns it. Whoever pops
+        ``borrowed[loan]`` returns the connection: the owner's close, the loan's
+        finalizer or the reaper, never two of them.
+        """
+        self.borrowed[loan] = (record, None if shared else threading.current_thread())
+        if REAPER.pid != self.pid:  # the first loan of this process
+            REAPER.start(self.pid)
+
+    def reap(self) -> None:
+        """Return the connections of Django's borrowers whose thread has ended."""
+        borrowed = self.borrowed
+        # A copy first: dict.copy() allocates nothing per entry, so no collection
+        # (whose finalizers pop from the dict) runs in the middle of it.
+        for loan, (_, thread) in borrowed.copy().items():
+            if thread is None or _alive(thread):
+                continue
+            entry = borrowed.pop(loan, None)
+            if entry is not None:  # not returned meanwhile: the reaper returns it
+                self._return_abandoned(
+                    entry[0],
+                    getattr(loan, "error", None),
+                    f"thread {thread.name!r} ended without closing it",
+                )
+
+    def _return_abandoned(
+        self, record: _ConnectionRecord, error: str | None, why: str
+    ) -> None:
+        """Return (or, after an error, discard) a connection its borrower left."""
+        held = record.info.get(INFO_HELD)
+        logger.warning(
+            "a connection of %r was still borrowed when %s; returning it%s",
+            self.alias,
+            why,
+            ""
+            if held is None
+            else f". It was borrowed at:\n{''.join(held.stack.format()).rstrip()}",
+        )
+        if error is None:
+            self.give_back(record)
+        else:
+            self.discard(record, "its borrower saw it fail", older_too=True)
 
     def _lend(self, record: _ConnectionRecord, began: float) -> _ConnectionRecord:
         pool = self.engine.pool
@@ -597,10 +676,17 @@ class Lender:
                 place -= 1
             line.insert(place, ticket)
             self._next_in_line()
+        first = False
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 ticket.wait(min(max(remaining, 0.0), 0.05))
+                # Before giving up, take back what borrowers left: orphans, and the
+                # connections of threads that ended (the first in line looks).
+                if ORPHANS:
+                    _return_orphans()
+                if first and self.borrowed:
+                    self.reap()
                 with self.line_lock:
                     if ticket.record is not None:
                         return ticket.record  # handed over, and out of the line
@@ -612,7 +698,8 @@ class Lender:
                         self.line.remove(ticket)
                         self._next_in_line()
                         raise self._closed()
-                    if self.line[0] is ticket:
+                    first = self.line[0] is ticket
+                    if first:
                         try:
                             record = pool._pool.get(False)
                         except sqla_queue.Empty:
@@ -722,6 +809,8 @@ class Lender:
         With a ``park`` key, and nobody waiting, the entry is parked under it instead:
         idle, but kept for :meth:`reclaim`. Return whether it was parked.
         """
+        if _refuse_foreign(record):
+            return False
         try:
             self.check_in(record.dbapi_connection, record)
         except BaseException as error:
@@ -762,6 +851,8 @@ class Lender:
 
     def _close_retired(self, record: _ConnectionRecord) -> None:
         """Close an entry of a disposed pool, and give its place back."""
+        if _refuse_foreign(record):
+            return
         try:
             record.invalidate(Invalidation("its pool was disposed of", quiet=True))
         finally:
@@ -770,13 +861,15 @@ class Lender:
     def unpark(self, key: object) -> None:
         """Check the entry parked under ``key`` into the pool, if nobody took it."""
         record = self.parked.pop(key, None)
-        if record is not None:
+        if record is not None and not _refuse_foreign(record):
             self._hand_over(record)
 
     def discard(
         self, record: _ConnectionRecord, reason: str, older_too: bool = False
     ) -> None:
         """Close a borrowed entry's connection, and with ``older_too`` every older one."""
+        if _refuse_foreign(record):
+            return
         try:
             if older_too:
                 _invalidate_older(self.engine.pool, record, self.alias)
@@ -801,6 +894,8 @@ class Lender:
         # The parent's sockets: keep them referenced, never use or close them.
         INHERITED.extend(self.parked.values())
         self.parked = {}
+        INHERITED.extend(record for record, _ in self.borrowed.copy().values())
+        self.borrowed = {}
         self.pid = os.getpid()
         self.counters.reset()
 
@@ -849,11 +944,11 @@ class Lender:
 
 
 #: Connections whose Django connection object was collected while borrowing or
-#: keeping them parked: (lender, record, error kind or PARKED, pid), appended by the
-#: object's finalizer, which may run in any thread at any allocation, even while a
-#: lock of this module is held. So it only appends; the next checkout in the process
-#: gives them back.
-ORPHANS: Final[deque[tuple[Lender, Any, str | None, int]]] = deque()
+#: keeping them parked: (lender, record, error kind or PARKED, borrowing thread),
+#: appended by the object's finalizer, which may run in any thread at any
+#: allocation, even while a lock of this module is held. So it only appends; the
+#: next checkout in the process, a waiter or the reaper gives them back.
+ORPHANS: Final[deque[tuple[Lender, Any, str | None, threading.Thread | None]]] = deque()
 #: The error kind of an orphan that was parked: reset already, nothing leaked.
 PARKED: Final = "parked"
 
@@ -861,23 +956,78 @@ PARKED: Final = "parked"
 def _return_orphans() -> None:
     while True:
         try:
-            lender, record, error, pid = ORPHANS.popleft()
+            lender, record, error, thread = ORPHANS.popleft()
         except IndexError:
             return
-        if pid != os.getpid():
-            continue  # the parent's: never touch its socket
+        if _refuse_foreign(record):
+            continue  # a parent's, queued in a forked child: never touch its socket
         if error == PARKED:
             lender._hand_over(record)
             continue
-        logger.warning(
-            "a connection of %r was still borrowed when its Django connection "
-            "object was collected (a thread ended without closing it); returning it",
-            lender.alias,
+        lender._return_abandoned(
+            record,
+            error,
+            "its Django connection object was collected"
+            + ("" if thread is None else f" (borrowed by thread {thread.name!r})"),
         )
-        if error is None:
-            lender.give_back(record)
-        else:
-            lender.discard(record, "its borrower saw it fail", older_too=True)
+
+
+def _alive(thread: threading.Thread) -> bool:
+    try:
+        return thread.is_alive()
+    except Exception:  # pragma: no cover - a dummy thread stopped by a fork
+        return True  # not a thread threading started and can tell about: keep it
+
+
+class _Reaper:
+    """One daemon thread per process that returns what borrowers left behind.
+
+    Like Rails' connection pool reaper: a connection whose borrowing thread has ended
+    without closing it is rolled back and returned, and orphans are given back,
+    within :data:`REAP_INTERVAL_S` even when nobody checks out. Waiters do the same
+    before they give up, so none times out while such a connection waits.
+    """
+
+    def __init__(self) -> None:
+        self.pid = 0  # the process whose reaper thread runs
+        self.lock = threading.Lock()
+        self.lenders: weakref.WeakSet[Lender] = weakref.WeakSet()
+
+    def add(self, lender: Lender) -> None:
+        with self.lock:
+            self.lenders.add(lender)
+
+    def all(self) -> list[Lender]:
+        with self.lock:
+            return list(self.lenders)
+
+    def start(self, pid: int) -> None:
+        with self.lock:
+            if self.pid == pid:
+                return
+            self.pid = pid
+        threading.Thread(
+            target=self._run, name="django_poolconf-reaper", daemon=True
+        ).start()
+
+    def forget_fork_state(self) -> None:
+        """In a forked child: the parent's thread does not run here."""
+        self.lock = threading.Lock()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(REAP_INTERVAL_S)
+            try:
+                if ORPHANS:
+                    _return_orphans()
+                for lender in self.all():
+                    if lender.borrowed:
+                        lender.reap()
+            except Exception:  # pragma: no cover - keep reaping; retry next round
+                logger.exception("returning abandoned connections failed")
+
+
+REAPER: Final = _Reaper()
 
 
 class _Ticket(threading.Event):
@@ -956,6 +1106,7 @@ def _listen(lender: Lender) -> None:
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         info = record.info
         info[INFO_NEW] = info[INFO_FRESH] = True
+        info[INFO_PID] = os.getpid()
         info[INFO_RETURNED_AT] = time.monotonic()
         if recycle is not None:
             # Age the connection by a random fraction of its lifetime. Never age it
@@ -1021,7 +1172,7 @@ def _listen(lender: Lender) -> None:
     def on_reset(
         dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
     ) -> None:
-        if not state.terminate_only:
+        if not state.terminate_only and not _refuse_foreign(record):
             check_in(dbapi_connection, record)
             if pool_logger.isEnabledFor(logging.DEBUG):
                 pool_logger.debug("checked in a connection of %r", alias)
@@ -1079,10 +1230,16 @@ def _after_fork_in_child() -> None:
     global _lock
     # Another thread of the parent may have held the lock at fork time.
     _lock = threading.Lock()
-    ORPHANS.clear()
     monitoring.LEAKS.forget_fork_state()
+    REAPER.forget_fork_state()
     for entry in list(_registry.values()):
         _abandon_inherited(entry)
+    pid = os.getpid()
+    for lender in REAPER.all():  # disposed engines' too: their loans are the parent's
+        if lender.pid != pid:
+            lender.forget_fork_state()
+    # Last: a collection during this hook may have queued some of the parent's.
+    ORPHANS.clear()
     from django.db import connections
 
     try:

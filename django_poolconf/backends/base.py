@@ -11,7 +11,6 @@ A vendor module subclasses Django's wrapper with this mixin first and supplies
 from __future__ import annotations
 
 import logging
-import os
 import time
 import weakref
 from collections.abc import Hashable
@@ -72,6 +71,7 @@ class PooledDatabaseWrapperMixin:
     autocommit: bool
     close_at: float | None
     run_on_commit: list[Any]
+    _thread_sharing_count: int
 
     _conn: Any = None  # the driver connection, borrowed or parked
     _parked = False  # returned to the pool at request end, but kept for this object
@@ -166,6 +166,7 @@ class PooledDatabaseWrapperMixin:
         if record is None:
             return None
         loan.record = record
+        lender.lent(loan, record, self._thread_sharing_count > 0)
         self._conn = connection
         return connection
 
@@ -189,6 +190,8 @@ class PooledDatabaseWrapperMixin:
             self.run_on_commit = []
             record, loan.record = loan.record, None
             connection, self._conn = self._conn, None
+            if loan.lender.borrowed.pop(loan, None) is None:
+                return  # returned by the reaper: no longer this object's
             if loan.lender.give_back(record, park=loan):
                 self._conn = connection
                 self._parked = True
@@ -255,6 +258,10 @@ class PooledDatabaseWrapperMixin:
             return super().connect()  # type: ignore[misc, no-any-return]
         if self._parked:  # called directly, not by ensure_connection()
             self.close()
+        elif self._loan.record is not None:
+            # Called again while holding a connection: give that one back first,
+            # or it would stay checked out for the life of the process.
+            self._close()
         # What follows is Django's BaseDatabaseWrapper.connect() (unchanged from 4.2
         # to 6.1), except that the per-connection setup runs only for a connection
         # the pool has just opened or fully reset.
@@ -318,6 +325,7 @@ class PooledDatabaseWrapperMixin:
         loan = self._loan
         loan.lender = lender
         loan.record = record
+        lender.lent(loan, record, self._thread_sharing_count > 0)
         return record.dbapi_connection
 
     def note_session_baseline(self, dbapi_connection: Any) -> None:
@@ -337,6 +345,8 @@ class PooledDatabaseWrapperMixin:
         self.connection = None
         error = loan.error
         loan.error = None
+        if lender.borrowed.pop(loan, None) is None:
+            return  # returned by the reaper already: no longer this object's
         if error is None and not self.connection_is_broken(dbapi_connection):
             lender.give_back(record)
         elif error in (DISCONNECT, READ_ONLY):
@@ -399,18 +409,21 @@ class _Loan:
     def give_back_orphan(self) -> None:
         # Runs when the garbage collector frees the wrapper: in any thread, at any
         # allocation, maybe while that thread holds one of the pool's locks. So
-        # nothing here takes a lock or talks to the server: the next checkout
-        # gives the connection back (engines.ORPHANS).
-        record, self.record = self.record, None
+        # nothing here takes a lock or talks to the server: the next checkout, a
+        # waiter or the reaper gives the connection back (engines.ORPHANS).
+        self.record = None
         lender = self.lender
         if lender is None:
             return
-        if record is not None:
-            engines.ORPHANS.append((lender, record, self.error, os.getpid()))
+        # Whoever pops the loan's entry returns the connection: not this finalizer
+        # if the reaper did already, nor in a forked child (the entry is the parent's).
+        entry = lender.borrowed.pop(self, None)
+        if entry is not None:
+            engines.ORPHANS.append((lender, entry[0], self.error, entry[1]))
             return
         # Parked by a wrapper that will not be back for it (a thread that ended, a
         # request's own wrapper under ASGI): into the pool with it, where the most
         # recently used connection is lent first. One dict operation.
         record = lender.parked.pop(self, None)
         if record is not None:
-            engines.ORPHANS.append((lender, record, engines.PARKED, os.getpid()))
+            engines.ORPHANS.append((lender, record, engines.PARKED, None))
