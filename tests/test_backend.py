@@ -16,7 +16,7 @@ from django.db.backends.signals import connection_created
 
 from django_poolconf import PoolTimeout, engines, get_engine
 from django_poolconf.backends.postgresql.base import _redact
-from tests.conftest import RESET_STATEMENTS, server_pids, wsgi_get
+from tests.conftest import server_pids, wsgi_get
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
