@@ -18,7 +18,8 @@ class DjangoPoolconfAppConfig(AppConfig):
         from django.conf import settings
 
         from django_poolconf.checks import check_deployment, check_pool_settings
-        from django_poolconf.conf import ROUTER_PATH, mirror_replicas_in_tests
+        from django_poolconf.conf.replicas import mirror_replicas_in_tests
+        from django_poolconf.conf.router import ROUTER_PATH
 
         checks.register(check_pool_settings)
         checks.register(check_deployment, checks.Tags.database, deploy=True)

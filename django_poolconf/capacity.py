@@ -16,7 +16,8 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_poolconf.conf import Problem, health_settings
+from django_poolconf.conf.health import health_settings
+from django_poolconf.conf.rules import Problem
 from django_poolconf.health import (
     AliasHealth,
     HealthReport,

@@ -8,7 +8,8 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, Warning
 
-from django_poolconf.conf import validate_alias, validate_poolconf, validate_router
+from django_poolconf.conf.pool import validate_alias, validate_poolconf
+from django_poolconf.conf.router import validate_router
 
 __all__ = ["check_deployment", "check_pool_settings"]
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_poolconf.conf import POOL_KEYS, validate_alias
+from django_poolconf.conf.pool import POOL_KEYS, validate_alias
 
 __all__ = ["database_from_url", "databases_from_env"]
 

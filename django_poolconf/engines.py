@@ -29,7 +29,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
 from django_poolconf import monitoring
-from django_poolconf.conf import PoolSettings
+from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.errors import PoolClosed
 from django_poolconf.monitoring import Counters, Held, Invalidation, PoolStats
 

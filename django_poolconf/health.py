@@ -26,12 +26,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 from django.core.exceptions import ImproperlyConfigured
 
 from django_poolconf import engines
-from django_poolconf.conf import (
-    HealthSettings,
-    PoolSettings,
-    health_settings,
-    is_pooled,
-)
+from django_poolconf.conf.health import HealthSettings, health_settings
+from django_poolconf.conf.pool import PoolSettings
+from django_poolconf.conf.router import router_settings
+from django_poolconf.conf.rules import is_pooled
 from django_poolconf.monitoring import PoolStats
 from django_poolconf.probes import ProbeResult, ServerView, probe_pooled, probe_server
 
@@ -389,8 +387,6 @@ def _max_replica_lag(options: HealthSettings) -> float | None:
     """HEALTH's MAX_REPLICA_LAG, or else the router's: one bound for both."""
     if options.max_replica_lag is not None:
         return options.max_replica_lag
-    from django_poolconf.conf import router_settings
-
     try:
         return router_settings().max_replica_lag
     except ImproperlyConfigured:

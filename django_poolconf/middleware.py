@@ -22,7 +22,8 @@ from django.core import signing
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponseBase
 
-from django_poolconf import conf, replicas
+from django_poolconf import replicas
+from django_poolconf.conf.router import RouterSettings, router_settings
 from django_poolconf.routers import Pin, _Scope, _scope
 
 __all__ = ["ReadWriteMiddleware"]
@@ -64,7 +65,7 @@ class ReadWriteMiddleware:
     ) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self.async_mode:
             return self.__acall__(request)
-        settings = conf.router_settings()
+        settings = router_settings()
         scope = _Scope(_read_pins(request, settings))
         token = _scope.set(scope)
         try:
@@ -77,7 +78,7 @@ class ReadWriteMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        settings = conf.router_settings()
+        settings = router_settings()
         scope = _Scope(_read_pins(request, settings))
         token = _scope.set(scope)
         try:
@@ -96,7 +97,7 @@ class ReadWriteMiddleware:
         return response
 
 
-def _read_pins(request: HttpRequest, settings: conf.RouterSettings) -> dict[str, Pin]:
+def _read_pins(request: HttpRequest, settings: RouterSettings) -> dict[str, Pin]:
     if settings.pin_seconds is None:
         return {}
     # META, not request.headers, which copies every header on first use.
@@ -145,7 +146,7 @@ def _pin(
     response: HttpResponseBase,
     scope: _Scope,
     positions: dict[str, int | None],
-    settings: conf.RouterSettings,
+    settings: RouterSettings,
 ) -> None:
     assert settings.pin_seconds is not None
     now = time.time()

@@ -35,7 +35,9 @@ from django.dispatch import receiver
 
 # Light imports only: the app's ready() imports this module, to watch connections
 # opened before the first routed query (as by migrate).
-from django_poolconf import conf, replicas
+from django_poolconf import replicas
+from django_poolconf.conf.replicas import Topology, topology
+from django_poolconf.conf.router import RouterSettings, router_settings
 from django_poolconf.errors import PoolTimeout
 
 __all__ = [
@@ -116,7 +118,7 @@ class _Config:
 
     __slots__ = ("settings", "replicas", "group", "apps", "default", "turns")
 
-    def __init__(self, settings: conf.RouterSettings, topology: conf.Topology) -> None:
+    def __init__(self, settings: RouterSettings, topology: Topology) -> None:
         self.settings = settings
         #: Every routed primary (with replicas, or named in APPS) and its replicas.
         self.replicas: dict[str, tuple[str, ...]] = dict(topology.replicas)
@@ -140,9 +142,7 @@ _config: _Config | None = None
 def _load() -> _Config:
     global _config
     databases = connections.settings
-    config = _Config(
-        conf.router_settings(databases=databases), conf.topology(databases)
-    )
+    config = _Config(router_settings(databases=databases), topology(databases))
     _config = config
     return config
 

@@ -12,7 +12,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from django_poolconf.conf import HealthSettings, health_settings
+from django_poolconf.conf.health import HealthSettings, health_settings
 from django_poolconf.health import UNHEALTHY, check_health
 
 __all__ = ["database_health", "liveness"]

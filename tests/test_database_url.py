@@ -12,8 +12,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 import django_poolconf
-from django_poolconf import conf
 from django_poolconf.conf import pool_settings
+from django_poolconf.conf.rules import EXAMPLES
 from django_poolconf.database_url import database_from_url, databases_from_env
 
 ENGINE = "django_poolconf.backends.postgresql"
@@ -304,7 +304,7 @@ def test_unparsable_pool_option_is_rejected(query, message):
 def test_out_of_range_pool_option_is_rejected(query, message):
     key = query.split("=")[0]
     if key != "reset_on_return":
-        message += f" For example: {key}={conf._EXAMPLES[key]}."
+        message += f" For example: {key}={EXAMPLES[key]}."
     with pytest.raises(ImproperlyConfigured, match=whole(message)) as excinfo:
         database_from_url(f"{URL}?{query}")
 

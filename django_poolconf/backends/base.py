@@ -24,7 +24,8 @@ from django.utils.functional import cached_property
 from sqlalchemy import exc as sa_exc
 
 from django_poolconf import engines
-from django_poolconf.conf import PoolSettings, get_poolconf, pool_settings
+from django_poolconf.conf.pool import PoolSettings, pool_settings
+from django_poolconf.conf.rules import get_poolconf
 from django_poolconf.errors import ConnectionFailed, PoolTimeout
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from django_poolconf.capacity import ServerCapacity, plan_capacity
-from django_poolconf.conf import health_settings, is_pooled
+from django_poolconf.conf.health import health_settings
+from django_poolconf.conf.rules import is_pooled
 from django_poolconf.health import (
     DEGRADED,
     HEALTHY,

@@ -1,30 +1,33 @@
-"""Reading and validating pool settings. Pure configuration: no database needed."""
+"""conf.pool: each alias's POOL, the presets and POOLCONF. No database needed."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-import re
 from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from django_poolconf import conf
-from django_poolconf.conf import (
+from django_poolconf.conf.pool import (
     POOL_KEYS,
-    POOLED_ENGINE_PREFIX,
     PoolSettings,
-    Problem,
-    get_poolconf,
-    is_pooled,
     pool_settings,
     validate_alias,
 )
+from django_poolconf.conf.rules import EXAMPLES, Problem
+from tests.conf.conftest import (
+    ENGINE,
+    ids,
+    only_problem,
+    pooled,
+    validate,
+    whole,
+    with_pool,
+)
 
-ENGINE = "django_poolconf.backends.postgresql"
 VALID_KEYS = (
     "Valid keys are 'pool_size', 'max_overflow', 'pool_timeout', 'pool_recycle', "
     "'pool_pre_ping', 'pre_ping_threshold', 'validation_timeout', 'connect_timeout', "
@@ -34,39 +37,6 @@ VALID_KEYS = (
 PRESET_CHOICES = (
     "'development', 'small_api', 'high_traffic', 'background_worker', 'auto'"
 )
-
-
-def whole(message):
-    """A ``match`` pattern for exactly ``message``, not merely a message containing it."""
-    return rf"\A{re.escape(message)}\Z"
-
-
-def pooled(**extra):
-    return {"ENGINE": ENGINE, "NAME": "app", "CONN_MAX_AGE": 0, "OPTIONS": {}, **extra}
-
-
-def with_pool(**pool):
-    return pooled(POOL=pool)
-
-
-def validate(settings_dict, *, alias="default", poolconf=None, databases=None):
-    return validate_alias(
-        alias,
-        settings_dict,
-        databases=databases,
-        poolconf={} if poolconf is None else poolconf,
-    )
-
-
-def ids(problems):
-    return [problem.id for problem in problems]
-
-
-def only_problem(settings_dict, **kwargs):
-    result, problems = validate(settings_dict, **kwargs)
-    assert result is None
-    assert len(problems) == 1, problems
-    return problems[0]
 
 
 # Defaults and the dataclass
@@ -150,39 +120,6 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         "leak_detection_threshold",
         "slow_checkout_ms",
     )
-
-
-# is_pooled and get_poolconf
-
-
-@pytest.mark.parametrize(
-    "engine",
-    ["django_poolconf.backends.postgresql", f"{POOLED_ENGINE_PREFIX}other"],
-)
-def test_poolconf_engines_are_pooled(engine):
-    assert is_pooled({"ENGINE": engine})
-
-
-@pytest.mark.parametrize(
-    "settings_dict",
-    [
-        {"ENGINE": "django.db.backends.postgresql"},
-        {"ENGINE": "django.db.backends.sqlite3"},
-        {},
-    ],
-)
-def test_other_engines_are_not_pooled(settings_dict):
-    assert not is_pooled(settings_dict)
-
-
-def test_get_poolconf_is_empty_when_unset():
-    with override_settings(POOLCONF=None):
-        assert get_poolconf() == {}
-
-
-def test_get_poolconf_reads_setting():
-    with override_settings(POOLCONF={"PRESET": "small_api"}):
-        assert get_poolconf() == {"PRESET": "small_api"}
 
 
 # Good values
@@ -385,13 +322,13 @@ def test_long_bad_value_is_cut_in_message():
 def test_out_of_range_is_e004(key, value, message):
     expected = (
         f"DATABASES['default']['POOL'][{key!r}] {message} "
-        f"For example: {key}={conf._EXAMPLES[key]}."
+        f"For example: {key}={EXAMPLES[key]}."
     )
 
     problem = only_problem(with_pool(**{key: value}))
 
     assert problem.id == "E004"
-    assert problem.hint == f"For example: {key}={conf._EXAMPLES[key]}."
+    assert problem.hint == f"For example: {key}={EXAMPLES[key]}."
     with pytest.raises(ImproperlyConfigured, match=whole(expected)):
         pool_settings("default", with_pool(**{key: value}), poolconf={})
 
@@ -787,71 +724,6 @@ def test_alias_pool_overrides_auto_preset(monkeypatch):
     assert result.pool_size == 2
 
 
-# REPLICA_OF: E009
-
-
-def test_replica_of_is_read():
-    databases = {"default": pooled(), "replica": pooled(REPLICA_OF="default")}
-
-    result = pool_settings(
-        "replica", databases["replica"], databases=databases, poolconf={}
-    )
-
-    assert result.replica_of == "default"
-
-
-def test_replica_of_defaults_to_none():
-    assert pool_settings("default", pooled(), poolconf={}).replica_of is None
-
-
-def test_replica_of_unknown_alias_suggests_closest():
-    databases = {"default": pooled(), "replica": pooled(REPLICA_OF="defualt")}
-    message = (
-        "DATABASES['replica']['REPLICA_OF'] names 'defualt', which is not in DATABASES. "
-        "Did you mean 'default'?"
-    )
-
-    problem = only_problem(databases["replica"], alias="replica", databases=databases)
-
-    assert problem.id == "E009"
-    with pytest.raises(ImproperlyConfigured, match=whole(message)):
-        pool_settings("replica", databases["replica"], databases=databases, poolconf={})
-
-
-def test_replica_of_unknown_alias_without_near_match_says_what_to_set():
-    databases = {"default": pooled(), "replica": pooled(REPLICA_OF="zzz")}
-
-    problem = only_problem(databases["replica"], alias="replica", databases=databases)
-
-    assert problem == Problem(
-        "E009",
-        "DATABASES['replica']['REPLICA_OF'] names 'zzz', which is not in DATABASES.",
-        "Set REPLICA_OF to the alias of the primary.",
-    )
-
-
-def test_replica_of_unknown_alias_is_not_checked_without_databases():
-    result, problems = validate(pooled(REPLICA_OF="elsewhere"), alias="replica")
-
-    assert problems == []
-    assert result.replica_of == "elsewhere"
-
-
-@pytest.mark.parametrize(("replica_of", "shown"), [("replica", "'replica'"), (1, "1")])
-def test_replica_of_itself_or_not_a_string_is_e009(replica_of, shown):
-    databases = {"default": pooled(), "replica": pooled(REPLICA_OF=replica_of)}
-    message = (
-        f"DATABASES['replica']['REPLICA_OF'] must name another database alias, got "
-        f"{shown}. Set REPLICA_OF to the alias of the primary, e.g. 'default'."
-    )
-
-    problem = only_problem(databases["replica"], alias="replica", databases=databases)
-
-    assert problem.id == "E009"
-    with pytest.raises(ImproperlyConfigured, match=whole(message)):
-        pool_settings("replica", databases["replica"], databases=databases, poolconf={})
-
-
 # Non-pooled engines: W001
 
 
@@ -903,20 +775,7 @@ def test_pool_settings_rejects_non_pooled_engine():
         pool_settings("legacy", {"ENGINE": "django.db.backends.sqlite3"}, poolconf={})
 
 
-# Problem and pool_settings()
-
-
-def test_problem_str_joins_message_and_hint():
-    assert str(Problem("E001", "Bad.", "Fix it.")) == "Bad. Fix it."
-
-
-def test_problem_str_without_hint_is_message():
-    assert str(Problem("E004", "Bad.")) == "Bad."
-
-
-@pytest.mark.parametrize(("check_id", "is_error"), [("E001", True), ("W001", False)])
-def test_problem_is_error_by_id(check_id, is_error):
-    assert Problem(check_id, "Bad.").is_error is is_error
+# pool_settings()
 
 
 def test_pool_settings_raises_first_error_as_str_of_problem():
@@ -955,486 +814,3 @@ def test_slow_checkout_ms_is_milliseconds_and_leak_threshold_seconds():
     text = " ".join(str(p) for p in problems)
     assert "['slow_checkout_ms'] must be a number of milliseconds or None" in text
     assert "['leak_detection_threshold'] must be a number > 0 (seconds) or None" in text
-
-
-# REPLICA_OF: E010 (a replica of a replica) and E011 (another vendor)
-
-
-def test_replica_of_a_replica_names_the_primary_to_use():
-    databases = {
-        "default": pooled(),
-        "replica": pooled(REPLICA_OF="default"),
-        "cascade": pooled(REPLICA_OF="replica"),
-    }
-    message = (
-        "DATABASES['cascade']['REPLICA_OF'] names 'replica', which is itself a replica. "
-        "Name the primary that takes the writes: REPLICA_OF = 'default'."
-    )
-
-    problem = only_problem(databases["cascade"], alias="cascade", databases=databases)
-
-    assert problem.id == "E010"
-    with pytest.raises(ImproperlyConfigured, match=whole(message)):
-        pool_settings("cascade", databases["cascade"], databases=databases, poolconf={})
-
-
-def test_replicas_of_each_other_have_no_primary_to_suggest():
-    databases = {"a": pooled(REPLICA_OF="b"), "b": pooled(REPLICA_OF="a")}
-
-    problem = only_problem(databases["a"], alias="a", databases=databases)
-
-    assert problem == Problem(
-        "E010",
-        "DATABASES['a']['REPLICA_OF'] names 'b', which is itself a replica.",
-        "Name the primary that takes the writes.",
-    )
-
-
-def test_replica_on_another_vendor_is_e011():
-    databases = {
-        "default": {"ENGINE": "django.db.backends.mysql"},
-        "replica": pooled(REPLICA_OF="default"),
-    }
-
-    problem = only_problem(databases["replica"], alias="replica", databases=databases)
-
-    assert problem == Problem(
-        "E011",
-        "DATABASES['replica'] is a replica of 'default', but its ENGINE "
-        "'django_poolconf.backends.postgresql' is for another database than "
-        "'django.db.backends.mysql'.",
-        "A replica runs the same database as its primary: fix ENGINE, or remove "
-        "REPLICA_OF.",
-    )
-
-
-@pytest.mark.parametrize(
-    "primary_engine",
-    [
-        "django.db.backends.postgresql",
-        "django.contrib.gis.db.backends.postgis",
-        "django_poolconf.backends.postgresql",
-    ],
-)
-def test_replica_of_a_postgresql_primary_on_any_postgresql_backend(primary_engine):
-    databases = {
-        "default": {"ENGINE": primary_engine},
-        "replica": pooled(REPLICA_OF="default"),
-    }
-
-    assert validate(databases["replica"], alias="replica", databases=databases)[1] == []
-
-
-def test_replica_of_a_primary_on_a_backend_named_otherwise_is_known_by_its_vendor():
-    databases = {
-        "default": {"ENGINE": "tests.renamed_backend"},
-        "replica": pooled(REPLICA_OF="default"),
-    }
-
-    assert validate(databases["replica"], alias="replica", databases=databases)[1] == []
-
-
-# The topology
-
-
-def test_topology_lists_each_primarys_replicas_in_order():
-    databases = {
-        "default": pooled(),
-        "replica2": pooled(REPLICA_OF="default"),
-        "analytics": pooled(),
-        "replica1": pooled(REPLICA_OF="default"),
-        "analytics_replica": pooled(REPLICA_OF="analytics"),
-        "legacy": {"ENGINE": "django.db.backends.postgresql", "REPLICA_OF": "default"},
-    }
-
-    topology = conf.topology(databases)
-
-    assert dict(topology.replicas) == {
-        "default": ("replica2", "replica1"),
-        "analytics": ("analytics_replica",),
-    }
-    assert dict(topology.primary_of) == {
-        "replica2": "default",
-        "replica1": "default",
-        "analytics_replica": "analytics",
-    }
-
-
-def test_topology_raises_on_a_bad_replica_of():
-    databases = {
-        "default": pooled(),
-        "replica": pooled(REPLICA_OF="default"),
-        "cascade": pooled(REPLICA_OF="replica"),
-    }
-
-    with pytest.raises(ImproperlyConfigured, match=r"\['cascade'\].*itself a replica"):
-        conf.topology(databases)
-
-
-def test_replicas_mirror_their_primary_in_tests_unless_set():
-    databases = {
-        "default": pooled(),
-        "replica1": pooled(REPLICA_OF="default"),
-        "replica2": pooled(REPLICA_OF="default", TEST={"MIRROR": None}),
-        "replica3": pooled(REPLICA_OF="default", TEST={"MIRROR": "other"}),
-        "legacy": {"ENGINE": "django.db.backends.sqlite3", "REPLICA_OF": "default"},
-        "broken": pooled(REPLICA_OF="nowhere"),
-    }
-
-    changed = conf.mirror_replicas_in_tests(databases)
-
-    assert changed == ["replica1", "replica2"]
-    assert databases["replica1"]["TEST"] == {"MIRROR": "default"}
-    assert databases["replica2"]["TEST"] == {"MIRROR": "default"}
-    assert databases["replica3"]["TEST"] == {"MIRROR": "other"}
-    assert "TEST" not in databases["legacy"]
-    assert "TEST" not in databases["broken"]
-    assert "TEST" not in databases["default"]
-
-
-def test_app_ready_makes_the_test_replicas_mirrors():
-    from django.conf import settings
-
-    assert settings.DATABASES["replica"]["TEST"]["MIRROR"] == "default"
-
-
-# POOLCONF["ROUTER"]: E012 to E015, W003
-
-ROUTER_KEYS_TEXT = (
-    "Valid keys are 'BALANCE', 'PIN_SECONDS', 'CAUSAL', 'MAX_REPLICA_LAG', "
-    "'CHECK_INTERVAL', 'BACKOFF', 'MAX_BACKOFF', 'APPS', 'COOKIE_NAME', 'HEADER_NAME'."
-)
-
-
-def router_problems(router, **kwargs):
-    return conf.validate_router({"ROUTER": router}, **kwargs)[1]
-
-
-def test_router_defaults_without_router():
-    assert conf.validate_router({}) == (conf.RouterSettings(), [])
-    assert conf.RouterSettings() == conf.RouterSettings(
-        balance="round_robin",
-        pin_seconds=None,
-        causal=False,
-        max_replica_lag=None,
-        check_interval=1.0,
-        backoff=1.0,
-        max_backoff=30.0,
-        apps={},
-        cookie_name="poolconf_pin",
-        header_name="X-Poolconf-Pin",
-    )
-
-
-def test_router_settings_are_read_in_lower_case():
-    databases = {"default": pooled(), "analytics": pooled()}
-    router = {
-        "BALANCE": "least_busy",
-        "PIN_SECONDS": 15,
-        "CAUSAL": True,
-        "MAX_REPLICA_LAG": 2,
-        "CHECK_INTERVAL": 0.5,
-        "BACKOFF": 2,
-        "MAX_BACKOFF": 60,
-        "APPS": {"reports": "analytics"},
-        "COOKIE_NAME": "pin",
-        "HEADER_NAME": "X-Pin",
-    }
-
-    result = conf.router_settings({"ROUTER": router}, databases=databases)
-
-    assert result == conf.RouterSettings(
-        balance="least_busy",
-        pin_seconds=15.0,
-        causal=True,
-        max_replica_lag=2.0,
-        check_interval=0.5,
-        backoff=2.0,
-        max_backoff=60.0,
-        apps={"reports": "analytics"},
-        cookie_name="pin",
-        header_name="X-Pin",
-    )
-    assert isinstance(result.pin_seconds, float)
-
-
-def test_router_not_a_dict_is_e012():
-    assert router_problems(["PIN_SECONDS"]) == [
-        Problem(
-            "E012",
-            "POOLCONF['ROUTER'] must be a dict, got ['PIN_SECONDS'].",
-            "Write ROUTER as a dict, e.g. {'PIN_SECONDS': 5}.",
-        )
-    ]
-
-
-def test_router_unknown_key_suggests_closest():
-    assert router_problems({"PIN_SECOND": 5}) == [
-        Problem(
-            "E012",
-            "POOLCONF['ROUTER'] has an unknown key 'PIN_SECOND'.",
-            f"Did you mean 'PIN_SECONDS'? {ROUTER_KEYS_TEXT}",
-        )
-    ]
-
-
-@pytest.mark.parametrize(
-    ("router", "message"),
-    [
-        (
-            {"PIN_SECONDS": "5"},
-            "POOLCONF['ROUTER']['PIN_SECONDS'] must be a number of seconds or None, "
-            "got '5' (str). Write PIN_SECONDS as a Python value, not a string: e.g. "
-            "PIN_SECONDS=5.",
-        ),
-        (
-            {"MAX_REPLICA_LAG": 0},
-            "POOLCONF['ROUTER']['MAX_REPLICA_LAG'] must be a number > 0 (seconds) or "
-            "None, got 0. For example: MAX_REPLICA_LAG=5.",
-        ),
-        (
-            {"CHECK_INTERVAL": None},
-            "POOLCONF['ROUTER']['CHECK_INTERVAL'] must be a number of seconds, got None "
-            "(NoneType). For example: CHECK_INTERVAL=1.",
-        ),
-        (
-            {"BALANCE": "round-robin"},
-            "POOLCONF['ROUTER']['BALANCE'] must be one of 'round_robin', 'least_busy', "
-            "got 'round-robin'. Did you mean 'round_robin'?",
-        ),
-        (
-            {"CAUSAL": 1, "PIN_SECONDS": 5},
-            "POOLCONF['ROUTER']['CAUSAL'] must be True or False, got 1 (int). For "
-            "example: CAUSAL=True.",
-        ),
-        (
-            {"COOKIE_NAME": "my pin"},
-            "POOLCONF['ROUTER']['COOKIE_NAME'] must be a cookie or header name "
-            "(letters, digits and !#$%&'*+-.^_`|~), got 'my pin'. For example: "
-            "COOKIE_NAME='poolconf_pin'.",
-        ),
-        (
-            {"HEADER_NAME": b"X-Pin"},
-            "POOLCONF['ROUTER']['HEADER_NAME'] must be a string, got b'X-Pin' (bytes). "
-            "For example: HEADER_NAME='X-Poolconf-Pin'.",
-        ),
-        (
-            {"BACKOFF": 10, "MAX_BACKOFF": 5},
-            "POOLCONF['ROUTER']['MAX_BACKOFF'] must be >= BACKOFF (10), got 5. The "
-            "back-off starts at BACKOFF and doubles up to MAX_BACKOFF.",
-        ),
-    ],
-)
-def test_bad_router_value_is_e013(router, message):
-    [problem] = router_problems(router)
-
-    assert problem.id == "E013"
-    with pytest.raises(ImproperlyConfigured, match=whole(message)):
-        conf.router_settings({"ROUTER": router})
-
-
-@pytest.mark.parametrize(
-    ("apps", "message"),
-    [
-        (
-            {"reports": "analytcs"},
-            "POOLCONF['ROUTER']['APPS']['reports'] names 'analytcs', which is not in "
-            "DATABASES. Did you mean 'analytics'?",
-        ),
-        (
-            {"reports": "replica"},
-            "POOLCONF['ROUTER']['APPS']['reports'] names 'replica', which is a replica. "
-            "Map the app to the primary: 'default'.",
-        ),
-        (
-            {"reports": 1},
-            "POOLCONF['ROUTER']['APPS']['reports'] must name a database alias, got 1. "
-            "Map each app label to the alias of its primary, e.g. "
-            "{'analytics': 'analytics'}.",
-        ),
-        (
-            {"report": "analytics"},
-            "POOLCONF['ROUTER']['APPS'] names the app 'report', which is not installed. "
-            "Did you mean 'reports'?",
-        ),
-    ],
-)
-def test_bad_apps_entry_is_e014(apps, message):
-    databases = {
-        "default": pooled(),
-        "replica": pooled(REPLICA_OF="default"),
-        "analytics": pooled(),
-    }
-
-    [problem] = router_problems(
-        {"APPS": apps}, databases=databases, app_labels=["reports", "auth"]
-    )
-
-    assert problem.id == "E014"
-    assert str(problem) == message
-
-
-def test_apps_not_a_dict_is_e013():
-    assert router_problems({"APPS": ["reports"]}) == [
-        Problem(
-            "E013",
-            "POOLCONF['ROUTER']['APPS'] must be a dict, got ['reports'].",
-            "Write APPS as a dict, e.g. {'analytics': 'analytics'}.",
-        )
-    ]
-
-
-def test_causal_without_pin_seconds_is_e015():
-    assert router_problems({"CAUSAL": True}) == [
-        Problem(
-            "E015",
-            "POOLCONF['ROUTER']['CAUSAL'] needs PIN_SECONDS.",
-            "Set PIN_SECONDS too, e.g. 60: how long after a write a client's position "
-            "is carried across requests.",
-        )
-    ]
-
-
-def test_pin_without_the_middleware_is_w003_and_not_an_error():
-    with override_settings(MIDDLEWARE=[]):
-        result, problems = conf.validate_router(
-            {"ROUTER": {"PIN_SECONDS": 5}}, check_middleware=True
-        )
-
-    assert result == conf.RouterSettings(pin_seconds=5.0)
-    assert problems == [
-        Problem(
-            "W003",
-            "POOLCONF['ROUTER']['PIN_SECONDS'] is set, but "
-            "'django_poolconf.middleware.ReadWriteMiddleware' is not in MIDDLEWARE, so "
-            "no client is pinned across requests.",
-            "Add it to MIDDLEWARE, near the top: above the middleware whose writes "
-            "should pin (sessions, authentication).",
-        )
-    ]
-
-
-def test_router_settings_are_read_once_while_poolconf_is_unchanged():
-    with override_settings(POOLCONF={"ROUTER": {"PIN_SECONDS": 5}}):
-        first = conf.router_settings()
-        assert conf.router_settings() is first
-    with override_settings(POOLCONF={"ROUTER": {"PIN_SECONDS": 6}}):
-        assert conf.router_settings().pin_seconds == 6.0
-
-
-# POOLCONF["HEALTH"]: E016
-
-
-def health(poolconf_health):
-    with override_settings(POOLCONF={"HEALTH": poolconf_health}):
-        return conf.health_settings()
-
-
-def health_problems(value):
-    return conf.validate_poolconf({"HEALTH": value})
-
-
-def test_health_defaults(monkeypatch):
-    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
-    with override_settings(POOLCONF=None):
-        assert conf.health_settings() == conf.HealthSettings(
-            timeout=5.0, cache=1.0, detail="none", token=None, max_replica_lag=None,
-            workers=None, hosts=1,
-        )  # fmt: skip
-
-
-def test_health_values_are_read(monkeypatch):
-    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
-    options = {
-        "TIMEOUT": 2, "CACHE": 0, "DETAIL": "token", "TOKEN": "s3cret-token",
-        "MAX_REPLICA_LAG": 30, "WORKERS": 4, "HOSTS": 3,
-    }  # fmt: skip
-
-    result = health(options)
-
-    assert result == conf.HealthSettings(
-        timeout=2.0, cache=0.0, detail="token", token="s3cret-token",
-        max_replica_lag=30.0, workers=4, hosts=3,
-    )  # fmt: skip
-    assert isinstance(result.timeout, float)
-    assert "s3cret-token" not in repr(result)
-
-
-def test_health_workers_default_to_web_concurrency(monkeypatch):
-    monkeypatch.setenv("WEB_CONCURRENCY", "9")
-    assert health({}).workers == 9
-    assert health({"WORKERS": 2}).workers == 2
-    monkeypatch.setenv("WEB_CONCURRENCY", "lots")
-    assert health({}).workers is None
-
-
-@pytest.mark.parametrize(
-    ("value", "message", "hint"),
-    [
-        (
-            {"TIMEOUT": 0},
-            "POOLCONF['HEALTH']['TIMEOUT'] must be a number > 0 (seconds), got 0.",
-            "For example: TIMEOUT=5.",
-        ),
-        (
-            {"TIMEOUT": "5"},
-            "POOLCONF['HEALTH']['TIMEOUT'] must be a number of seconds, got '5' (str).",
-            "Write TIMEOUT as a Python value, not a string: e.g. TIMEOUT=5.",
-        ),
-        (
-            {"CACHE": -1},
-            "POOLCONF['HEALTH']['CACHE'] must be a number >= 0 (seconds), got -1.",
-            "For example: CACHE=1.",
-        ),
-        (
-            {"DETAIL": "staf"},
-            "POOLCONF['HEALTH']['DETAIL'] must be one of 'none', 'staff', 'token', got 'staf'.",
-            "Did you mean 'staff'?",
-        ),
-        (
-            {"WORKERS": 0},
-            "POOLCONF['HEALTH']['WORKERS'] must be an integer >= 1 or None, got 0.",
-            "For example: WORKERS=4.",
-        ),
-        (
-            {"HOSTS": 1.5},
-            "POOLCONF['HEALTH']['HOSTS'] must be an integer, got 1.5 (float).",
-            "For example: HOSTS=2.",
-        ),
-        (
-            {"TIMOUT": 5},
-            "POOLCONF['HEALTH'] has an unknown key 'TIMOUT'.",
-            "Did you mean 'TIMEOUT'? Valid keys are 'TIMEOUT', 'CACHE', 'DETAIL', "
-            "'TOKEN', 'MAX_REPLICA_LAG', 'WORKERS', 'HOSTS'.",
-        ),
-        (
-            {"DETAIL": "token"},
-            "POOLCONF['HEALTH']['DETAIL'] is 'token' but POOLCONF['HEALTH']['TOKEN'] is "
-            "not set.",
-            "Set TOKEN to a long random string, e.g. from the environment, or set DETAIL "
-            "to 'none' or 'staff'.",
-        ),
-        (
-            {"TOKEN": 123456},
-            "POOLCONF['HEALTH']['TOKEN'] must be a non-empty string or None, got a value "
-            "of type int.",
-            "Read it from the environment, e.g. TOKEN=os.environ['HEALTH_TOKEN'].",
-        ),
-        (
-            [("TIMEOUT", 5)],
-            "POOLCONF['HEALTH'] must be a dict, got [('TIMEOUT', 5)].",
-            "Write HEALTH as a dict, e.g. {'TIMEOUT': 5}.",
-        ),
-    ],
-)
-def test_bad_health_option_is_e010(value, message, hint):
-    assert health_problems(value) == [Problem("E016", message, hint)]
-    with (
-        override_settings(POOLCONF={"HEALTH": value}),
-        pytest.raises(ImproperlyConfigured, match=whole(f"{message} {hint}")),
-    ):
-        conf.health_settings()
-
-
-def test_bad_health_options_do_not_stop_connections():
-    assert validate(pooled(), poolconf={"HEALTH": {"TIMEOUT": -1}})[1] == []

@@ -1,0 +1,263 @@
+"""What every settings domain shares: problems, value rules and the ``POOLCONF`` setting.
+
+A :class:`Problem` is one configuration mistake: a system check id, a message and a
+remedy. A :data:`Rule` checks one value and returns a problem or ``None``; the
+combinators :func:`integer`, :func:`number`, :func:`boolean` and :func:`choice` build
+the rules of :mod:`~django_poolconf.conf.pool`, :mod:`~django_poolconf.conf.router`
+and :mod:`~django_poolconf.conf.health`. The messages they write name the setting and
+the bad value, and give an example from :data:`EXAMPLES`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+__all__ = [
+    "EXAMPLES",
+    "POOLED_ENGINE_PREFIX",
+    "Problem",
+    "Rule",
+    "boolean",
+    "choice",
+    "example",
+    "get_poolconf",
+    "integer",
+    "is_pooled",
+    "not_a_dict",
+    "number",
+    "range_problem",
+    "show_choices",
+    "show_value",
+    "type_problem",
+    "unknown_key",
+]
+
+#: ENGINE values starting with this are django-poolconf backends.
+POOLED_ENGINE_PREFIX: Final = "django_poolconf.backends."
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration problem: a system check id, a message and a remedy."""
+
+    id: str  # "E002" or "W001"; checks prefix it with "django_poolconf."
+    msg: str
+    hint: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        """Whether the problem stops a connection (errors) or only warns."""
+        return self.id.startswith("E")
+
+    def __str__(self) -> str:
+        return self.msg if self.hint is None else f"{self.msg} {self.hint}"
+
+
+def is_pooled(settings_dict: Mapping[str, Any]) -> bool:
+    """Whether an alias's ENGINE is one of django-poolconf's backends."""
+    return str(settings_dict.get("ENGINE", "")).startswith(POOLED_ENGINE_PREFIX)
+
+
+_NO_POOLCONF: Final[Mapping[str, Any]] = MappingProxyType({})
+_UNREAD: Final = object()
+_poolconf: Any = _UNREAD
+
+
+def get_poolconf() -> Mapping[str, Any]:
+    """The project-wide ``POOLCONF`` setting, empty when unset.
+
+    The same object comes back while the setting is unchanged, so callers may cache
+    on its identity. Read once; ``override_settings`` makes it read again.
+    """
+    global _poolconf
+    value = _poolconf
+    if value is _UNREAD:
+        # An unset setting costs an exception inside Django on every read: keep it.
+        value = getattr(settings, "POOLCONF", None)
+        value = _poolconf = _NO_POOLCONF if value is None else value
+    return value  # type: ignore[no-any-return]
+
+
+@receiver(setting_changed)
+def _forget_poolconf(*, setting: str, **kwargs: Any) -> None:
+    global _poolconf
+    if setting == "POOLCONF":
+        _poolconf = _UNREAD
+
+
+# -- rules ------------------------------------------------------------------------
+
+# Each rule returns a Problem for a bad value, None for a good one.
+Rule = Callable[[str, str, object], "Problem | None"]
+
+
+def integer(minimum: int, *, optional: bool = False) -> Rule:
+    """A rule for an integer >= ``minimum`` (or ``None`` when ``optional``)."""
+
+    def rule(where: str, key: str, value: object) -> Problem | None:
+        if optional and value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return type_problem(where, key, value, "an integer", optional)
+        if value < minimum:
+            return range_problem(where, value, f"an integer >= {minimum}", optional)
+        return None
+
+    return rule
+
+
+def number(
+    minimum: float, *, inclusive: bool, optional: bool = False, unit: str = "seconds"
+) -> Rule:
+    """A rule for a finite number > ``minimum`` (>= if ``inclusive``), in ``unit``."""
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+
+    def rule(where: str, key: str, value: object) -> Problem | None:
+        if optional and value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return type_problem(where, key, value, f"a number of {unit}", optional)
+        try:
+            as_float = float(value)
+        except OverflowError:  # an int too large for a float
+            as_float = math.inf
+        if (
+            not math.isfinite(as_float)
+            or value < minimum
+            or (not inclusive and value == minimum)
+        ):
+            return range_problem(where, value, f"a number {bound} ({unit})", optional)
+        return None
+
+    return rule
+
+
+def boolean(where: str, key: str, value: object) -> Problem | None:
+    """The rule for ``True`` or ``False``."""
+    if isinstance(value, bool):
+        return None
+    return type_problem(where, key, value, "True or False", False)
+
+
+def choice(choices: tuple[str, ...]) -> Rule:
+    """A rule for one of ``choices``; E004 suggests the nearest."""
+
+    def rule(where: str, key: str, value: object) -> Problem | None:
+        if value in choices:
+            return None
+        close = difflib.get_close_matches(str(value), choices, 1)
+        return Problem(
+            "E004",
+            f"{where} must be one of {show_choices(choices)}, got {show_value(value)}.",
+            hint=f"Did you mean {close[0]!r}?" if close else None,
+        )
+
+    return rule
+
+
+def type_problem(
+    where: str, key: str, value: object, expected: str, optional: bool
+) -> Problem:
+    """E003: a value of the wrong type, with an example of the right one."""
+    also = " or None" if optional else ""
+    return Problem(
+        "E003",
+        f"{where} must be {expected}{also}, got {show_value(value)} "
+        f"({type(value).__name__}).",
+        hint=(
+            f"Write {key} as a Python value, not a string: e.g. {key}={example(key)}."
+            if isinstance(value, str)
+            else f"For example: {key}={example(key)}."
+        ),
+    )
+
+
+def range_problem(where: str, value: object, expected: str, optional: bool) -> Problem:
+    """E004: a value of the right type outside its range."""
+    also = " or None" if optional else ""
+    key = where.rsplit("[", 1)[-1].strip("[]'\"")
+    return Problem(
+        "E004",
+        f"{where} must be {expected}{also}, got {show_value(value)}.",
+        hint=f"For example: {key}={example(key)}.",
+    )
+
+
+EXAMPLES: Final[Mapping[str, str]] = {
+    "pool_size": "10",
+    "max_overflow": "10",
+    "pool_timeout": "30",
+    "pool_recycle": "3600",
+    "pool_pre_ping": "True",
+    "pre_ping_threshold": "0.5",
+    "validation_timeout": "5",
+    "connect_timeout": "10",
+    "statement_timeout": "30000",
+    "leak_detection_threshold": "60",
+    "slow_checkout_ms": "500",
+    "thread_affinity": "True",
+    "PIN_SECONDS": "5",
+    "CAUSAL": "True",
+    "MAX_REPLICA_LAG": "5",
+    "CHECK_INTERVAL": "1",
+    "BACKOFF": "1",
+    "MAX_BACKOFF": "30",
+    "COOKIE_NAME": "'poolconf_pin'",
+    "HEADER_NAME": "'X-Poolconf-Pin'",
+}
+
+
+def example(key: str) -> str:
+    """An example value of ``key`` for a hint, ``"..."`` when there is none."""
+    return EXAMPLES.get(key, "...")
+
+
+_DICT_EXAMPLES: Final[Mapping[str, str]] = {
+    "POOLCONF": "{'PRESET': 'small_api'}",
+    "ROUTER": "{'PIN_SECONDS': 5}",
+    "APPS": "{'analytics': 'analytics'}",
+}
+
+
+def not_a_dict(check_id: str, where: str, value: object) -> Problem:
+    """``where`` should be a dict; the hint shows one."""
+    name = where.rsplit("[", 1)[-1].strip("[]'")
+    sample = _DICT_EXAMPLES.get(name, "{'pool_size': 10}")
+    return Problem(
+        check_id,
+        f"{where} must be a dict, got {show_value(value)}.",
+        hint=f"Write {name} as a dict, e.g. {sample}.",
+    )
+
+
+def unknown_key(
+    check_id: str, where: str, key: object, valid: tuple[str, ...]
+) -> Problem:
+    """An unknown key: the nearest valid one, and every valid one."""
+    close = difflib.get_close_matches(str(key), valid, 1)
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    return Problem(
+        check_id,
+        f"{where} has an unknown key {show_value(key)}.",
+        hint=f"{hint}Valid keys are {show_choices(valid)}.",
+    )
+
+
+def show_value(value: object) -> str:
+    """A short repr for messages: long values are cut, so nothing large leaks."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def show_choices(values: tuple[str, ...]) -> str:
+    """``values`` as a list for messages: ``'a', 'b'``."""
+    return ", ".join(repr(v) for v in values)
