@@ -1226,8 +1226,20 @@ def _abandon_inherited(entry: _Registered) -> None:
     entry.pid = os.getpid()
 
 
+class _Process:
+    """Which process this is, as a number cheaper to compare than ``os.getpid()``."""
+
+    #: Bumped in a forked child: a driver connection stamped with an older value was
+    #: opened by a parent, and must see no traffic from this process.
+    generation = 0
+
+
+PROCESS: Final = _Process()
+
+
 def _after_fork_in_child() -> None:
     global _lock
+    PROCESS.generation += 1
     # Another thread of the parent may have held the lock at fork time.
     _lock = threading.Lock()
     monitoring.LEAKS.forget_fork_state()

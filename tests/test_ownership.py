@@ -499,3 +499,61 @@ def test_owner_closing_a_connection_the_reaper_returned_does_not_return_it_again
 
     assert pool_stats("default").checked_in == checked_in
     assert pool_stats("default").checked_out == 0
+
+
+def test_forked_child_leaving_the_forking_thread_s_sqlalchemy_block_sends_nothing(
+    pool_options,
+):
+    # The fork happens inside the forking thread's own engine.begin(): the child
+    # inherits the SQLAlchemy connection and leaves the block, which would COMMIT the
+    # parent's transaction on the parent's socket.
+    from sqlalchemy import text
+
+    pool_options(thread_affinity=False)
+    me = os.getpid()
+    try:
+        with get_engine().begin() as conn:
+            conn.execute(text("INSERT INTO testapp_item (name) VALUES ('forked')"))
+            child = os.fork()
+            if child != 0:
+                os.waitpid(child, 0)
+                raise RuntimeError("the parent rolls back")
+    except RuntimeError:
+        pass
+    except BaseException:  # pragma: no cover - the child: its COMMIT was refused
+        if os.getpid() != me:
+            os._exit(0)
+        raise
+    finally:
+        if os.getpid() != me:  # pragma: no cover - the child
+            os._exit(1)
+    assert list(Item.objects.values_list("name", flat=True)) == []
+    # The parent's connection was not closed by the child: it still works.
+    with get_engine().connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_connection_shared_after_borrowing_is_not_reaped_while_in_use(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=1)
+    handed: dict[str, Any] = {}
+
+    def borrow_and_share() -> None:
+        wrapper = connections["default"]
+        wrapper.ensure_connection()  # borrowed by this thread ...
+        wrapper.inc_thread_sharing()  # ... then shared, as Django documents
+        handed["wrapper"] = wrapper
+
+    thread = threading.Thread(target=borrow_and_share)
+    thread.start()
+    thread.join()  # the borrowing thread has ended; the wrapper is in use elsewhere
+    shared = handed["wrapper"]
+    try:
+        with shared.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+        _lender().reap()
+        assert shared._loan in _lender().borrowed
+        with pytest.raises(PoolTimeout):  # the pool's one connection is still taken
+            connection.ensure_connection()
+    finally:
+        shared.close()
+        shared.dec_thread_sharing()

@@ -7,6 +7,7 @@ borrower found before anyone changed the session.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -345,3 +346,75 @@ def test_prepared_statements_survive_every_reset_policy(
         statuses.append(response.status)
 
     assert statuses == [200] * 200
+
+
+def _notify(channel: str, payload: str) -> None:
+    settings_dict = connections["default"].settings_dict
+    with psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        autocommit=True,
+    ) as admin:
+        admin.execute(f"NOTIFY {channel}, '{payload}'")
+
+
+def test_notification_received_by_one_borrower_does_not_reach_the_next() -> None:
+    # psycopg keeps a notification that arrived with no handler set, for notifies().
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    connection.connection.execute("LISTEN poolconf_secret")
+    _notify("poolconf_secret", "tenant 42")
+    time.sleep(0.2)  # let it reach the socket before the next query reads it
+    connection.connection.execute("SELECT 1")
+    connection.close()
+
+    connection.ensure_connection()
+    assert connection.connection.info.backend_pid == pid
+    heard = [n.payload for n in connection.connection.notifies(timeout=0.2)]
+    assert heard == []
+
+
+def test_notification_pending_in_libpq_does_not_reach_the_next_borrower() -> None:
+    # A notification that arrived after the borrower's last query, still unread.
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    connection.connection.execute("LISTEN poolconf_secret")
+    _notify("poolconf_secret", "tenant 42")
+    time.sleep(0.2)
+    connection.close()
+
+    heard: list[str] = []
+    connection.ensure_connection()
+    assert connection.connection.info.backend_pid == pid
+    connection.connection.add_notify_handler(lambda n: heard.append(n.payload))
+    connection.connection.execute("SELECT 1")
+    assert heard == []
+
+
+def test_full_policy_reads_no_baseline(
+    get: Callable[..., Any], pool_options: Callable[..., None]
+) -> None:
+    # "full" sets Django's setup up again after each DISCARD ALL: the query that reads
+    # the setup's settings for "auto" would be one more round trip per request.
+    pool_options(pool_size=1, max_overflow=0, reset_on_return="full")
+    get("/item/")
+    settings_dict = connections["default"].settings_dict
+    with psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        user=settings_dict["USER"],
+        dbname="postgres",
+        autocommit=True,
+    ) as admin:
+        admin.execute("SELECT pg_stat_statements_reset()")
+        for _ in range(5):
+            get("/item/")
+        rows = admin.execute(
+            "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d "
+            "ON d.oid = s.dbid WHERE d.datname = %s",
+            [settings_dict["NAME"]],
+        ).fetchall()
+    statements = {query: calls for query, calls in rows if "testapp_item" not in query}
+    assert statements == {"DISCARD ALL": 5}, statements

@@ -199,6 +199,17 @@ class PooledDatabaseWrapperMixin:
             return
         super().close_if_unusable_or_obsolete()  # type: ignore[misc]
 
+    def inc_thread_sharing(self) -> None:
+        """Django's, and the borrowed connection is never taken for an ended thread's."""
+        super().inc_thread_sharing()  # type: ignore[misc]
+        loan = self._loan
+        lender = loan.lender
+        if lender is not None:
+            entry = lender.borrowed.get(loan)
+            if entry is not None:
+                # Other threads use it now: the one that borrowed may end first.
+                lender.borrowed[loan] = (entry[0], None)
+
     def close(self) -> None:
         """Check the connection in (Django's ``close()``), parked or not."""
         if self._parked:

@@ -90,7 +90,8 @@ class PooledConnection(psycopg.Connection[Any]):
     isolation_default: Any = None
     named_cursors: list[Any]  # named cursors made by the current borrower
     server_ended_session: bool = False  # a FATAL error arrived while idle
-    reset_pending: bool = False  # RESET_SQL sent, its result not collected yet
+    reset_pending: bool = False  # the reset sent on return, its result not read yet
+    generation: int = 0  # engines.PROCESS.generation when it was opened
     #: What the connection had after it was opened and set up, restored on return:
     baseline_sql: bytes = RESET_SQL  # or RESET_PARTS_SQL and the setup's settings
     baseline: _ClientBaseline
@@ -101,12 +102,27 @@ class PooledConnection(psycopg.Connection[Any]):
             super()._set_autocommit(value)
 
     def wait(self, *args: Any, **kwargs: Any) -> Any:
-        # Everything psycopg sends goes through here. A reset still on its way is
-        # collected first: SQLAlchemy, for one, restores an isolation level after its
-        # reset event, and the pool's checkout has not run yet.
+        # Everything psycopg sends goes through here.
+        if self.generation != engines.PROCESS.generation:
+            # A forked child using what its parent opened (a SQLAlchemy connection
+            # the forking thread held, left as the child leaves its block): the
+            # parent's session must see nothing, not a COMMIT nor a ROLLBACK.
+            raise psycopg.OperationalError(
+                "this connection belongs to the parent process; a forked child "
+                "must open its own"
+            )
+        # A reset still on its way is collected first: SQLAlchemy, for one, restores
+        # an isolation level after its reset event, before the pool's next checkout.
         if self.reset_pending and not _collect_reset(self, RESET_TIMEOUT):
             raise psycopg.OperationalError("the connection's reset failed")
         return super().wait(*args, **kwargs)
+
+    def close(self) -> None:
+        if self.generation != engines.PROCESS.generation:
+            # The parent's socket: closing it here would send Terminate on it.
+            # psycopg's own finalizer leaves another process's connection alone.
+            return
+        super().close()
 
     def __repr__(self) -> str:
         status = pq.TransactionStatus(self.pgconn.transaction_status).name
@@ -133,6 +149,7 @@ class _ClientBaseline:
     )
 
     def __init__(self, connection: PooledConnection) -> None:
+        """Take the connection's state as the baseline; its adapters become a child map."""
         self.row_factory = connection.row_factory
         self.cursor_factory = connection.cursor_factory
         self.server_cursor_factory = connection.server_cursor_factory
@@ -167,6 +184,11 @@ class _ClientBaseline:
         adapters = connection._adapters
         if adapters is not None and _changed(adapters, self.adapters):
             connection._adapters = AdaptersMap(self.adapters)
+        # Notifications psycopg received for a borrower that had no handler for them
+        # (psycopg 3.2+ keeps them for its notifies() generator).
+        backlog = getattr(connection, "_notifies_backlog", None)
+        if backlog:
+            backlog.clear()
 
 
 def _changed(adapters: AdaptersMap, baseline: AdaptersMap) -> bool:
@@ -209,6 +231,10 @@ def _collect_reset(connection: PooledConnection, timeout: float) -> bool:
             if result is None:
                 break
             failed |= result.status not in _RESET_OK
+        # Notifications that reached libpq before the reset's UNLISTEN are the last
+        # borrower's: psycopg would hand them to the next one's handlers.
+        while pgconn.notifies() is not None:
+            pass
     except (psycopg.Error, OSError):
         return True
     if pgconn.status != _CONNECTION_OK:
@@ -216,12 +242,15 @@ def _collect_reset(connection: PooledConnection, timeout: float) -> bool:
     return not failed and pgconn.transaction_status == _IDLE
 
 
-def note_baseline(connection: PooledConnection) -> None:
-    """Remember the session as Django's setup left it, to restore after each reset.
+def note_baseline(connection: PooledConnection, *, server: bool) -> None:
+    """Remember the connection as Django's setup left it, to restore after each reset.
 
-    Runs once per physical connection (and after a full reset): one round trip.
+    Runs once per physical connection. With ``server``, for the ``"auto"`` policy,
+    also reads what the setup set in the session: one round trip.
     """
     connection.baseline = _ClientBaseline(connection)
+    if not server:
+        return
     result = connection.pgconn.exec_(_BASELINE_SQL)
     if result.status != pq.ExecStatus.TUPLES_OK:
         raise psycopg.OperationalError(
@@ -283,6 +312,7 @@ class PostgresHooks:
             failure = str(error)
         else:
             connection.named_cursors = []
+            connection.generation = engines.PROCESS.generation
             connection.add_notice_handler(_FatalNotice(connection))
             if self.isolation_level is not None:
                 connection.isolation_level = self.isolation_level
@@ -377,6 +407,9 @@ class PostgresHooks:
             dbapi_connection.autocommit = True
             dbapi_connection.execute("DISCARD ALL")
             _forget_prepared(dbapi_connection)
+            backlog = getattr(dbapi_connection, "_notifies_backlog", None)
+            if backlog:
+                backlog.clear()
             return True
         # "auto": send the reset and go; the next checkout collects its result (see
         # complete_reset), by when it has arrived: no borrower waits for it.
@@ -624,7 +657,10 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         return dbapi_connection.pgconn.transaction_status in _BAD_STATUS
 
     def note_session_baseline(self, dbapi_connection: Any) -> None:
-        note_baseline(dbapi_connection)
+        note_baseline(
+            dbapi_connection,
+            server=self.get_pool_settings().reset_on_return == "auto",
+        )
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)
