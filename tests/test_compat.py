@@ -15,7 +15,7 @@ from sqlalchemy.pool.base import _ConnectionRecord
 
 from django_poolconf import compat, engines, get_engine
 
-pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
