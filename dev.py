@@ -10,6 +10,9 @@ repository (``.venv`` by default), installs what it needs, and runs.
     python3 dev.py docs      # the Sphinx docs, warnings as errors
     python3 dev.py bench     # the benchmark suite (not part of CI)
 
+``--pin REQUIREMENT`` (repeatable) installs a version other than pip's choice, e.g. the
+lowest supported ones: ``python3 dev.py test --venv .venv-lowest --pin SQLAlchemy==2.0.0``.
+
 Arguments after the command go to the program it runs (``python3 dev.py test -k fork``).
 """
 
@@ -45,15 +48,23 @@ def main() -> int:
         "--venv", default=".venv", help="venv directory (default: .venv)"
     )
     parser.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="REQUIREMENT",
+        help="a requirement to install over the project's (repeatable), "
+        "e.g. 'SQLAlchemy==2.0.0'; use a venv of its own (--venv)",
+    )
+    parser.add_argument(
         "--django",
         default="",
-        help="a Django requirement to test against, e.g. 'django>=6,<7'",
+        help="a Django requirement to test against, e.g. 'django>=6,<7' "
+        "(the same as --pin)",
     )
     args, rest = parser.parse_known_args()
 
-    python = _ensure_venv(
-        ROOT / args.venv, args.python, EXTRAS[args.command], args.django
-    )
+    pins = [*([args.django] if args.django else []), *args.pin]
+    python = _ensure_venv(ROOT / args.venv, args.python, EXTRAS[args.command], pins)
     os.chdir(ROOT)
     if args.command == "example":
         return _run([python, "example_project/run.py", *rest])
@@ -91,14 +102,14 @@ def main() -> int:
     return code | _run([python, "-m", "mypy"])
 
 
-def _ensure_venv(path: Path, base_python: str, extras: str, django: str) -> str:
+def _ensure_venv(path: Path, base_python: str, extras: str, pins: list[str]) -> str:
     python = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if not python.exists():
         print(f"creating {path.name} with {base_python}", flush=True)
         subprocess.run([base_python, "-m", "venv", str(path)], check=True)
     # Reinstall only when what is asked for, or the project's requirements, change.
     wanted = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + f"{extras}|{django}".encode()
+        (ROOT / "pyproject.toml").read_bytes() + "|".join([extras, *pins]).encode()
     ).hexdigest()
     stamp = path / ".django-poolconf-installed"
     if stamp.exists() and stamp.read_text() == wanted:
@@ -113,7 +124,7 @@ def _ensure_venv(path: Path, base_python: str, extras: str, django: str) -> str:
         "--disable-pip-version-check",
     ]
     subprocess.run(
-        [*pip, "--editable", f".[{extras}]", *([django] if django else [])],
+        [*pip, "--editable", f".[{extras}]", *pins],
         check=True,
         cwd=ROOT,
     )

@@ -28,7 +28,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
-from django_poolconf import monitoring
+from django_poolconf import compat, monitoring
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.errors import PoolClosed
 from django_poolconf.monitoring import Counters, Held, Invalidation, PoolStats
@@ -334,6 +334,7 @@ def _build_engine(
         use_native_hstore=False,
         hide_parameters=True,
     )
+    compat.check_internals(engine)  # once per process: what the pool relies on
     lender = Lender(engine, settings, hooks, life)
     engine.pool.lender = lender  # type: ignore[attr-defined]
     _listen(lender)

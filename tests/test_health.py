@@ -433,8 +433,12 @@ def test_no_password_user_or_host_in_any_output(changes, words):
         call_command("poolstatus", "--database", "leaky", stdout=table)
         call_command("poolstatus", "--database", "leaky", "--json", stdout=as_json)
 
+    # What the driver says... (psycopg before 3.1.15 or so cut libpq's message at its
+    # first colon, and with it the address: 'connection failed: Connection refused'.)
+    names_address = hasattr(psycopg.pq.misc, "strip_severity")
     for word in words:
-        assert word in str(raw.value)  # what the driver says...
+        if names_address or word not in {"127.0.0.1", "port 1"}:
+            assert word in str(raw.value)
     error = detailed.json()["databases"]["leaky"]["error"]
     assert "does not exist" in error or "refused" in error  # ...we pass on...
     for word in words:  # ...without the password, the user or the host
