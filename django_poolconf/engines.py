@@ -139,6 +139,7 @@ def get_async_engine(alias: str = DEFAULT_DB_ALIAS) -> AsyncEngine:
         entry = _registry[alias]
         if entry.engine is not engine:  # pragma: no cover - a concurrent rebuild
             raise ImproperlyConfigured(f"The pool of {alias!r} was rebuilt; try again.")
+        created = entry.async_engine is None
         if entry.async_engine is None:
             settings = entry.settings
             entry.async_engine = create_async_engine(
@@ -154,13 +155,15 @@ def get_async_engine(alias: str = DEFAULT_DB_ALIAS) -> AsyncEngine:
                 pool_use_lifo=True,
                 hide_parameters=True,
             )
-            logger.info(
-                "created async pool for %r (pool_size=%d, max_overflow=%d)",
-                alias,
-                settings.pool_size,
-                settings.max_overflow,
-            )
-        return entry.async_engine
+        async_engine = entry.async_engine
+    if created:  # logged outside the lock: a log handler may call back in
+        logger.info(
+            "created async pool for %r (pool_size=%d, max_overflow=%d)",
+            alias,
+            entry.settings.pool_size,
+            entry.settings.max_overflow,
+        )
+    return async_engine
 
 
 def _pooled_wrapper(alias: str) -> Any:
@@ -202,6 +205,7 @@ def lender_for(
         and entry.pid == os.getpid()
     ):
         return entry.lender
+    replaced = None
     with _lock:
         entry = _registry.get(alias)
         if entry is not None and entry.pid != os.getpid():
@@ -209,24 +213,25 @@ def lender_for(
             _abandon_inherited(entry)
         if entry is not None and entry.fingerprint == fingerprint:
             return entry.lender
-        if entry is not None:
-            logger.info(
-                "connection parameters of %r changed; replacing its pool", alias
-            )
-            _dispose_entry(alias, entry)
+        replaced = entry
         hooks = hooks_factory()
         life = _Life()
         lender = _build_engine(alias, settings, hooks, life)
         _registry[alias] = _Registered(
             lender, lender.engine, fingerprint, settings, hooks, os.getpid(), life
         )
-        logger.info(
-            "created pool for %r (pool_size=%d, max_overflow=%d)",
-            alias,
-            settings.pool_size,
-            settings.max_overflow,
-        )
-        return lender
+    # Outside the lock: closing connections sends signals and logs, and a receiver
+    # or a log handler may call back into the registry.
+    if replaced is not None:
+        logger.info("connection parameters of %r changed; replacing its pool", alias)
+        _dispose_entry(alias, replaced)
+    logger.info(
+        "created pool for %r (pool_size=%d, max_overflow=%d)",
+        alias,
+        settings.pool_size,
+        settings.max_overflow,
+    )
+    return lender
 
 
 def dispose(alias: str) -> None:
@@ -237,15 +242,19 @@ def dispose(alias: str) -> None:
     """
     with _lock:
         entry = _registry.pop(alias, None)
-        if entry is not None:
-            _dispose_entry(alias, entry)
+    # Closed outside the lock: closing sends signals and logs, and their receivers
+    # and handlers may call back into the registry (pool_stats(), get_engine()).
+    if entry is not None:
+        _dispose_entry(alias, entry)
 
 
 def dispose_all() -> None:
     """Dispose of every pool of this process, as at interpreter exit."""
     with _lock:
-        for alias in list(_registry):
-            _dispose_entry(alias, _registry.pop(alias))
+        entries = list(_registry.items())
+        _registry.clear()
+    for alias, entry in entries:  # outside the lock, as in dispose()
+        _dispose_entry(alias, entry)
 
 
 def _dispose_entry(alias: str, entry: _Registered) -> None:
@@ -975,12 +984,12 @@ def _listen(lender: Lender) -> None:
         record.info[INFO_INVALIDATED] = True  # for on_close, which comes next
         counters.add("connections_invalidated")
         reason = monitoring.describe(error)
-        level = (
-            logging.DEBUG
-            if isinstance(error, Invalidation) and error.quiet
-            else logging.WARNING
-        )
-        pool_logger.log(level, "closing a connection of %r: %s", alias, reason)
+        if isinstance(error, Invalidation) and error.quiet:
+            # An expected close (its pool was disposed of), not an unusable
+            # connection: no warning, and no connection_invalidated.
+            pool_logger.debug("closing a connection of %r: %s", alias, reason)
+            return
+        pool_logger.warning("closing a connection of %r: %s", alias, reason)
         monitoring.send(monitoring.connection_invalidated, alias=alias, reason=reason)
 
     # SQLAlchemy code's checkouts and returns; Django's go through the Lender.
