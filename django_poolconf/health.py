@@ -34,6 +34,7 @@ from django_poolconf.conf import (
 )
 from django_poolconf.monitoring import PoolStats
 from django_poolconf.probes import ProbeResult, ServerView, probe_pooled, probe_server
+from django_poolconf.redaction import SECRET_PARAMS, fingerprint
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import QueuePool
@@ -71,8 +72,9 @@ UNHEALTHY: Final = "unhealthy"
 class Target:
     """Where an alias connects: shown to operators only, never with the password."""
 
-    host: str
-    port: str
+    # Not in the repr: reports that hold a Target reach anonymous callers' frames.
+    host: str = field(repr=False)
+    port: str = field(repr=False)
     dbname: str
     user: str
     has_password: bool = field(default=False)
@@ -493,13 +495,8 @@ def _run_probe(
 
 
 def _fingerprint(params: Mapping[str, Any]) -> Hashable:
-    return tuple(
-        sorted(
-            (key, value)
-            for key, value in params.items()
-            if isinstance(value, str | int | float | bool) or value is None
-        )
-    )
+    # The host hashed too: a probe's key is next to what anonymous callers see.
+    return fingerprint(params, SECRET_PARAMS | {"host", "hostaddr"})
 
 
 def _forget_probes() -> None:

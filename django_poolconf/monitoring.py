@@ -380,9 +380,7 @@ class _LeakWatch:
             # release() pops without the lock: scan a copy (dict.copy() runs no
             # Python code, so no other thread changes the dict meanwhile).
             watched = self.held.copy()
-            due = [
-                h for h in watched.values() if not h.reported and h.deadline <= now
-            ]
+            due = [h for h in watched.values() if not h.reported and h.deadline <= now]
             for held in due:
                 held.reported = True
         for held in due:
