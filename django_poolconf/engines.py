@@ -604,8 +604,14 @@ class Lender:
                 remaining = deadline - time.monotonic()
                 ticket.wait(min(max(remaining, 0.0), 0.05))
                 with self.line_lock:
-                    if ticket.record is not None:
-                        return ticket.record  # handed over, and out of the line
+                    record = ticket.record
+                    if record is not None and not self.life.retired:
+                        return record  # handed over, and out of the line
+                    if record is not None:
+                        # Handed over by a pool being disposed of (closed, most
+                        # likely): lending it would open a connection to a database
+                        # about to be dropped. Close it, outside the lock.
+                        break
                     # Not served yet: sleep again until handed a connection, made
                     # first in line, or 50 ms have passed. (Cleared under the lock,
                     # which _hand_over and _next_in_line hold to set it.)
@@ -642,6 +648,9 @@ class Lender:
             if record is not None:  # handed over as this thread gave up
                 self._hand_over(record)
             raise
+        if ticket.record is not None:  # handed over, but the pool was retired
+            self._close_retired(ticket.record)
+            raise self._closed()
         try:
             return cast("_ConnectionRecord", pool._create_connection())
         except BaseException:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.db import connection, connections
 
-from django_poolconf import engines, get_engine, pool_stats
+from django_poolconf import PoolClosed, engines, get_engine, pool_stats
 from django_poolconf.monitoring import connection_invalidated
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -157,3 +158,36 @@ def test_disposing_closes_healthy_connections_without_connection_invalidated(get
 
     assert invalidated == []
     assert connection.connection is None  # the parked connection is gone
+
+
+def test_a_waiter_handed_a_connection_of_a_disposed_pool_does_not_reconnect(
+    pool_options,
+):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=10)
+    connection.ensure_connection()  # the only connection
+    lender = engines._registry["default"].lender
+    errors: list[BaseException] = []
+
+    def wait_for_it() -> None:
+        try:
+            connections["default"].ensure_connection()
+        except BaseException as error:  # noqa: BLE001 - checked below
+            errors.append(error)
+        finally:
+            connections["default"].close()
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not lender.line:  # the waiter stands in line
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+    engines.dispose("default")
+    connection.close()  # closed as it comes back, and handed to the waiter
+    waiter.join(10)
+
+    assert not waiter.is_alive()
+    assert [type(e) for e in errors] == [PoolClosed]
+    # No connection was opened for the disposed pool while it was being disposed.
+    assert lender.counters.connections_opened == 1
