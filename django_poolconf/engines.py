@@ -577,6 +577,27 @@ class Lender:
             "parameters changed, or dispose_all() ran). Call get_engine() again."
         )
 
+    def borrow_idle(self) -> _ConnectionRecord | None:
+        """Check out an idle entry, checked, without waiting or opening one; None if none is.
+
+        For health probes, which must neither wait past their own deadline nor add a
+        connection to the pool. Those waiting in line come first.
+
+        :raises PoolClosed: when the engine was disposed.
+        """
+        if self.life.retired:
+            raise self._closed()
+        if self.line:
+            return None
+        began = time.monotonic()
+        try:
+            record = self.engine.pool._pool.get(False)  # type: ignore[attr-defined]
+        except sqla_queue.Empty:
+            record = _take_parked(self.parked) if self.parked else None
+        if record is None:
+            return None
+        return self._lend(record, began)
+
     def _wait_in_line(self, pool: Any, began: float) -> _ConnectionRecord:
         # QueuePool alone is not fair: a connection returned to a waiting thread can
         # be taken by a thread that arrives meanwhile (often the one that returned

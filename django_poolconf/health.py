@@ -299,8 +299,8 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
         # The server's view leaves the probe's own connection out: not a pooled one.
         and not server_view
     ):
-        # An idle connection costs no connect; borrowing could still wait if another
-        # thread takes it first, which the caller's timeout bounds.
+        # An idle connection costs no connect. If another thread takes it first, the
+        # probe opens its own rather than wait for the pool.
         lender = wrapper._lender_for(params)
         if lender.engine is not entry.engine:  # parameters changed: not this pool
             lender = None

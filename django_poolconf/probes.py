@@ -143,18 +143,25 @@ def probe_pooled(
     *,
     server_view: bool = False,
 ) -> ProbeResult:
-    """Probe with a connection borrowed from the alias's pool, and give it back.
+    """Probe with an idle connection of the alias's pool, and give it back.
 
-    Call it only when the pool has an idle connection: borrowing otherwise waits up to
-    ``pool_timeout`` for one, or opens a new connection. A connection whose probe
-    failed or ran out of time is closed, not pooled.
+    It never waits for the pool, nor opens a connection in it: with no idle
+    connection (another thread took it since the caller looked), it probes with a
+    connection of its own, as :func:`probe_server` does. A connection whose probe
+    failed or ran out of time is closed, not pooled; one borrowed after the deadline
+    is given back untouched.
     """
     try:
-        record = lender.borrow()
-    except sa_exc.TimeoutError:
-        return _failed("pool_saturated", None)
+        record = lender.borrow_idle()
     except (PoolError, sa_exc.SQLAlchemyError, psycopg.Error) as error:
         return _failed("unreachable", _safe_error(error, params))
+    if record is None:
+        return probe_server(params, deadline, server_view=server_view)
+    if time.monotonic() >= deadline:
+        # Its check took the time (a ping): the query could not be waited for, and
+        # a connection left mid-query would have to be closed.
+        lender.give_back(record)
+        return _failed("timeout", None)
     result: ProbeResult | None = None
     try:
         result = _measure(record.dbapi_connection.pgconn, deadline, server_view, params)  # type: ignore[union-attr]
