@@ -625,10 +625,10 @@ class Lender:
                 remaining = deadline - time.monotonic()
                 ticket.wait(min(max(remaining, 0.0), 0.05))
                 with self.line_lock:
-                    record = ticket.record
-                    if record is not None and not self.life.retired:
-                        return record  # handed over, and out of the line
-                    if record is not None:
+                    handed = ticket.record
+                    if handed is not None and not self.life.retired:
+                        return handed  # handed over, and out of the line
+                    if handed is not None:
                         # Handed over by a pool being disposed of (closed, most
                         # likely): lending it would open a connection to a database
                         # about to be dropped. Close it, outside the lock.
