@@ -24,6 +24,7 @@ from psycopg import pq
 from sqlalchemy import exc as sa_exc
 
 from django_poolconf.backends.postgresql.base import _redact
+from django_poolconf.backends.postgresql.replication import STATUS_SQL
 from django_poolconf.engines import Lender
 from django_poolconf.errors import PoolError
 
@@ -36,21 +37,8 @@ Failure = Literal["unreachable", "timeout", "pool_saturated"]
 #: libpq counts ``connect_timeout`` in whole seconds, and takes less than 2 as 2.
 MIN_CONNECT_TIMEOUT_S: Final = 2
 
-# One round trip. The lag is 0 while the replica has replayed all it received and is
-# still streaming (an idle primary sends nothing, so the last replay grows old);
-# otherwise the age of the last transaction replayed.
-_STATE_QUERY: Final = b"""
-SELECT pg_is_in_recovery(),
-       current_setting('transaction_read_only') = 'on',
-       CASE
-         WHEN NOT pg_is_in_recovery() THEN NULL
-         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
-              AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver
-                          WHERE status IS NULL OR status = 'streaming')
-           THEN 0
-         ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
-       END
-"""
+# The router's query (one definition of the lag), as bytes for libpq.
+_STATE_QUERY: Final = STATUS_SQL.encode()
 
 # The server's own view, for poolstatus and the deployment checks. Settings that an
 # older server lacks (reserved_connections: 16+, idle_session_timeout: 14+) are NULL.
@@ -182,7 +170,7 @@ def _measure(
 ) -> ProbeResult:
     try:
         started = time.perf_counter()
-        [[(in_recovery, read_only, lag)]] = _run(pgconn, _STATE_QUERY, deadline)
+        [[(in_recovery, read_only, _, lag)]] = _run(pgconn, _STATE_QUERY, deadline)
         latency_ms = (time.perf_counter() - started) * 1000
         server = _server_view(pgconn, deadline) if server_view else None
     except _Timeout:
@@ -194,7 +182,10 @@ def _measure(
         latency_ms=latency_ms,
         in_recovery=in_recovery == "t",
         read_only=read_only == "t",
-        replication_lag_s=None if lag is None else max(0.0, float(lag)),
+        # Only a standby has a replication lag to report.
+        replication_lag_s=None
+        if lag is None or in_recovery != "t"
+        else max(0.0, float(lag)),
         server=server,
     )
 
