@@ -115,9 +115,14 @@ def test_a_changed_pool_is_replaced_when_user_code_reads_the_pool_meanwhile(
         "pool_size": 3,
     }
 
-    _returns(lambda: connections["default"].ensure_connection())
+    def connect_and_close() -> None:
+        try:
+            connections["default"].ensure_connection()
+        finally:
+            connections["default"].close()  # leave nothing borrowed by a dead thread
 
-    connections["default"].close()
+    _returns(connect_and_close)
+
     assert get_engine("default") is not old
 
 
