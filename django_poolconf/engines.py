@@ -165,6 +165,7 @@ def get_async_engine(alias: str = DEFAULT_DB_ALIAS) -> AsyncEngine:
         entry = _registry[alias]
         if entry.engine is not engine:  # pragma: no cover - a concurrent rebuild
             raise ImproperlyConfigured(f"The pool of {alias!r} was rebuilt; try again.")
+        created = entry.async_engine is None
         if entry.async_engine is None:
             settings = entry.settings
             entry.async_engine = create_async_engine(
@@ -180,13 +181,15 @@ def get_async_engine(alias: str = DEFAULT_DB_ALIAS) -> AsyncEngine:
                 pool_use_lifo=True,
                 hide_parameters=True,
             )
-            logger.info(
-                "created async pool for %r (pool_size=%d, max_overflow=%d)",
-                alias,
-                settings.pool_size,
-                settings.max_overflow,
-            )
-        return entry.async_engine
+        async_engine = entry.async_engine
+    if created:  # logged outside the lock: a log handler may call back in
+        logger.info(
+            "created async pool for %r (pool_size=%d, max_overflow=%d)",
+            alias,
+            entry.settings.pool_size,
+            entry.settings.max_overflow,
+        )
+    return async_engine
 
 
 def _pooled_wrapper(alias: str) -> Any:
@@ -228,6 +231,7 @@ def lender_for(
         and entry.pid == os.getpid()
     ):
         return entry.lender
+    replaced = None
     with _lock:
         entry = _registry.get(alias)
         if entry is not None and entry.pid != os.getpid():
@@ -235,24 +239,25 @@ def lender_for(
             _abandon_inherited(entry)
         if entry is not None and entry.fingerprint == fingerprint:
             return entry.lender
-        if entry is not None:
-            logger.info(
-                "connection parameters of %r changed; replacing its pool", alias
-            )
-            _dispose_entry(alias, entry)
+        replaced = entry
         hooks = hooks_factory()
         life = _Life()
         lender = _build_engine(alias, settings, hooks, life)
         _registry[alias] = _Registered(
             lender, lender.engine, fingerprint, settings, hooks, os.getpid(), life
         )
-        logger.info(
-            "created pool for %r (pool_size=%d, max_overflow=%d)",
-            alias,
-            settings.pool_size,
-            settings.max_overflow,
-        )
-        return lender
+    # Outside the lock: closing connections sends signals and logs, and a receiver
+    # or a log handler may call back into the registry.
+    if replaced is not None:
+        logger.info("connection parameters of %r changed; replacing its pool", alias)
+        _dispose_entry(alias, replaced)
+    logger.info(
+        "created pool for %r (pool_size=%d, max_overflow=%d)",
+        alias,
+        settings.pool_size,
+        settings.max_overflow,
+    )
+    return lender
 
 
 def dispose(alias: str) -> None:
@@ -263,15 +268,19 @@ def dispose(alias: str) -> None:
     """
     with _lock:
         entry = _registry.pop(alias, None)
-        if entry is not None:
-            _dispose_entry(alias, entry)
+    # Closed outside the lock: closing sends signals and logs, and their receivers
+    # and handlers may call back into the registry (pool_stats(), get_engine()).
+    if entry is not None:
+        _dispose_entry(alias, entry)
 
 
 def dispose_all() -> None:
     """Dispose of every pool of this process, as at interpreter exit."""
     with _lock:
-        for alias in list(_registry):
-            _dispose_entry(alias, _registry.pop(alias))
+        entries = list(_registry.items())
+        _registry.clear()
+    for alias, entry in entries:  # outside the lock, as in dispose()
+        _dispose_entry(alias, entry)
 
 
 def _dispose_entry(alias: str, entry: _Registered) -> None:
@@ -282,6 +291,12 @@ def _dispose_entry(alias: str, entry: _Registered) -> None:
     # and the engine itself refuses new checkouts (PoolClosed).
     entry.life.retired = True
     entry.engine.dispose()  # closes parked connections too (LendingPool.dispose)
+    # What borrowers left for a checkout or the reaper to return: orphans, and
+    # connections of ended threads. Returned to a retired pool, they are closed now,
+    # not a second later, when the database may be being dropped.
+    if ORPHANS:
+        _return_orphans()
+    entry.lender.reap()
     if entry.async_engine is not None:
         _dispose_async(entry.async_engine)
     logger.info("disposed pool for %r", alias)
@@ -617,15 +632,21 @@ class Lender:
         else:
             self.discard(record, "its borrower saw it fail", older_too=True)
 
-    def _lend(self, record: _ConnectionRecord, began: float) -> _ConnectionRecord:
+    def _lend(
+        self,
+        record: _ConnectionRecord,
+        began: float,
+        timeout: float | None = None,
+        attempts: int = 2,
+    ) -> _ConnectionRecord:
         pool = self.engine.pool
         try:
             # As SQLAlchemy's checkout: a connection that fails its check is
             # replaced (with every older one) and the new one checked once more.
-            for _ in range(2):
+            for _ in range(attempts):
                 dbapi_connection = record.get_connection()
                 try:
-                    self.check_out(dbapi_connection, record)
+                    self.check_out(dbapi_connection, record, timeout)
                 except exc.DisconnectionError as error:
                     record.invalidate(error)
                     if error.invalidate_pool:
@@ -654,6 +675,30 @@ class Lender:
             f"This engine of {self.alias!r} was disposed (its connection "
             "parameters changed, or dispose_all() ran). Call get_engine() again."
         )
+
+    def borrow_idle(self, timeout: float) -> _ConnectionRecord | None:
+        """Check out an idle entry, checked, without waiting or opening one; None if none is.
+
+        For health probes, which must neither wait past their own deadline nor add a
+        connection to the pool. Those waiting in line come first. Checking it (the
+        reset's result, a ping) takes at most ``timeout`` seconds.
+
+        :raises PoolClosed: when the engine was disposed.
+        :raises sqlalchemy.exc.InvalidRequestError: when it failed its check: it is
+            closed then, and not replaced.
+        """
+        if self.life.retired:
+            raise self._closed()
+        if self.line:
+            return None
+        began = time.monotonic()
+        try:
+            record = self.engine.pool._pool.get(False)  # type: ignore[attr-defined]
+        except sqla_queue.Empty:
+            record = _take_parked(self.parked) if self.parked else None
+        if record is None:
+            return None
+        return self._lend(record, began, timeout, attempts=1)
 
     def _wait_in_line(self, pool: Any, began: float) -> _ConnectionRecord:
         # QueuePool alone is not fair: a connection returned to a waiting thread can
@@ -689,8 +734,14 @@ class Lender:
                 if first and self.borrowed:
                     self.reap()
                 with self.line_lock:
-                    if ticket.record is not None:
-                        return ticket.record  # handed over, and out of the line
+                    handed = ticket.record
+                    if handed is not None and not self.life.retired:
+                        return handed  # handed over, and out of the line
+                    if handed is not None:
+                        # Handed over by a pool being disposed of (closed, most
+                        # likely): lending it would open a connection to a database
+                        # about to be dropped. Close it, outside the lock.
+                        break
                     # Not served yet: sleep again until handed a connection, made
                     # first in line, or 50 ms have passed. (Cleared under the lock,
                     # which _hand_over and _next_in_line hold to set it.)
@@ -728,6 +779,9 @@ class Lender:
             if record is not None:  # handed over as this thread gave up
                 self._hand_over(record)
             raise
+        if ticket.record is not None:  # handed over, but the pool was retired
+            self._close_retired(ticket.record)
+            raise self._closed()
         try:
             return cast("_ConnectionRecord", pool._create_connection())
         except BaseException:
@@ -900,17 +954,27 @@ class Lender:
         self.pid = os.getpid()
         self.counters.reset()
 
-    def check_out(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        """Make sure a connection about to be lent works, at a round trip's cost only when needed."""
+    def check_out(
+        self,
+        dbapi_connection: Any,
+        record: ConnectionPoolEntry,
+        timeout: float | None = None,
+    ) -> None:
+        """Make sure a connection about to be lent works, at a round trip's cost only when needed.
+
+        Its waits (the reset's result, a ping) take at most ``timeout`` seconds each,
+        ``validation_timeout`` by default.
+        """
         if self.life.retired:
             raise self._closed()
+        if timeout is None:
+            timeout = self.validation_timeout
         hooks = self.hooks
         # The reset sent when the connection was returned has had the idle time to
         # finish: its result is usually here already, and costs no wait.
-        if not hooks.complete_reset(dbapi_connection, self.validation_timeout):
+        if not hooks.complete_reset(dbapi_connection, timeout):
             raise exc.DisconnectionError(
-                "its reset failed, or did not finish within "
-                f"{self.validation_timeout:g} s"
+                f"its reset failed, or did not finish within {timeout:g} s"
             )
         info = record.info
         if info.pop(INFO_FRESH, False) or not self.pre_ping:
@@ -920,14 +984,14 @@ class Lender:
         if time.monotonic() - info[
             INFO_RETURNED_AT
         ] > self.threshold or hooks.closed_while_idle(dbapi_connection):
-            ok = hooks.ping(dbapi_connection, self.validation_timeout)
+            ok = hooks.ping(dbapi_connection, timeout)
             counters = self.counters
             with counters.lock:
                 counters.pre_pings += 1
                 counters.pre_ping_failures += not ok
             if not ok:
                 raise exc.InvalidatePoolError(
-                    f"closed, or no answer to a ping within {self.validation_timeout:g} s"
+                    f"closed, or no answer to a ping within {timeout:g} s"
                 )
 
     def check_in(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -963,7 +1027,10 @@ def _return_orphans() -> None:
         if _refuse_foreign(record):
             continue  # a parent's, queued in a forked child: never touch its socket
         if error == PARKED:
-            lender._hand_over(record)
+            if lender.life.retired:
+                lender._close_retired(record)
+            else:
+                lender._hand_over(record)
             continue
         lender._return_abandoned(
             record,
@@ -1141,12 +1208,12 @@ def _listen(lender: Lender) -> None:
         record.info[INFO_INVALIDATED] = True  # for on_close, which comes next
         counters.add("connections_invalidated")
         reason = monitoring.describe(error)
-        level = (
-            logging.DEBUG
-            if isinstance(error, Invalidation) and error.quiet
-            else logging.WARNING
-        )
-        pool_logger.log(level, "closing a connection of %r: %s", alias, reason)
+        if isinstance(error, Invalidation) and error.quiet:
+            # An expected close (its pool was disposed of), not an unusable
+            # connection: no warning, and no connection_invalidated.
+            pool_logger.debug("closing a connection of %r: %s", alias, reason)
+            return
+        pool_logger.warning("closing a connection of %r: %s", alias, reason)
         monitoring.send(monitoring.connection_invalidated, alias=alias, reason=reason)
 
     # SQLAlchemy code's checkouts and returns; Django's go through the Lender.

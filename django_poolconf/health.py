@@ -32,6 +32,7 @@ from django_poolconf.conf.router import router_settings
 from django_poolconf.conf.rules import is_pooled
 from django_poolconf.monitoring import PoolStats
 from django_poolconf.probes import ProbeResult, ServerView, probe_pooled, probe_server
+from django_poolconf.redaction import SECRET_PARAMS, fingerprint
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import QueuePool
@@ -69,8 +70,9 @@ UNHEALTHY: Final = "unhealthy"
 class Target:
     """Where an alias connects: shown to operators only, never with the password."""
 
-    host: str
-    port: str
+    # Not in the repr: reports that hold a Target reach anonymous callers' frames.
+    host: str = field(repr=False)
+    port: str = field(repr=False)
     dbname: str
     user: str
     has_password: bool = field(default=False)
@@ -295,8 +297,8 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
         # The server's view leaves the probe's own connection out: not a pooled one.
         and not server_view
     ):
-        # An idle connection costs no connect; borrowing could still wait if another
-        # thread takes it first, which the caller's timeout bounds.
+        # An idle connection costs no connect. If another thread takes it first, the
+        # probe opens its own rather than wait for the pool.
         lender = wrapper._lender_for(params)
         if lender.engine is not entry.engine:  # parameters changed: not this pool
             lender = None
@@ -489,13 +491,8 @@ def _run_probe(
 
 
 def _fingerprint(params: Mapping[str, Any]) -> Hashable:
-    return tuple(
-        sorted(
-            (key, value)
-            for key, value in params.items()
-            if isinstance(value, str | int | float | bool) or value is None
-        )
-    )
+    # The host hashed too: a probe's key is next to what anonymous callers see.
+    return fingerprint(params, SECRET_PARAMS | {"host", "hostaddr"})
 
 
 def _forget_probes() -> None:

@@ -368,17 +368,26 @@ class _LeakWatch:
         while True:
             self.wake.wait(self.period)
             self.wake.clear()
-            now = time.monotonic()
-            with self.lock:
-                due = [
-                    h
-                    for h in self.held.values()
-                    if not h.reported and h.deadline <= now
-                ]
-                for held in due:
-                    held.reported = True
+            # Nothing may end this thread: leak detection would stop for good.
+            try:
+                self._scan()
+            except Exception:
+                leak_logger.exception("leak detection failed a scan; it carries on")
+
+    def _scan(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            # release() pops without the lock: scan a copy (dict.copy() runs no
+            # Python code, so no other thread changes the dict meanwhile).
+            watched = self.held.copy()
+            due = [h for h in watched.values() if not h.reported and h.deadline <= now]
             for held in due:
+                held.reported = True
+        for held in due:
+            try:
                 self._report(held, now)
+            except Exception:
+                leak_logger.exception("could not report a possibly leaked connection")
 
     @staticmethod
     def _report(held: Held, now: float) -> None:

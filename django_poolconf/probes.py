@@ -24,6 +24,7 @@ from psycopg import pq
 from sqlalchemy import exc as sa_exc
 
 from django_poolconf.backends.postgresql.base import _redact
+from django_poolconf.backends.postgresql.replication import STATUS_SQL
 from django_poolconf.engines import Lender
 from django_poolconf.errors import PoolError
 
@@ -36,21 +37,8 @@ Failure = Literal["unreachable", "timeout", "pool_saturated"]
 #: libpq counts ``connect_timeout`` in whole seconds, and takes less than 2 as 2.
 MIN_CONNECT_TIMEOUT_S: Final = 2
 
-# One round trip. The lag is 0 while the replica has replayed all it received and is
-# still streaming (an idle primary sends nothing, so the last replay grows old);
-# otherwise the age of the last transaction replayed.
-_STATE_QUERY: Final = b"""
-SELECT pg_is_in_recovery(),
-       current_setting('transaction_read_only') = 'on',
-       CASE
-         WHEN NOT pg_is_in_recovery() THEN NULL
-         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
-              AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver
-                          WHERE status IS NULL OR status = 'streaming')
-           THEN 0
-         ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
-       END
-"""
+# The router's query (one definition of the lag), as bytes for libpq.
+_STATE_QUERY: Final = STATUS_SQL.encode()
 
 # The server's own view, for poolstatus and the deployment checks. Settings that an
 # older server lacks (reserved_connections: 16+, idle_session_timeout: 14+) are NULL.
@@ -143,18 +131,27 @@ def probe_pooled(
     *,
     server_view: bool = False,
 ) -> ProbeResult:
-    """Probe with a connection borrowed from the alias's pool, and give it back.
+    """Probe with an idle connection of the alias's pool, and give it back.
 
-    Call it only when the pool has an idle connection: borrowing otherwise waits up to
-    ``pool_timeout`` for one, or opens a new connection. A connection whose probe
-    failed or ran out of time is closed, not pooled.
+    It never waits for the pool, nor opens a connection in it: with no idle
+    connection (another thread took it since the caller looked), it probes with a
+    connection of its own, as :func:`probe_server` does. A connection whose probe
+    failed or ran out of time is closed, not pooled; one borrowed after the deadline
+    is given back untouched.
     """
     try:
-        record = lender.borrow()
-    except sa_exc.TimeoutError:
-        return _failed("pool_saturated", None)
+        record = lender.borrow_idle(max(deadline - time.monotonic(), 0.0))
     except (PoolError, sa_exc.SQLAlchemyError, psycopg.Error) as error:
+        if time.monotonic() >= deadline:
+            return _failed("timeout", None)  # its check ran out of time: closed
         return _failed("unreachable", _safe_error(error, params))
+    if record is None:
+        return probe_server(params, deadline, server_view=server_view)
+    if time.monotonic() >= deadline:
+        # Its check took the time (a ping): the query could not be waited for, and
+        # a connection left mid-query would have to be closed.
+        lender.give_back(record)
+        return _failed("timeout", None)
     result: ProbeResult | None = None
     try:
         result = _measure(record.dbapi_connection.pgconn, deadline, server_view, params)  # type: ignore[union-attr]
@@ -175,7 +172,7 @@ def _measure(
 ) -> ProbeResult:
     try:
         started = time.perf_counter()
-        [[(in_recovery, read_only, lag)]] = _run(pgconn, _STATE_QUERY, deadline)
+        [[(in_recovery, read_only, _, lag)]] = _run(pgconn, _STATE_QUERY, deadline)
         latency_ms = (time.perf_counter() - started) * 1000
         server = _server_view(pgconn, deadline) if server_view else None
     except _Timeout:
@@ -187,7 +184,10 @@ def _measure(
         latency_ms=latency_ms,
         in_recovery=in_recovery == "t",
         read_only=read_only == "t",
-        replication_lag_s=None if lag is None else max(0.0, float(lag)),
+        # Only a standby has a replication lag to report.
+        replication_lag_s=None
+        if lag is None or in_recovery != "t"
+        else max(0.0, float(lag)),
         server=server,
     )
 

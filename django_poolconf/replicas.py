@@ -28,6 +28,7 @@ from typing import Final, Literal
 from django.core.exceptions import ImproperlyConfigured
 
 from django_poolconf import conf
+from django_poolconf.backends.postgresql.replication import STATUS_SQL
 from django_poolconf.errors import PoolError
 
 __all__ = ["BreakerState", "ReplicaState", "replica_states", "reset"]
@@ -45,23 +46,9 @@ BACKOFF_JITTER: Final = 0.1
 #: A lag measured longer ago than this many check intervals is not trusted.
 STALE_INTERVALS: Final = 3
 
-# One round trip that says whether the server replays WAL, how far it has replayed,
-# and how far behind it is. The lag is 0 while the replica has replayed all it has
-# received (an idle primary sends nothing, and the age of the last replayed
-# transaction would grow regardless); unknown lag counts as infinite.
-_STATUS_SQL: Final[Mapping[str, str]] = {
-    "postgresql": """
-        SELECT pg_is_in_recovery(),
-               CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-                    ELSE pg_current_wal_insert_lsn() END::text,
-               CASE WHEN NOT pg_is_in_recovery()
-                      OR pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0
-                    ELSE COALESCE(
-                        extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
-                        'Infinity'::float8)
-               END
-    """,
-}
+# What a replica's lag is: one query and one definition, shared with /health/db.
+_STATUS_SQL: Final[Mapping[str, str]] = {"postgresql": STATUS_SQL}
+
 # The insert position, not pg_current_wal_lsn() (the write position): with
 # synchronous_commit=off a committed transaction's WAL may still sit in the WAL
 # buffers, behind the write position; it is always behind the insert position.
@@ -436,7 +423,7 @@ def _measure(alias: str) -> tuple[bool | None, int | None, float | None]:
     finally:
         wrapper.close()
     assert row is not None
-    in_recovery, replayed, lag = row
+    in_recovery, _, replayed, lag = row
     return in_recovery, parse_lsn(replayed), None if lag is None else float(lag)
 
 

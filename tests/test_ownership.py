@@ -557,3 +557,31 @@ def test_connection_shared_after_borrowing_is_not_reaped_while_in_use(pool_optio
     finally:
         shared.close()
         shared.dec_thread_sharing()
+
+
+def test_dispose_closes_connections_queued_as_orphans(admin, test_db_name):
+    # A thread's request parks its connection, the thread ends, and its Django
+    # connection object is collected: the connection waits in the orphans' queue.
+    # A disposal (the test runner's, before DROP DATABASE) must close it too.
+    from django.core.signals import request_finished, request_started
+
+    from tests.conftest import server_pids
+
+    def request_in_a_thread() -> None:
+        request_started.send(sender=None)
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        request_finished.send(sender=None)
+
+    before = server_pids(admin, test_db_name)
+    thread = threading.Thread(target=request_in_a_thread)
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert engines.ORPHANS
+    dispose_all()
+    right_after = server_pids(admin, test_db_name) - before
+    engines._return_orphans()  # what a later checkout or the reaper does
+    later = server_pids(admin, test_db_name) - before
+
+    assert (right_after, later) == (set(), set())

@@ -10,7 +10,9 @@ A vendor module subclasses Django's wrapper with this mixin first and supplies
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 import weakref
 from collections.abc import Hashable
@@ -138,8 +140,17 @@ class PooledDatabaseWrapperMixin:
 
     @property
     def connection(self) -> Any:
-        """Django's driver connection; a parked one is taken back first."""
+        """Django's driver connection; a parked one is taken back first.
+
+        Except in an event loop's thread: taking a connection back may ping the
+        server, and no network I/O may happen there. A parked connection reads
+        ``None`` there and stays parked for the next synchronous use (Django's
+        ``connect()`` and ``cursor()`` raise ``SynchronousOnlyOperation`` there
+        anyway); ``DJANGO_ALLOW_ASYNC_UNSAFE`` lifts this, as it lifts Django's check.
+        """
         if self._parked:
+            if _in_event_loop():
+                return None
             return self._take_back()
         return self._conn
 
@@ -406,6 +417,17 @@ class PooledDatabaseWrapperMixin:
         # held its lock at fork time, and it stays held in the child forever. Keep
         # the borrowed entry referenced, so that nothing ever returns it there.
         engines.INHERITED.append(record)
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop, as Django's ``async_unsafe`` decides it."""
+    if os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _Loan:

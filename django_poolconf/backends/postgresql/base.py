@@ -31,6 +31,7 @@ from django_poolconf.backends.base import (
     PooledDatabaseWrapperMixin,
 )
 from django_poolconf.errors import ConnectionFailed
+from django_poolconf.redaction import SECRET_PARAMS, Secret, fingerprint
 
 __all__ = ["DatabaseCreation", "DatabaseWrapper", "PooledConnection"]
 
@@ -302,12 +303,24 @@ class PostgresHooks:
         self, alias: str, conn_params: dict[str, Any], isolation_level: Any
     ) -> None:
         self.alias = alias
-        self.conn_params = dict(conn_params)
+        params = dict(conn_params)
+        # Kept apart, in a form no repr shows; revealed only to connect.
+        self.secrets = {
+            key: Secret(str(params.pop(key)))
+            for key in SECRET_PARAMS.intersection(params)
+            if params[key] is not None
+        }
+        self.conn_params = params
         self.isolation_level = isolation_level
+
+    def _revealed(self) -> dict[str, Any]:
+        return {key: secret.reveal() for key, secret in self.secrets.items()}
 
     def connect(self) -> PooledConnection:
         try:
-            connection = PooledConnection.connect(**self.conn_params)
+            connection = PooledConnection.connect(
+                **self.conn_params, **self._revealed()
+            )
         except psycopg.OperationalError as error:
             failure = str(error)
         else:
@@ -329,7 +342,7 @@ class PostgresHooks:
         # and the network's logs, not in ours or in a traceback.
         return ConnectionFailed(
             f"Could not open a connection for {self.alias!r}: "
-            f"{_redact(failure, self.conn_params)}"
+            f"{_redact(failure, {**self.conn_params, **self._revealed()})}"
         )
 
     def closed_while_idle(self, dbapi_connection: PooledConnection) -> bool:
@@ -451,7 +464,7 @@ class PostgresHooks:
             if key not in {"context", "cursor_factory"}
         }
         try:
-            return await psycopg.AsyncConnection.connect(**params)
+            return await psycopg.AsyncConnection.connect(**params, **self._revealed())
         except psycopg.OperationalError as error:
             failure = str(error)
         raise self._connect_failed(failure)
@@ -474,7 +487,7 @@ _LIBPQ_TARGET: Final = re.compile(
     r'connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?(?:, port \d+)? failed: '
 )
 # User and database names stay: they are no secret, and an operator needs them.
-_SECRET_PARAMS: Final = ("password", "host", "hostaddr")
+_SECRET_PARAMS: Final = ("password", "sslpassword", "host", "hostaddr")
 
 
 def _redact(message: str, conn_params: dict[str, Any]) -> str:
@@ -610,13 +623,8 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     def pool_fingerprint(self, conn_params: dict[str, Any]) -> Hashable:
         return (
-            tuple(
-                sorted(
-                    (key, value)
-                    for key, value in conn_params.items()
-                    if isinstance(value, str | int | float | bool) or value is None
-                )
-            ),
+            # The password hashed: the fingerprint is kept in the pool's registry.
+            fingerprint(conn_params),
             id(conn_params.get("context")),
             conn_params.get("cursor_factory"),
             self.settings_dict["OPTIONS"].get("isolation_level"),

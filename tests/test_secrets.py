@@ -1,0 +1,207 @@
+"""No object this package creates shows the password in its repr, str or logs.
+
+Error trackers (Sentry) record the reprs of local variables, and debuggers and
+``logger.debug("%r", obj)`` show them: a password must never be in one, and the
+host never in what anonymous health output is built from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import OperationalError, connection, connections
+
+from django_poolconf import (
+    engines,
+    get_async_engine,
+    get_engine,
+    health,
+    pool_stats,
+    pool_stats_all,
+    probes,
+    replicas,
+)
+from django_poolconf.health import check_health
+from django_poolconf.redaction import Secret, fingerprint
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PASSWORD = "pw-marker-5e1f0c2a9d"  # the embedded servers trust loopback: any works
+
+
+@pytest.fixture(autouse=True)
+def known_password() -> Iterator[None]:
+    """Every pooled alias connects with PASSWORD, in new pools."""
+    connections.close_all()
+    engines.dispose_all()
+    health._probes.clear()
+    saved = {
+        alias: connections.settings[alias].get("PASSWORD")
+        for alias in ("default", "replica")
+    }
+    for alias in saved:
+        connections.settings[alias]["PASSWORD"] = PASSWORD
+    yield
+    connections.close_all()
+    engines.dispose_all()
+    health._probes.clear()
+    replicas.reset()
+    for alias, password in saved.items():
+        connections.settings[alias]["PASSWORD"] = password
+
+
+def _children(obj: Any) -> list[Any]:
+    if isinstance(obj, str | bytes | int | float | bool | Secret) or obj is None:
+        return []  # a Secret keeps the password for connecting: its repr hides it
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, list | tuple | set | frozenset):
+        return list(obj)
+    found: list[Any] = []
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        found += [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+    found += list(getattr(obj, "__dict__", {}).values())
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                found.append(getattr(obj, name, None))
+    if isinstance(obj, BaseException):
+        found += [obj.__cause__, obj.__context__, *obj.args]
+    return found
+
+
+def _texts(obj: Any, depth: int, strs: bool) -> Iterator[tuple[str, str]]:
+    """The repr (and str) of ``obj`` and of what it holds, ``depth`` levels down."""
+    seen: set[int] = set()
+    level = [("obj", obj)]
+    for _ in range(depth + 1):
+        below = []
+        for path, item in level:
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            try:
+                texts = [repr(item), str(item)] if strs else [repr(item)]
+                children = _children(item)
+            except Exception:  # noqa: BLE001 - a lazy attribute of a library
+                continue
+            for text in texts:
+                yield path, text
+            below += [(f"{path}/{type(c).__name__}", c) for c in children]
+        level = below
+
+
+def _leaks(
+    objects: dict[str, Any], secret: str, depth: int = 3, strs: bool = True
+) -> list[str]:
+    return [
+        f"{name}: {path}"
+        for name, obj in objects.items()
+        for path, text in _texts(obj, depth, strs)
+        if secret in text
+    ]
+
+
+def _log_texts(records: list[logging.LogRecord]) -> list[str]:
+    return [
+        f"{r.getMessage()} {r.args!r} {r.exc_text or ''}"
+        for r in records
+        if r.name.startswith("django_poolconf")
+    ]
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_no_object_or_log_line_of_the_package_shows_the_password(get, caplog):
+    caplog.set_level(logging.DEBUG, logger="django_poolconf")
+    # Connect, check out and in (parked), take back, close.
+    assert get("/item/").status == 200
+    connection.ensure_connection()
+    connection.close()
+    entry = engines._registry["default"]
+    lender = entry.lender
+    engine = get_engine("default")
+    async_engine = get_async_engine("default")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    report = check_health(["default", "replica"], timeout=5)
+    detailed = check_health(["default"], timeout=5, server_view=True)
+    # A pooled probe, and one on a connection of its own.
+    params = connections["default"].get_connection_params()
+    pooled = probes.probe_pooled(lender, params, deadline=_in(5))
+    own = probes.probe_server(params, deadline=_in(5), server_view=True)
+    # Errors: a server that is not there, a disposed pool, the router's state.
+    refused = entry.hooks.__class__("default", {**params, "port": _unused_port()}, None)
+    with pytest.raises(OperationalError) as failed:
+        refused.connect()
+    closed = lender._closed()
+    replicas.record_failure(
+        "replica", psycopg.OperationalError(f"password {PASSWORD} rejected")
+    )
+    engines.dispose("default")
+
+    objects = {
+        "registry entry": entry,
+        "lender": lender,
+        "hooks": entry.hooks,
+        "settings": entry.settings,
+        "engine": engine,
+        "async engine": async_engine,
+        "stats": pool_stats("default"),
+        "all stats": pool_stats_all(),
+        "health report": report,
+        "detailed health report": detailed,
+        "probes": dict(health._probes),
+        "pooled probe": pooled,
+        "own probe": own,
+        "connection failure": failed.value,
+        "pool closed": closed,
+        "replica states": replicas.replica_states(),
+        "replica monitor": dict(replicas._replicas),
+    }
+    leaks = _leaks(objects, PASSWORD)
+    assert leaks == [], "\n".join(leaks)
+    logged = _log_texts(caplog.records)
+    assert any("disposed pool" in line for line in logged)  # the logs were captured
+    assert [line for line in logged if PASSWORD in line] == []
+
+
+def test_no_health_object_shows_the_host(cluster):
+    host = str(connections.settings["default"]["HOST"])
+    report = check_health(["default", "replica"], timeout=5)
+    assert report.status != "unhealthy"
+
+    objects = {
+        "health report": report,
+        "anonymous payload": report.as_dict(detail=False),
+        "probes": dict(health._probes),
+    }
+    assert str(report["default"].target).startswith(host)  # not a vacuous scan
+    # Reprs only: a Target's str is the address detailed output shows operators.
+    leaks = _leaks(objects, host, strs=False)
+    assert leaks == [], "\n".join(leaks)
+
+
+def _in(seconds: float) -> float:
+    import time
+
+    return time.monotonic() + seconds
+
+
+def test_a_fingerprint_tells_passwords_apart_without_showing_them():
+    one = fingerprint({"user": "app", "password": PASSWORD})
+    assert one == fingerprint({"user": "app", "password": PASSWORD})
+    assert one != fingerprint({"user": "app", "password": PASSWORD + "x"})
+    assert PASSWORD not in repr(one)
+    assert fingerprint({"password": None}) == (("password", None),)
