@@ -137,6 +137,7 @@ def run(
     if only:
         # The floor is always measured: every ratio is to it, round by round.
         strategies = [s for s in strategies if s in only or s == BASELINE]
+        strategies += [s for s in only if s not in strategies]  # extra ones
 
     from django_poolconf.embedded import EmbeddedCluster
 
@@ -222,7 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strategy",
         action="append",
-        choices=(*STRATEGIES, "pgbouncer", "poolconf_baseline"),
+        choices=(
+            *STRATEGIES,
+            "pgbouncer",
+            "poolconf_baseline",
+            "poolconf_rollback_reset",
+        ),
         help="measure only these; repeat for several (persistent, the floor, always runs)",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report to PATH")
@@ -729,6 +735,29 @@ def _report(
                 f" | {sum(m.errors for m in measurements)}"
                 f" | {_median(m.connections_opened for m in measurements):.0f}"
                 f" | {max(m.max_concurrent for m in measurements)} |"
+            )
+    if "poolconf_baseline" in strategies and "poolconf" in strategies:
+        lines += [
+            "",
+            "## poolconf against poolconf_baseline (--baseline), round by round",
+            "",
+            "| connections | median of poolconf / poolconf_baseline | each round |",
+            "|---:|---:|---|",
+        ]
+        for concurrency in concurrencies:
+            pairs = [
+                now.requests_per_s / before.requests_per_s
+                for now, before in zip(
+                    results[("poolconf", concurrency)],
+                    results[("poolconf_baseline", concurrency)],
+                    strict=True,
+                )
+                if before.requests_per_s
+            ]
+            lines.append(
+                f"| {concurrency} | {_median(pairs):.3f} | "
+                + ", ".join(f"{ratio:.3f}" for ratio in pairs)
+                + " |"
             )
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,7 @@ STRATEGIES: Final = (
     "poolconf",
     "pgbouncer",
     "poolconf_baseline",  # benchmarks/baseline.py, with http_bench.py --baseline
+    "poolconf_rollback_reset",  # what the default reset costs is the difference
 )
 
 
@@ -56,13 +57,15 @@ def _database(strategy: str) -> dict[str, Any]:
     elif strategy == "native_pool":
         pool = {"min_size": POOL_CAPACITY, "max_size": POOL_CAPACITY}
         database["OPTIONS"] = {"pool": pool}
-    elif strategy in ("poolconf", "poolconf_baseline"):
+    elif strategy in ("poolconf", "poolconf_baseline", "poolconf_rollback_reset"):
         database["ENGINE"] = (
-            "django_poolconf.backends.postgresql"
-            if strategy == "poolconf"
-            else "django_poolconf_baseline.backends.postgresql"
+            "django_poolconf_baseline.backends.postgresql"
+            if strategy == "poolconf_baseline"
+            else "django_poolconf.backends.postgresql"
         )
         database["POOL"] = {"pool_size": POOL_CAPACITY, "max_overflow": 0}
+        if strategy == "poolconf_rollback_reset":
+            database["POOL"]["reset_on_return"] = "rollback"
     elif strategy == "pgbouncer":
         # Persistent client connections to PgBouncer, which shares POOL_CAPACITY server
         # connections per transaction. Transaction pooling rules out server-side cursors

@@ -9,7 +9,6 @@ disposes of them.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import random
@@ -28,7 +27,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
-from django_poolconf import compat, monitoring
+from django_poolconf import compat, monitoring, process
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.errors import PoolClosed
 from django_poolconf.monitoring import Counters, Held, Invalidation, PoolStats
@@ -1294,20 +1293,8 @@ def _abandon_inherited(entry: _Registered) -> None:
     entry.pid = os.getpid()
 
 
-class _Process:
-    """Which process this is, as a number cheaper to compare than ``os.getpid()``."""
-
-    #: Bumped in a forked child: a driver connection stamped with an older value was
-    #: opened by a parent, and must see no traffic from this process.
-    generation = 0
-
-
-PROCESS: Final = _Process()
-
-
 def _after_fork_in_child() -> None:
     global _lock
-    PROCESS.generation += 1
     # Another thread of the parent may have held the lock at fork time.
     _lock = threading.Lock()
     monitoring.LEAKS.forget_fork_state()
@@ -1334,6 +1321,5 @@ def _after_fork_in_child() -> None:
             forget()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(dispose_all)
+process.on_fork(process.POOLS, _after_fork_in_child)
+process.on_exit(process.POOLS, dispose_all)

@@ -421,13 +421,11 @@ class PooledDatabaseWrapperMixin:
 
 def _in_event_loop() -> bool:
     """Whether this thread runs an event loop, as Django's ``async_unsafe`` decides it."""
-    if os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
+    # asyncio's own test, without the exception get_running_loop() raises: this runs
+    # once per request.
+    if asyncio._get_running_loop() is None:
         return False
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    return not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
 
 
 class _Loan:

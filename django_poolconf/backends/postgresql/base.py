@@ -24,7 +24,7 @@ from psycopg import pq
 from psycopg._preparing import PrepareManager
 from psycopg.adapt import AdaptersMap
 
-from django_poolconf import engines
+from django_poolconf import engines, process
 from django_poolconf.backends.base import (
     DISCONNECT,
     READ_ONLY,
@@ -92,7 +92,7 @@ class PooledConnection(psycopg.Connection[Any]):
     named_cursors: list[Any]  # named cursors made by the current borrower
     server_ended_session: bool = False  # a FATAL error arrived while idle
     reset_pending: bool = False  # the reset sent on return, its result not read yet
-    generation: int = 0  # engines.PROCESS.generation when it was opened
+    generation: int = 0  # process.GENERATION.value when it was opened
     #: What the connection had after it was opened and set up, restored on return:
     baseline_sql: bytes = RESET_SQL  # or RESET_PARTS_SQL and the setup's settings
     baseline: _ClientBaseline
@@ -104,7 +104,7 @@ class PooledConnection(psycopg.Connection[Any]):
 
     def wait(self, *args: Any, **kwargs: Any) -> Any:
         # Everything psycopg sends goes through here.
-        if self.generation != engines.PROCESS.generation:
+        if self.generation != process.GENERATION.value:
             # A forked child using what its parent opened (a SQLAlchemy connection
             # the forking thread held, left as the child leaves its block): the
             # parent's session must see nothing, not a COMMIT nor a ROLLBACK.
@@ -119,7 +119,7 @@ class PooledConnection(psycopg.Connection[Any]):
         return super().wait(*args, **kwargs)
 
     def close(self) -> None:
-        if self.generation != engines.PROCESS.generation:
+        if self.generation != process.GENERATION.value:
             # The parent's socket: closing it here would send Terminate on it.
             # psycopg's own finalizer leaves another process's connection alone.
             return
@@ -325,7 +325,7 @@ class PostgresHooks:
             failure = str(error)
         else:
             connection.named_cursors = []
-            connection.generation = engines.PROCESS.generation
+            connection.generation = process.GENERATION.value
             connection.add_notice_handler(_FatalNotice(connection))
             if self.isolation_level is not None:
                 connection.isolation_level = self.isolation_level
