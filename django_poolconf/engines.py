@@ -90,10 +90,11 @@ class ConnectionHooks(Protocol):
         it at the next checkout. Raise to have the connection closed instead of pooled.
         """
 
-    def complete_reset(self, dbapi_connection: Any, timeout: float) -> bool:
-        """Collect a reset sent on return, within ``timeout`` seconds; False if it failed.
+    def complete_reset(self, dbapi_connection: Any, timeout: float) -> bool | None:
+        """Collect a reset sent on return, within ``timeout`` seconds.
 
-        True at once when no reset is outstanding.
+        True when it is done (at once when none is outstanding), False when it failed,
+        None when it did not finish in time: it stays outstanding.
         """
 
     async def async_connect(self) -> Any:

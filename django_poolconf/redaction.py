@@ -41,7 +41,7 @@ class Secret:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and hmac.compare_digest(
-            self._value, other._value
+            self._value.encode(), other._value.encode()
         )
 
     def __hash__(self) -> int:

@@ -205,3 +205,10 @@ def test_a_fingerprint_tells_passwords_apart_without_showing_them():
     assert one != fingerprint({"user": "app", "password": PASSWORD + "x"})
     assert PASSWORD not in repr(one)
     assert fingerprint({"password": None}) == (("password", None),)
+
+
+def test_secrets_with_non_ascii_values_compare():
+    from django_poolconf.redaction import Secret
+
+    assert Secret("pässwörd-€") == Secret("pässwörd-€")
+    assert Secret("pässwörd-€") != Secret("password")

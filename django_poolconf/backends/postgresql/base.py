@@ -92,6 +92,7 @@ class PooledConnection(psycopg.Connection[Any]):
     named_cursors: list[Any]  # named cursors made by the current borrower
     server_ended_session: bool = False  # a FATAL error arrived while idle
     reset_pending: bool = False  # the reset sent on return, its result not read yet
+    reset_failed: bool = False  # a result of the pending reset reported an error
     generation: int = 0  # process.GENERATION.value when it was opened
     #: What the connection had after it was opened and set up, restored on return:
     baseline_sql: bytes = RESET_SQL  # or RESET_PARTS_SQL and the setup's settings
@@ -208,36 +209,40 @@ def _changed(adapters: AdaptersMap, baseline: AdaptersMap) -> bool:
     )
 
 
-def _collect_reset(connection: PooledConnection, timeout: float) -> bool:
-    """Read the results of the reset sent on return; False if it failed or timed out.
+def _collect_reset(connection: PooledConnection, timeout: float) -> bool | None:
+    """Read the results of the reset sent on return, for at most ``timeout`` seconds.
 
-    A connection the server closed meanwhile counts as collected: nothing is left of
-    its session, and the liveness check that follows the collection finds it closed.
+    True when it is done, False when it failed, None when it has not finished in time
+    (it stays pending: a later call reads on). A connection the server closed
+    meanwhile counts as done: nothing is left of its session, and the liveness check
+    that follows the collection finds it closed.
     """
-    connection.reset_pending = False
     pgconn = connection.pgconn
     deadline = time.monotonic() + timeout
-    failed = False
     try:
         while pgconn.flush():
             if not _wait(pgconn.socket, deadline, write=True):
-                return False
+                return None
         while True:
             pgconn.consume_input()
             while pgconn.is_busy():
                 if not _wait(pgconn.socket, deadline, write=False):
-                    return False
+                    return None
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:
                 break
-            failed |= result.status not in _RESET_OK
+            if result.status not in _RESET_OK:
+                connection.reset_failed = True
         # Notifications that reached libpq before the reset's UNLISTEN are the last
         # borrower's: psycopg would hand them to the next one's handlers.
         while pgconn.notifies() is not None:
             pass
     except (psycopg.Error, OSError):
+        connection.reset_pending = connection.reset_failed = False
         return True
+    connection.reset_pending = False
+    failed, connection.reset_failed = connection.reset_failed, False
     if pgconn.status != _CONNECTION_OK:
         return True
     return not failed and pgconn.transaction_status == _IDLE
@@ -433,7 +438,7 @@ class PostgresHooks:
 
     def complete_reset(
         self, dbapi_connection: PooledConnection, timeout: float
-    ) -> bool:
+    ) -> bool | None:
         if not dbapi_connection.reset_pending:
             return True
         return _collect_reset(dbapi_connection, timeout)
