@@ -37,6 +37,7 @@ POOL_FIELDS: Final = (
     "_overflow",
     "_max_overflow",
     "_timeout",
+    "_recycle",
     "_invalidate_time",
 )
 #: On ``sqlalchemy.util.queue.Queue``, the pool's ``_pool``.

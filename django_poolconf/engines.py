@@ -632,21 +632,15 @@ class Lender:
         else:
             self.discard(record, "its borrower saw it fail", older_too=True)
 
-    def _lend(
-        self,
-        record: _ConnectionRecord,
-        began: float,
-        timeout: float | None = None,
-        attempts: int = 2,
-    ) -> _ConnectionRecord:
+    def _lend(self, record: _ConnectionRecord, began: float) -> _ConnectionRecord:
         pool = self.engine.pool
         try:
             # As SQLAlchemy's checkout: a connection that fails its check is
             # replaced (with every older one) and the new one checked once more.
-            for _ in range(attempts):
+            for _ in range(2):
                 dbapi_connection = record.get_connection()
                 try:
-                    self.check_out(dbapi_connection, record, timeout)
+                    self.check_out(dbapi_connection, record)
                 except exc.DisconnectionError as error:
                     record.invalidate(error)
                     if error.invalidate_pool:
@@ -677,28 +671,49 @@ class Lender:
         )
 
     def borrow_idle(self, timeout: float) -> _ConnectionRecord | None:
-        """Check out an idle entry, checked, without waiting or opening one; None if none is.
+        """Check out an idle entry ready to use now, without waiting; None if none is.
 
-        For health probes, which must neither wait past their own deadline nor add a
-        connection to the pool. Those waiting in line come first. Checking it (the
-        reset's result, a ping) takes at most ``timeout`` seconds.
+        For health probes, which must not wait past their own deadline, add or
+        reconnect a connection, nor close a healthy one for want of time. Those
+        waiting in line come first. An entry due for recycling or replacement, or
+        whose reset has not finished within ``timeout`` seconds, is left for the next
+        checkout. There is no ping: the probe's own query checks the server.
 
         :raises PoolClosed: when the engine was disposed.
-        :raises sqlalchemy.exc.InvalidRequestError: when it failed its check: it is
-            closed then, and not replaced.
         """
         if self.life.retired:
             raise self._closed()
         if self.line:
             return None
-        began = time.monotonic()
+        pool = self.engine.pool
+        record: _ConnectionRecord | None
         try:
-            record = self.engine.pool._pool.get(False)  # type: ignore[attr-defined]
+            record = pool._pool.get(False)  # type: ignore[attr-defined]
         except sqla_queue.Empty:
             record = _take_parked(self.parked) if self.parked else None
         if record is None:
             return None
-        return self._lend(record, began, timeout, attempts=1)
+        dbapi_connection = record.dbapi_connection
+        if dbapi_connection is None or _due_for_replacement(pool, record):
+            self._hand_over(record)
+            return None
+        try:
+            done = self.hooks.complete_reset(dbapi_connection, timeout)
+        except BaseException as error:
+            record._checkin_failed(error, _fairy_was_created=False)
+            raise
+        if done is None:  # still on its way: the next checkout reads it
+            self._hand_over(record)
+            return None
+        if not done:
+            self.discard(record, "its reset failed")
+            return None
+        record.info.pop(INFO_FRESH, None)
+        record.info[INFO_BORROWED_AT] = time.monotonic()
+        self.counters.checked_out(0.0)
+        if self.leak_threshold is not None:
+            self._watch(record, skip=1)
+        return record
 
     def _wait_in_line(self, pool: Any, began: float) -> _ConnectionRecord:
         # QueuePool alone is not fair: a connection returned to a waiting thread can
@@ -1141,6 +1156,16 @@ def _take_parked(parked: dict[object, _ConnectionRecord]) -> _ConnectionRecord |
         if record is not None:
             return record
     return None
+
+
+def _due_for_replacement(pool: Any, record: _ConnectionRecord) -> bool:
+    """Whether the pool would reconnect ``record`` at its next checkout, as get_connection() decides."""
+    started = record.starttime
+    return (
+        (pool._recycle > -1 and time.time() - started > pool._recycle)
+        or pool._invalidate_time > started
+        or getattr(record, "_soft_invalidate_time", 0) > started
+    )
 
 
 def _timeout_error(pool: Any) -> exc.TimeoutError:
