@@ -51,9 +51,9 @@ def check_deployment(
     """With ``--deploy``: warn when the pools may outgrow ``max_connections`` and more.
 
     Only the aliases given with ``--database`` are probed (bounded by
-    ``POOLCONF["HEALTH"]["TIMEOUT"]``); see :func:`django_poolconf.capacity.deployment_problems`.
+    ``POOLCONF["HEALTH"]["TIMEOUT"]``); see :func:`django_poolconf.health.capacity.deployment_problems`.
     """
-    from django_poolconf.capacity import deployment_problems
+    from django_poolconf.health.capacity import deployment_problems
 
     return [
         Warning(problem.msg, hint=problem.hint, id=f"django_poolconf.{problem.id}")

@@ -15,13 +15,14 @@ such files (gauges and counters; histograms stay per process). The app runs it e
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from django_poolconf.monitoring import BUCKETS, PoolStats, pool_stats_all
+from django_poolconf import process
+from django_poolconf.monitoring import pool_stats_all
+from django_poolconf.stats import PoolStats, cumulative_buckets
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
@@ -98,14 +99,9 @@ class PoolCollector:
             yield histogram
 
 
-def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
-    """Per-bucket counts as Prometheus' cumulative ``le`` buckets."""
-    result: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
-        running += count
-        result.append(("+Inf" if bound == float("inf") else repr(bound), running))
-    return result
+# The registry's histogram_of() still imports this name: kept until it imports
+# django_poolconf.stats.cumulative_buckets itself.
+_cumulative = cumulative_buckets
 
 
 _registered: PoolCollector | None = None
@@ -201,4 +197,4 @@ def start_multiprocess_writer(interval: float) -> None:
     start()
     # gunicorn forks its workers after the app is loaded (--preload): each starts
     # a writer of its own.
-    os.register_at_fork(after_in_child=start)
+    process.on_fork(process.MONITORS, start)

@@ -9,10 +9,10 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.db import connections
 
-from django_poolconf import engines, health
-from django_poolconf.capacity import ServerCapacity, plan_capacity
+from django_poolconf import engines
 from django_poolconf.checks import check_deployment
-from django_poolconf.health import check_health
+from django_poolconf.health import check_health, runner
+from django_poolconf.health.capacity import ServerCapacity, plan_capacity
 from tests.test_health import TIMEOUT, extra_alias, use_health
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,9 +23,9 @@ def fresh_pools_and_probes(monkeypatch):
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     connections.close_all()
     engines.dispose_all()
-    health._probes.clear()
+    runner._probes.clear()
     yield
-    health._probes.clear()
+    runner._probes.clear()
 
 
 def ids(messages):

@@ -11,7 +11,8 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
-from django_poolconf import engines, health
+from django_poolconf import engines
+from django_poolconf.health import runner
 
 base = pytest.importorskip("health_check.base")
 if not hasattr(base, "HealthCheck"):  # pragma: no cover - Django 4.2's 3.x
@@ -30,10 +31,10 @@ TIMEOUT = 2.0
 def fresh() -> Iterator[None]:
     connections.close_all()
     engines.dispose_all()
-    health._probes.clear()
+    runner._probes.clear()
     with override_settings(POOLCONF={"HEALTH": {"TIMEOUT": TIMEOUT, "CACHE": 0}}):
         yield
-    health._probes.clear()
+    runner._probes.clear()
 
 
 def run(check: PooledDatabases) -> object:

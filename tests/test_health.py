@@ -21,7 +21,7 @@ from django.test import RequestFactory, override_settings
 
 from django_poolconf import engines, get_engine, health, pool_stats
 from django_poolconf.embedded import EmbeddedServer
-from django_poolconf.health import check_health
+from django_poolconf.health import check_health, runner
 from django_poolconf.views import database_health
 from tests.conftest import Response, wsgi_get
 
@@ -37,10 +37,10 @@ TOKEN = "health-token-0123456789abcdef"
 def fresh_pools_and_probes() -> Iterator[None]:
     connections.close_all()
     engines.dispose_all()
-    health._probes.clear()
+    runner._probes.clear()
     with override_settings(POOLCONF={"HEALTH": {"TIMEOUT": TIMEOUT, "CACHE": 0}}):
         yield
-    health._probes.clear()
+    runner._probes.clear()
 
 
 def use_health(**options: Any) -> Any:
@@ -61,7 +61,7 @@ def extra_alias(alias: str, **changes: Any) -> Iterator[None]:
             del connections[alias]
         del connections.settings[alias]
         engines.dispose(alias)
-        health._probes.pop(alias, None)
+        runner._probes.pop(alias, None)
 
 
 @pytest.fixture
@@ -653,7 +653,7 @@ def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
             started = time.monotonic()
             report = check_health(["stalled"])
             took = time.monotonic() - started
-            probe = health._probes["stalled"].future.result(timeout=5)
+            probe = runner._probes["stalled"].future.result(timeout=5)
             proxy.stalled.clear()
             with get_engine("stalled").connect() as conn:
                 after = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
@@ -679,7 +679,7 @@ def test_forked_child_checks_health_while_a_parent_thread_held_the_probe_lock():
     locked, release = threading.Event(), threading.Event()
 
     def hold_lock() -> None:
-        with health._lock:
+        with runner._lock:
             locked.set()
             release.wait(30)
 

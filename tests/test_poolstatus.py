@@ -16,7 +16,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
 
-from django_poolconf import engines, health
+from django_poolconf import engines
+from django_poolconf.health import runner
 from tests.conftest import wsgi_get
 from tests.test_health import TIMEOUT, extra_alias, use_health
 
@@ -30,10 +31,10 @@ MARGIN = 1.0
 def fresh_pools_and_probes():
     connections.close_all()
     engines.dispose_all()
-    health._probes.clear()
+    runner._probes.clear()
     with use_health():
         yield
-    health._probes.clear()
+    runner._probes.clear()
 
 
 @pytest.fixture

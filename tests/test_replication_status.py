@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 from django.db import connections
 
-from django_poolconf import engines, probes, replicas
+from django_poolconf import engines, probes
+from django_poolconf.routing import replicas
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 

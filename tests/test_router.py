@@ -23,7 +23,7 @@ from django.db import OperationalError, connections, transaction
 from django.http import HttpResponse
 from django.test import AsyncClient, RequestFactory, override_settings
 
-from django_poolconf import engines, get_engine, replicas, routers
+from django_poolconf import engines, get_engine, replicas
 from django_poolconf.middleware import SIGNING_SALT, ReadWriteMiddleware
 from django_poolconf.routers import (
     ReadWriteRouter,
@@ -32,6 +32,7 @@ from django_poolconf.routers import (
     use_primary,
     use_replica,
 )
+from django_poolconf.routing import router, scope
 from tests.conftest import RESET_STATEMENTS
 from tests.routing_urls import server
 from tests.testapp.models import Item
@@ -106,11 +107,11 @@ def fresh_state():
     connections.close_all()
     engines.dispose_all()
     replicas.reset()
-    routers._config = None
+    router._config = None
     yield
     replicas.reset()
     connections.close_all()
-    routers._config = None
+    router._config = None
 
 
 @pytest.fixture
@@ -278,17 +279,17 @@ def test_middleware_restores_the_context_when_the_view_raises(routing):
     seen = []
 
     def view(request):
-        seen.append(routers._scope.get())
+        seen.append(scope.SCOPE.get())
         raise RuntimeError("boom")
 
-    outer = routers._Scope()
-    token = routers._scope.set(outer)
+    outer = scope.Scope()
+    token = scope.SCOPE.set(outer)
     try:
         with pytest.raises(RuntimeError):
             ReadWriteMiddleware(view)(RequestFactory().get("/"))
-        assert routers._scope.get() is outer
+        assert scope.SCOPE.get() is outer
     finally:
-        routers._scope.reset(token)
+        scope.SCOPE.reset(token)
     assert seen[0] is not outer
 
 
@@ -825,12 +826,12 @@ def test_async_use_primary_decorator_and_context_manager():
 
     @use_primary
     async def decorated() -> None:
-        seen.append(routers._forced.get())
+        seen.append(scope.FORCED.get())
 
     async def managed() -> None:
         async with use_replica():
-            seen.append(routers._forced.get())
-        seen.append(routers._forced.get())
+            seen.append(scope.FORCED.get())
+        seen.append(scope.FORCED.get())
 
     async_to_sync(decorated)()
     async_to_sync(managed)()

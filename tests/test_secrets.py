@@ -21,14 +21,14 @@ from django_poolconf import (
     engines,
     get_async_engine,
     get_engine,
-    health,
     pool_stats,
     pool_stats_all,
     probes,
     replicas,
 )
-from django_poolconf.health import check_health
+from django_poolconf.health import check_health, runner
 from django_poolconf.redaction import Secret, fingerprint
+from django_poolconf.routing import replicas as routing_replicas
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +40,7 @@ def known_password() -> Iterator[None]:
     """Every pooled alias connects with PASSWORD, in new pools."""
     connections.close_all()
     engines.dispose_all()
-    health._probes.clear()
+    runner._probes.clear()
     saved = {
         alias: connections.settings[alias].get("PASSWORD")
         for alias in ("default", "replica")
@@ -50,7 +50,7 @@ def known_password() -> Iterator[None]:
     yield
     connections.close_all()
     engines.dispose_all()
-    health._probes.clear()
+    runner._probes.clear()
     replicas.reset()
     for alias, password in saved.items():
         connections.settings[alias]["PASSWORD"] = password
@@ -162,13 +162,13 @@ def test_no_object_or_log_line_of_the_package_shows_the_password(get, caplog):
         "all stats": pool_stats_all(),
         "health report": report,
         "detailed health report": detailed,
-        "probes": dict(health._probes),
+        "probes": dict(runner._probes),
         "pooled probe": pooled,
         "own probe": own,
         "connection failure": failed.value,
         "pool closed": closed,
         "replica states": replicas.replica_states(),
-        "replica monitor": dict(replicas._replicas),
+        "replica monitor": dict(routing_replicas._replicas),
     }
     leaks = _leaks(objects, PASSWORD)
     assert leaks == [], "\n".join(leaks)
@@ -185,7 +185,7 @@ def test_no_health_object_shows_the_host(cluster):
     objects = {
         "health report": report,
         "anonymous payload": report.as_dict(detail=False),
-        "probes": dict(health._probes),
+        "probes": dict(runner._probes),
     }
     assert str(report["default"].target).startswith(host)  # not a vacuous scan
     # Reprs only: a Target's str is the address detailed output shows operators.

@@ -11,7 +11,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from django_poolconf.capacity import ServerCapacity, plan_capacity
 from django_poolconf.conf.health import health_settings
 from django_poolconf.conf.rules import is_pooled
 from django_poolconf.health import (
@@ -22,6 +21,7 @@ from django_poolconf.health import (
     check_health,
     pooled_aliases,
 )
+from django_poolconf.health.capacity import ServerCapacity, plan_capacity
 
 #: Exit status with ``--check``.
 EXIT_CODES: Final = {HEALTHY: 0, UNHEALTHY: 1, DEGRADED: 2}

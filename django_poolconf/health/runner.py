@@ -1,8 +1,8 @@
-"""Health of every pooled alias: reachability, latency, role, lag and the pool's numbers.
+"""Health checks of every pooled alias: reachability, latency, role, lag and the pool's numbers.
 
-Pure checks returning frozen dataclasses, with no HTTP in them: the view
-(:mod:`django_poolconf.views`) and ``manage.py poolstatus`` are thin faces over
-:func:`check_health`.
+Pure checks returning the frozen dataclasses of :mod:`django_poolconf.health.report`,
+with no HTTP in them: the view (:mod:`django_poolconf.views`) and ``manage.py
+poolstatus`` are thin faces over :func:`check_health`.
 
 Each alias is probed in a thread of its own, all at once, and the caller waits at
 most ``POOLCONF["HEALTH"]["TIMEOUT"]`` for all of them: a server that hangs is
@@ -20,185 +20,44 @@ import threading
 import time
 from collections.abc import Hashable, Iterable, Mapping
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 
-from django_poolconf import engines
+from django_poolconf import engines, process
+from django_poolconf.backends.postgresql.probes import probe_pooled, probe_server
+from django_poolconf.backends.probes import ProbeResult
 from django_poolconf.conf.health import HealthSettings, health_settings
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.conf.router import router_settings
 from django_poolconf.conf.rules import is_pooled
-from django_poolconf.monitoring import PoolStats
-from django_poolconf.probes import ProbeResult, ServerView, probe_pooled, probe_server
+from django_poolconf.health.report import (
+    DEGRADED,
+    HEALTHY,
+    UNHEALTHY,
+    AliasHealth,
+    HealthReport,
+    Reason,
+    Role,
+    Status,
+    Target,
+)
 from django_poolconf.redaction import SECRET_PARAMS, fingerprint
+from django_poolconf.routing import replicas
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import QueuePool
 
-__all__ = [
-    "DEGRADED",
-    "HEALTHY",
-    "UNHEALTHY",
-    "AliasHealth",
-    "HealthReport",
-    "Target",
-    "check_health",
-    "pooled_aliases",
-]
+__all__ = ["check_health", "pooled_aliases"]
 
-logger = logging.getLogger(__name__)
-
-Status = Literal["healthy", "degraded", "unhealthy"]
-Role = Literal["primary", "replica"]
-Reason = Literal[
-    "unreachable",
-    "timeout",
-    "pool_saturated",
-    "replica_lagging",
-    "read_only_primary",
-    "misconfigured",
-]
-
-HEALTHY: Final = "healthy"
-DEGRADED: Final = "degraded"
-UNHEALTHY: Final = "unhealthy"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Target:
-    """Where an alias connects: shown to operators only, never with the password."""
-
-    # Not in the repr: reports that hold a Target reach anonymous callers' frames.
-    host: str = field(repr=False)
-    port: str = field(repr=False)
-    dbname: str
-    user: str
-    has_password: bool = field(default=False)
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}/{self.dbname}"
-
-    def masked(self) -> str:
-        """``user:***@host:port/dbname``: the password, if any, as ``***``."""
-        secret = ":***" if self.has_password else ""
-        user = f"{self.user}{secret}@" if self.user or secret else ""
-        return f"{user}{self}"
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Target:
-        """Describe the target of ``get_connection_params()``, with the password masked."""
-        password = str(params.get("password") or "")
-
-        def shown(value: object, default: str) -> str:
-            text = str(value or default)
-            # Whatever else is shown, the password never is.
-            return text.replace(password, "***") if password else text
-
-        return cls(
-            host=shown(params.get("host"), "localhost"),
-            port=shown(params.get("port"), "5432"),
-            dbname=shown(params.get("dbname"), ""),
-            user=shown(params.get("user"), ""),
-            has_password=bool(password),
-        )
-
-    @property
-    def server(self) -> tuple[str, str]:
-        """What identifies the server: aliases with the same one share its connections."""
-        return (self.host, self.port)
-
-
-@dataclass(frozen=True, kw_only=True)
-class AliasHealth:
-    """The health of one pooled alias, as the view and ``poolstatus`` report it.
-
-    The pool's numbers are this process's, read when the check began:
-    ``pool_size``, ``checked_in``, ``checked_out`` and ``overflow`` are SQLAlchemy's
-    (``overflow`` is negative while fewer than ``pool_size`` connections are open),
-    and ``capacity`` is ``pool_size + max_overflow``.
-    """
-
-    alias: str
-    status: Status
-    role: Role
-    reason: Reason | None
-    latency_ms: float | None
-    pool_size: int
-    checked_in: int
-    checked_out: int
-    overflow: int
-    capacity: int
-    replication_lag_s: float | None = None  # replicas only; None: not known
-    breaker: str | None = None  # replicas only; None: no breaker
-    stats: PoolStats | None = None  # this process's counters; None: no pool yet
-    error: str | None = None  # redacted; shown with detail only
-    target: Target | None = None  # shown with detail only, without user or password
-    settings: PoolSettings | None = field(default=None, repr=False)
-    server_view: ServerView | None = field(default=None, repr=False)
-
-    def as_dict(self, *, detail: bool = False) -> dict[str, Any]:
-        """The alias's JSON object. Every alias has every key, ``null`` when unknown.
-
-        ``server`` and ``error`` are ``null`` unless ``detail`` is true.
-        """
-        return {
-            "status": self.status,
-            "role": self.role,
-            "reason": self.reason,
-            "latency_ms": self.latency_ms,
-            "pool_size": self.pool_size,
-            "checked_in": self.checked_in,
-            "checked_out": self.checked_out,
-            "overflow": self.overflow,
-            "capacity": self.capacity,
-            "replication_lag_s": self.replication_lag_s,
-            "breaker": self.breaker,
-            # The pool's counters since it was created, in this process, with the
-            # names of django_poolconf.pool_stats(); null before the pool exists.
-            **{
-                key: None if self.stats is None else getattr(self.stats, key)
-                for key in STATS_KEYS
-            },
-            "server": str(self.target) if detail and self.target is not None else None,
-            "error": self.error if detail else None,
-        }
-
-
-@dataclass(frozen=True, kw_only=True)
-class HealthReport:
-    """The health of every alias checked, and the verdict over them all.
-
-    ``status`` is ``unhealthy`` when a primary is unhealthy, ``degraded`` when any
-    alias is not healthy (an unhealthy replica included: reads fall back to the
-    primary), and ``healthy`` otherwise.
-    """
-
-    status: Status
-    databases: tuple[AliasHealth, ...]
-    pid: int  # the process whose pools were counted
-
-    def __getitem__(self, alias: str) -> AliasHealth:
-        for health in self.databases:
-            if health.alias == alias:
-                return health
-        raise KeyError(alias)
-
-    def as_dict(self, *, detail: bool = False) -> dict[str, Any]:
-        """The JSON payload of ``/health/db`` and ``poolstatus --json``."""
-        return {
-            "status": self.status,
-            "detail": detail,
-            "pid": self.pid if detail else None,
-            "databases": {h.alias: h.as_dict(detail=detail) for h in self.databases},
-        }
+# The name the module had before health/ became a package: LOGGING configurations name it.
+logger = logging.getLogger("django_poolconf.health")
 
 
 def pooled_aliases() -> list[str]:
     """Every alias of ``DATABASES`` that uses a django-poolconf backend, in order."""
-    from django.db import connections
-
     return [alias for alias, s in connections.settings.items() if is_pooled(s)]
 
 
@@ -263,8 +122,6 @@ class _Check:
 
 def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _Check:
     """Read the alias's settings and pool numbers, and start (or join) its probe."""
-    from django.db import connections
-
     wrapper: Any = connections[alias]
     if not getattr(wrapper, "is_pooled", False):
         raise ImproperlyConfigured(
@@ -299,6 +156,8 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
     ):
         # An idle connection costs no connect. If another thread takes it first, the
         # probe opens its own rather than wait for the pool.
+        # The backend's and the registry's private lookups (here and in
+        # _pool_numbers): no public one gives the lender of an existing pool only.
         lender = wrapper._lender_for(params)
         if lender.engine is not entry.engine:  # parameters changed: not this pool
             lender = None
@@ -376,8 +235,6 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
 
 def _breaker_state(alias: str) -> str | None:
     """The replica's circuit-breaker state, as the router's replica tracking knows it."""
-    from django_poolconf import replicas
-
     try:
         state = replicas.replica_states().get(alias)
     except ImproperlyConfigured:  # a bad REPLICA_OF: reported as misconfigured
@@ -393,25 +250,6 @@ def _max_replica_lag(options: HealthSettings) -> float | None:
         return router_settings().max_replica_lag
     except ImproperlyConfigured:
         return None
-
-
-#: The counters of :class:`~django_poolconf.monitoring.PoolStats` each alias's JSON
-#: object carries besides the pool's instant numbers.
-STATS_KEYS: Final = (
-    "waiting",
-    "connections_opened",
-    "connections_closed",
-    "connections_invalidated",
-    "checkouts",
-    "checkout_timeouts",
-    "recycled",
-    "pre_pings",
-    "pre_ping_failures",
-    "wait_ms_total",
-    "wait_ms_max",
-    "hold_ms_total",
-    "hold_ms_max",
-)
 
 
 # -- probes: one at a time per alias, results reused for CACHE seconds --------------
@@ -502,5 +340,4 @@ def _forget_probes() -> None:
     _probes.clear()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows
-    os.register_at_fork(after_in_child=_forget_probes)
+process.on_fork(process.MONITORS, _forget_probes)

@@ -1,0 +1,182 @@
+"""Capacity planning: will every worker's pools fit in the server's ``max_connections``?
+
+Each worker process has its own pools, so the worst case a server sees is
+``(pool_size + max_overflow) × workers × hosts``, summed over the aliases that point
+at it. That must stay within ``max_connections`` minus the connections the server
+reserves for superusers (``superuser_reserved_connections``, and
+``reserved_connections`` from PostgreSQL 16). ``poolstatus --workers`` shows it and
+``manage.py check --deploy`` warns about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+
+from django_poolconf.conf.health import health_settings
+from django_poolconf.conf.rules import Problem
+from django_poolconf.health.report import AliasHealth, HealthReport, Target
+from django_poolconf.health.runner import check_health, pooled_aliases
+
+__all__ = ["ServerCapacity", "deployment_problems", "plan_capacity"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerCapacity:
+    """The worst case of one server against its limit."""
+
+    server: str  # "host:port"
+    aliases: tuple[str, ...]  # every pooled alias that connects to it
+    per_process: int  # sum of pool_size + max_overflow over those aliases
+    workers: int
+    hosts: int
+    max_connections: int | None  # None: the server did not answer
+    reserved_connections: int | None
+    total_connections: int | None  # client connections now, all databases
+
+    @property
+    def worst_case(self) -> int:
+        """Connections if every pool of every worker on every host is full."""
+        return self.per_process * self.workers * self.hosts
+
+    @property
+    def available(self) -> int | None:
+        """What the server allows to non-superusers, ``None`` if unknown."""
+        if self.max_connections is None:
+            return None
+        return self.max_connections - (self.reserved_connections or 0)
+
+    @property
+    def exceeds(self) -> bool:
+        """Whether the worst case is more than the server allows."""
+        available = self.available
+        return available is not None and self.worst_case > available
+
+
+def plan_capacity(
+    report: HealthReport, *, workers: int, hosts: int = 1
+) -> list[ServerCapacity]:
+    """Return the worst case of each server that an alias of ``report`` connects to.
+
+    Every pooled alias counts towards its server, checked or not; the limits come
+    from the report's server views (``check_health(server_view=True)``).
+    """
+    views = {
+        h.target.server: h.server_view
+        for h in report.databases
+        if h.target is not None and h.server_view is not None
+    }
+    wanted = {h.target.server for h in report.databases if h.target is not None}
+    members: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for alias in pooled_aliases():
+        wrapper: Any = connections[alias]
+        try:
+            target = Target.from_params(wrapper.get_connection_params())
+            capacity = wrapper.get_pool_settings().capacity
+        except Exception:  # a misconfigured alias is reported elsewhere
+            continue
+        if target.server in wanted:
+            members.setdefault(target.server, []).append((alias, capacity))
+    plans = []
+    for server, aliases in members.items():
+        view = views.get(server)
+        plans.append(
+            ServerCapacity(
+                server=":".join(server),
+                aliases=tuple(alias for alias, _ in aliases),
+                per_process=sum(capacity for _, capacity in aliases),
+                workers=workers,
+                hosts=hosts,
+                max_connections=None if view is None else view.max_connections,
+                reserved_connections=None
+                if view is None
+                else view.reserved_connections,
+                total_connections=None if view is None else view.total_connections,
+            )
+        )
+    return plans
+
+
+def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
+    """The problems ``manage.py check --deploy`` reports (``W004`` to ``W006``).
+
+    Settings alone tell whether ``connect_timeout`` is turned off (``W005``). The
+    capacity (``W004``, when the worker count is known) and the idle session timeout
+    (``W006``) need the server: they are checked only for the aliases in
+    ``databases`` (``check --database``), with a bounded probe, and skipped for a
+    server that does not answer.
+    """
+    problems: list[Problem] = []
+    pooled = pooled_aliases()
+    for alias in pooled:
+        options = connections.settings[alias].get("OPTIONS") or {}
+        value = options.get("connect_timeout")
+        if value is not None and _disables_timeout(value):
+            problems.append(
+                Problem(
+                    "W005",
+                    f"DATABASES[{alias!r}]['OPTIONS']['connect_timeout'] is "
+                    f"{value!r}, which makes libpq wait for a server that does not "
+                    "answer as long as the operating system lets it (minutes).",
+                    hint="Remove it from OPTIONS and set POOL['connect_timeout'] "
+                    "(default 10 seconds).",
+                )
+            )
+    checked = [alias for alias in pooled if databases and alias in databases]
+    if not checked:
+        return problems
+    try:
+        options = health_settings()
+    except ImproperlyConfigured:  # reported as E016 by check_pool_settings()
+        return problems
+    report = check_health(checked, max_age=0, server_view=True)
+    if options.workers is not None:
+        plans = plan_capacity(report, workers=options.workers, hosts=options.hosts)
+        for plan in plans:
+            if plan.exceeds:
+                problems.append(_capacity_problem(plan))
+    for health in report.databases:
+        problems.extend(_recycle_problems(health.alias, health))
+    return problems
+
+
+def _disables_timeout(value: object) -> bool:
+    try:
+        return int(str(value).strip()) <= 0
+    except ValueError:
+        return False
+
+
+def _capacity_problem(plan: ServerCapacity) -> Problem:
+    names = ", ".join(repr(alias) for alias in plan.aliases)
+    return Problem(
+        "W004",
+        f"The pools of {names} may open {plan.worst_case} connections to one server "
+        f"({plan.per_process} per process x {plan.workers} workers x {plan.hosts} "
+        f"hosts), more than the {plan.available} it allows (max_connections="
+        f"{plan.max_connections} minus {plan.reserved_connections} reserved).",
+        hint="Lower pool_size or max_overflow, run fewer workers, raise the server's "
+        "max_connections, or put PgBouncer in front of it.",
+    )
+
+
+def _recycle_problems(alias: str, health: AliasHealth) -> Iterable[Problem]:
+    view, settings = health.server_view, health.settings
+    if view is None or settings is None or view.idle_session_timeout_s is None:
+        return
+    recycle = settings.pool_recycle
+    if recycle is None or recycle >= view.idle_session_timeout_s:
+        shown = "None" if recycle is None else f"{recycle:g} s"
+        yield Problem(
+            "W006",
+            f"DATABASES[{alias!r}]['POOL']['pool_recycle'] is {shown}, not shorter "
+            f"than the server's idle_session_timeout "
+            f"({view.idle_session_timeout_s:g} s): the server closes idle pooled "
+            "connections before the pool replaces them.",
+            hint=f"Set pool_recycle below {view.idle_session_timeout_s:g}, or raise "
+            "the server's idle_session_timeout.",
+        )
