@@ -134,14 +134,24 @@ def _ensure_venv(path: Path, base_python: str, extras: str, pins: list[str]) -> 
 
 def _run(command: list[str]) -> int:
     print("$", " ".join(command), flush=True)
+    # A shell starts a background job with SIGINT ignored; `kill -INT` must still stop
+    # it, and `kill -TERM` too: both reach the program, which stops its servers.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     process = subprocess.Popen(command)
+    previous = signal.signal(
+        signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGINT)
+    )
     try:
-        return process.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reaches the whole process group; a SIGINT sent to this process
-        # alone must still let the program (and the servers it started) stop cleanly.
-        process.send_signal(signal.SIGINT)
-        return process.wait()
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C reaches the whole process group; a SIGINT sent to this
+                # process alone must still let the program (and the servers it
+                # started) stop cleanly.
+                process.send_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
