@@ -127,8 +127,13 @@ def _refuse_foreign(record: ConnectionPoolEntry) -> bool:
     when it is returned, so this holds whichever thread, finalizer or garbage
     collection in a forked child hands a parent's connection back. A parent's socket
     must see nothing from the child: no reset, no close, no other borrower.
+
+    A record with no stamp holds no connection: SQLAlchemy clears ``info`` before it
+    reconnects, and a failed reconnect leaves it so. It is nobody's to keep: its place
+    in the pool goes back.
     """
-    if record.info.get(INFO_PID) == os.getpid():
+    owner = record.info.get(INFO_PID)
+    if owner is None or owner == os.getpid():
         return False
     INHERITED.append(record)
     return True

@@ -585,3 +585,25 @@ def test_dispose_closes_connections_queued_as_orphans(admin, test_db_name):
     later = server_pids(admin, test_db_name) - before
 
     assert (right_after, later) == (set(), set())
+
+
+def test_a_failed_reconnect_gives_its_place_in_the_pool_back(
+    pool_options, admin, test_db_name
+):
+    # A record whose reconnect failed has no connection and SQLAlchemy cleared its
+    # info, the owner's stamp with it: it is nobody's to keep, and must go back.
+    from django.db import OperationalError
+
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=1, thread_affinity=False)
+    pid = _backend_pid()
+    connection.close()
+    admin.execute(f'ALTER DATABASE "{test_db_name}" ALLOW_CONNECTIONS false')
+    try:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        for _ in range(3):  # each checkout fails to reconnect
+            with pytest.raises(OperationalError):
+                connection.ensure_connection()
+    finally:
+        admin.execute(f'ALTER DATABASE "{test_db_name}" ALLOW_CONNECTIONS true')
+
+    assert _backend_pid() != pid  # the one place in the pool is free again
