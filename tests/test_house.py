@@ -139,7 +139,9 @@ def test_the_graph_sees_function_level_imports():
 def test_no_import_cycle():
     graph = _graph()
     for importer, imported in KNOWN_CYCLE_EDGES:
-        assert imported in graph[importer], f"{importer} -> {imported} is gone: unlist it"
+        assert imported in graph[importer], (
+            f"{importer} -> {imported} is gone: unlist it"
+        )
         graph[importer].discard(imported)
     assert _cycle(graph) is None
 

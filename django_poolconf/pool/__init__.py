@@ -8,7 +8,8 @@ One concept per module, imported one way only (each imports only those above it)
     waitline    the first-come, first-served line of Django's waiting checkouts
     parking     connections parked with their Django connection object between requests
     orphans     connections left behind by borrowers, and the reaper thread
-    lender      Lender: checkout and checkin policy, built from the parts above
+    policy      the checks on checkout and checkin (ping, reset), counters, leak watch
+    lender      Lender: checkout and return, from the parts above (a CheckPolicy)
     listeners   the SQLAlchemy pool events of SQLAlchemy code's checkouts
     registry    one engine per alias per process: get_engine(), dispose_all(), fork
 

@@ -22,39 +22,28 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from django_poolconf import monitoring
 from django_poolconf.conf.pool import PoolSettings
-from django_poolconf.errors import PoolClosed
-from django_poolconf.monitoring import Counters, Held, Invalidation, PoolStats
+from django_poolconf.monitoring import Invalidation, PoolStats
 from django_poolconf.pool import sqla
 from django_poolconf.pool.hooks import (
     INFO_BORROWED_AT,
-    INFO_FRESH,
     INFO_HELD,
     INFO_NEW,
-    INFO_RETURNED_AT,
     ConnectionHooks,
 )
 from django_poolconf.pool.orphans import ORPHANS, PARKED, REAPER, return_orphans
 from django_poolconf.pool.ownership import INHERITED, refuse_foreign
 from django_poolconf.pool.parking import ParkingLot
+from django_poolconf.pool.policy import CheckPolicy, Life
 from django_poolconf.pool.waitline import LineClosed, LineTimeout, WaitLine
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool.base import _ConnectionRecord
 
-__all__ = ["Lender", "Life"]
+__all__ = ["Lender"]
 
 # The logger these messages always went to (documented), from before the pool package.
 logger = logging.getLogger("django_poolconf.engines")
-
-
-class Life:
-    """Whether an engine was retired by a dispose: read on every checkout and return."""
-
-    __slots__ = ("retired",)
-
-    def __init__(self) -> None:
-        self.retired = False
 
 
 class _Slot:
@@ -65,7 +54,7 @@ class _Slot:
 _SLOT: Final = _Slot()
 
 
-class Lender:
+class Lender(CheckPolicy):
     """Lends an engine's pooled connections, and checks them on the way out and in.
 
     SQLAlchemy code borrows through ``engine.connect()``, and the pool's listeners
@@ -81,22 +70,11 @@ class Lender:
     __slots__ = (
         "__weakref__",
         "affinity",
-        "alias",
         "borrowed",
-        "counters",
         "engine",
-        "hooks",
-        "leak_threshold",
-        "life",
         "line",
         "parked",
         "pid",
-        "policy",
-        "pre_ping",
-        "settings",
-        "slow_checkout",
-        "threshold",
-        "validation_timeout",
     )
 
     def __init__(
@@ -106,12 +84,8 @@ class Lender:
         hooks: ConnectionHooks,
         life: Life,
     ) -> None:
+        super().__init__(settings, hooks, life)
         self.engine = engine
-        self.settings = settings
-        self.alias = settings.alias
-        self.hooks = hooks
-        self.life = life
-        self.counters = Counters()
         # Checkouts waiting for a connection, Django's and SQLAlchemy code's.
         self.line: WaitLine[_ConnectionRecord | _Slot] = WaitLine()
         # Connections kept by the Django connection object that returned them, by
@@ -125,16 +99,6 @@ class Lender:
         ] = {}
         self.affinity = settings.thread_affinity
         self.pid = os.getpid()
-        self.leak_threshold = settings.leak_detection_threshold
-        self.slow_checkout = (
-            None
-            if settings.slow_checkout_ms is None
-            else settings.slow_checkout_ms / 1000
-        )
-        self.policy = settings.reset_on_return
-        self.pre_ping = settings.pool_pre_ping
-        self.threshold = settings.pre_ping_threshold
-        self.validation_timeout = settings.validation_timeout
         REAPER.add(self)
 
     # These run on every checkout and return: keep them lean.
@@ -148,7 +112,7 @@ class Lender:
         if ORPHANS:
             return_orphans()
         if self.life.retired:
-            raise self._closed()
+            raise self.closed_error()
         began = time.monotonic()
         return self._lend(self._checkout(self.engine.pool, began), began)
 
@@ -331,7 +295,7 @@ class Lender:
             handed = line.leave(ticket)
             if handed is not None:
                 self._close_retired(cast("_ConnectionRecord", handed))
-            raise self._closed() from None
+            raise self.closed_error() from None
         except BaseException:
             handed = line.leave(ticket)
             if handed is not None:  # handed over as this thread gave up
@@ -416,7 +380,7 @@ class Lender:
             closed then, and not replaced.
         """
         if self.life.retired:
-            raise self._closed()
+            raise self.closed_error()
         if self.line:
             return None
         began = time.monotonic()
@@ -426,69 +390,6 @@ class Lender:
         if record is None:
             return None
         return self._lend(record, began, timeout, attempts=1)
-
-    def check_out(
-        self,
-        dbapi_connection: Any,
-        record: ConnectionPoolEntry,
-        timeout: float | None = None,
-    ) -> None:
-        """Make sure a connection about to be lent works, at a round trip's cost only when needed.
-
-        Its waits (the reset's result, a ping) take at most ``timeout`` seconds each,
-        ``validation_timeout`` by default.
-        """
-        if self.life.retired:
-            raise self._closed()
-        if timeout is None:
-            timeout = self.validation_timeout
-        hooks = self.hooks
-        # The reset sent when the connection was returned has had the idle time to
-        # finish: its result is usually here already, and costs no wait.
-        if not hooks.complete_reset(dbapi_connection, timeout):
-            raise exc.DisconnectionError(
-                f"its reset failed, or did not finish within {timeout:g} s"
-            )
-        info = record.info
-        if info.pop(INFO_FRESH, False) or not self.pre_ping:
-            return  # a connection opened just now needs no ping
-        # The ping is the only round trip here, and only for a connection that has
-        # been idle a while or that the server visibly closed while idle.
-        if time.monotonic() - info[
-            INFO_RETURNED_AT
-        ] > self.threshold or hooks.closed_while_idle(dbapi_connection):
-            ok = hooks.ping(dbapi_connection, timeout)
-            counters = self.counters
-            with counters.lock:
-                counters.pre_pings += 1
-                counters.pre_ping_failures += not ok
-            if not ok:
-                raise exc.InvalidatePoolError(
-                    f"closed, or no answer to a ping within {timeout:g} s"
-                )
-
-    def check_in(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        """Make a returned connection clean for the next borrower; raise to have it closed."""
-        self.note_returned(record)
-        if self.life.retired:
-            # Borrowed before the pool was disposed: close it, do not keep it.
-            record.invalidate(Invalidation("its pool was disposed of", quiet=True))
-            return
-        info = record.info
-        if self.hooks.reset(dbapi_connection, self.policy):
-            # The session is as new again: Django must initialize it once more.
-            info[INFO_NEW] = True
-        info[INFO_RETURNED_AT] = time.monotonic()
-
-    def note_returned(self, record: ConnectionPoolEntry) -> None:
-        """Count the hold time of a returned connection and end its leak watch."""
-        info = record.info
-        borrowed_at = info.pop(INFO_BORROWED_AT, None)
-        if borrowed_at is not None:
-            self.counters.checked_in(time.monotonic() - borrowed_at)
-        held = info.pop(INFO_HELD, None)
-        if held is not None:
-            monitoring.LEAKS.release(held)
 
     # -- closing ---------------------------------------------------------------------
 
@@ -540,12 +441,6 @@ class Lender:
             monitoring.logger.warning(
                 "replacing every connection of %r opened before now", self.alias
             )
-
-    def _closed(self) -> PoolClosed:
-        return PoolClosed(
-            f"This engine of {self.alias!r} was disposed (its connection "
-            "parameters changed, or dispose_all() ran). Call get_engine() again."
-        )
 
     # -- what borrowers left behind ----------------------------------------------------
 
@@ -636,13 +531,6 @@ class Lender:
             stats.capacity,
             stats.waiting,
         )
-
-    def watch(self, record: ConnectionPoolEntry, skip: int) -> None:
-        """Watch a connection just checked out for a leak (``leak_detection_threshold``)."""
-        assert self.leak_threshold is not None
-        held = Held(self.alias, self.leak_threshold, skip=skip + 1)
-        record.info[INFO_HELD] = held
-        monitoring.LEAKS.watch(held, self.leak_threshold)
 
     def stats(self) -> PoolStats:
         """A snapshot of this pool: see :class:`~django_poolconf.monitoring.PoolStats`."""

@@ -24,9 +24,10 @@ from django_poolconf import compat, monitoring, process
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.monitoring import PoolStats
 from django_poolconf.pool.hooks import ConnectionHooks
-from django_poolconf.pool.lender import Lender, Life
+from django_poolconf.pool.lender import Lender
 from django_poolconf.pool.listeners import listen
 from django_poolconf.pool.orphans import ORPHANS, REAPER, return_orphans
+from django_poolconf.pool.policy import Life
 from django_poolconf.pool.sqla import LendingPool
 
 if TYPE_CHECKING:
