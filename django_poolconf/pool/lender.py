@@ -112,7 +112,7 @@ class Lender(CheckPolicy):
         if ORPHANS:
             return_orphans()
         if self.life.retired:
-            raise self.closed_error()
+            raise self._closed()
         began = time.monotonic()
         return self._lend(self._checkout(self.engine.pool, began), began)
 
@@ -295,7 +295,7 @@ class Lender(CheckPolicy):
             handed = line.leave(ticket)
             if handed is not None:
                 self._close_retired(cast("_ConnectionRecord", handed))
-            raise self.closed_error() from None
+            raise self._closed() from None
         except BaseException:
             handed = line.leave(ticket)
             if handed is not None:  # handed over as this thread gave up
@@ -380,7 +380,7 @@ class Lender(CheckPolicy):
             closed then, and not replaced.
         """
         if self.life.retired:
-            raise self.closed_error()
+            raise self._closed()
         if self.line:
             return None
         began = time.monotonic()

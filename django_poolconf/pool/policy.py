@@ -88,7 +88,7 @@ class CheckPolicy:
         ``validation_timeout`` by default.
         """
         if self.life.retired:
-            raise self.closed_error()
+            raise self._closed()
         if timeout is None:
             timeout = self.validation_timeout
         hooks = self.hooks
@@ -146,7 +146,7 @@ class CheckPolicy:
         record.info[INFO_HELD] = held
         monitoring.LEAKS.watch(held, self.leak_threshold)
 
-    def closed_error(self) -> PoolClosed:
+    def _closed(self) -> PoolClosed:
         """The error of a checkout from a disposed pool."""
         return PoolClosed(
             f"This engine of {self.alias!r} was disposed (its connection "
