@@ -22,7 +22,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from django_poolconf.database_url import database_from_url, databases_from_env
-    from django_poolconf.engines import dispose_all, get_async_engine, get_engine
     from django_poolconf.errors import (
         ConnectionFailed,
         PoolClosed,
@@ -30,15 +29,16 @@ if TYPE_CHECKING:
         PoolTimeout,
     )
     from django_poolconf.monitoring import pool_stats, pool_stats_all
+    from django_poolconf.pool.registry import dispose_all, get_async_engine, get_engine
 
 # Imported on first use, so that `import django_poolconf` in a settings module (for
 # databases_from_env) does not import Django's database layer or SQLAlchemy.
 _LAZY = {
     "database_from_url": "django_poolconf.database_url",
     "databases_from_env": "django_poolconf.database_url",
-    "dispose_all": "django_poolconf.engines",
-    "get_async_engine": "django_poolconf.engines",
-    "get_engine": "django_poolconf.engines",
+    "dispose_all": "django_poolconf.pool.registry",
+    "get_async_engine": "django_poolconf.pool.registry",
+    "get_engine": "django_poolconf.pool.registry",
     "ConnectionFailed": "django_poolconf.errors",
     "PoolClosed": "django_poolconf.errors",
     "PoolError": "django_poolconf.errors",

@@ -1,6 +1,7 @@
 """The private names of SQLAlchemy and psycopg this package relies on, checked once.
 
-The pool subclasses SQLAlchemy's ``QueuePool`` and reads its queue; the PostgreSQL
+The pool subclasses SQLAlchemy's ``QueuePool`` and reads its queue (the names it uses
+are listed, and looked for, in :mod:`django_poolconf.pool.sqla`); the PostgreSQL
 backend reads psycopg's connection fields to skip work on the hot path. Neither is
 public API, so a release of either may rename one. :func:`check_internals` runs when
 the first engine is built and turns a missing name into a clear
@@ -10,38 +11,17 @@ Add a name here when the package starts using one.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from typing import Any, Final
 
 from django.core.exceptions import ImproperlyConfigured
+
+from django_poolconf.pool import sqla
 
 __all__ = ["SUPPORTED", "check_internals"]
 
 #: The versions the package is tested on, lowest to highest (as in pyproject.toml).
 SUPPORTED: Final = "SQLAlchemy>=2.0.16,<3 and psycopg>=3.1.8"
 
-#: Implemented by ``QueuePool`` (``Pool`` has abstract ones): the engine's pool
-#: overrides the first two and calls the rest.
-QUEUE_POOL_METHODS: Final = (
-    "_do_get",
-    "_do_return_conn",
-    "_inc_overflow",
-    "_dec_overflow",
-)
-#: On ``Pool``.
-POOL_METHODS: Final = ("_create_connection",)
-#: Set on a ``QueuePool`` by its constructor.
-POOL_FIELDS: Final = (
-    "_pool",
-    "_overflow",
-    "_max_overflow",
-    "_timeout",
-    "_recycle",
-    "_invalidate_time",
-)
-#: On ``sqlalchemy.util.queue.Queue``, the pool's ``_pool``.
-QUEUE_FIELDS: Final = ("queue", "maxsize", "get")
 #: Set on a psycopg connection by its constructor, or methods of its class.
 PSYCOPG_FIELDS: Final = (
     "_autocommit",
@@ -95,7 +75,7 @@ def check_internals(engine: Any) -> None:
     global _checked
     if _checked:
         return
-    missing = _missing_sqlalchemy(engine.pool)
+    missing = sqla.missing_internals(engine.pool)
     if engine.dialect.driver == "psycopg":
         missing += _missing_psycopg()
     if missing:
@@ -105,39 +85,6 @@ def check_internals(engine: Any) -> None:
             f"supported range: {SUPPORTED}."
         )
     _checked = True
-
-
-def _missing_sqlalchemy(pool: Any) -> list[str]:
-    from sqlalchemy.pool import Pool, QueuePool
-
-    missing = [
-        f"QueuePool.{name}"
-        for name in QUEUE_POOL_METHODS
-        if not _implemented(QueuePool, Pool, name)
-    ]
-    missing += [f"Pool.{name}" for name in POOL_METHODS if not hasattr(Pool, name)]
-    missing += [
-        f"QueuePool().{name}" for name in POOL_FIELDS if not hasattr(pool, name)
-    ]
-    queue = getattr(pool, "_pool", None)
-    missing += [
-        f"QueuePool()._pool.{name}"
-        for name in QUEUE_FIELDS
-        if queue is not None and not hasattr(queue, name)
-    ]
-    try:
-        queue_module = importlib.import_module("sqlalchemy.util.queue")
-        from sqlalchemy.pool.base import _ConnectionRecord
-    except ImportError as error:
-        return [*missing, f"{error.name or 'a module'} ({error})"]
-    if not hasattr(queue_module, "Empty"):
-        missing.append("sqlalchemy.util.queue.Empty")
-    checkin_failed = getattr(_ConnectionRecord, "_checkin_failed", None)
-    if checkin_failed is None or (
-        "_fairy_was_created" not in inspect.signature(checkin_failed).parameters
-    ):
-        missing.append("_ConnectionRecord._checkin_failed(_fairy_was_created=)")
-    return missing
 
 
 def _missing_psycopg() -> list[str]:

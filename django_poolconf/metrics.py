@@ -94,8 +94,8 @@ class PoolCollector:
                 f"{PREFIX}_{name}", help_text, labels=labels
             )
             for s in stats.values():
-                buckets, total = engines.histogram_of(s.alias, kind)
-                histogram.add_metric([s.alias, s.role], buckets, total)
+                counts, total = engines.histogram_of(s.alias, kind)
+                histogram.add_metric([s.alias, s.role], _cumulative(counts), total)
             yield histogram
 
 

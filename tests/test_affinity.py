@@ -300,7 +300,7 @@ def test_return_by_a_thread_holding_the_line_lock_does_not_deadlock(pool_options
     lender = _lender()
 
     def return_holding_the_lock() -> None:
-        with lender.line_lock:
+        with lender.line.lock:
             sa_connection.close()
 
     returner = threading.Thread(target=return_holding_the_lock, daemon=True)

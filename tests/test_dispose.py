@@ -13,6 +13,7 @@ from django.db import connection, connections
 
 from django_poolconf import PoolClosed, engines, get_engine, pool_stats
 from django_poolconf.monitoring import connection_invalidated
+from django_poolconf.pool import registry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,7 +87,7 @@ def _returns(fn: Callable[[], None]) -> None:
     if thread.is_alive():
         # The thread waits forever for the registry's lock it holds itself: give the
         # rest of the suite a new lock, so that this failure is reported, not a hang.
-        engines._lock = threading.Lock()
+        registry._lock = threading.Lock()
         pytest.fail("deadlocked: user code ran under the registry's lock")
     assert errors == []
 

@@ -644,7 +644,9 @@ def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
 
     primary = connections.settings["default"]
     proxy = _StallingProxy(primary["HOST"], int(primary["PORT"]))
-    pool = {**primary["POOL"], "pre_ping_threshold": 60}  # no ping when borrowed
+    # No ping when borrowed, and no reset in flight: a probe leaves a connection whose
+    # reset has not come back for the next checkout, so the stall must hit its query.
+    pool = {**primary["POOL"], "pre_ping_threshold": 60, "reset_on_return": "rollback"}
     try:
         with extra_alias("stalled", PORT=str(proxy.port), POOL=pool):
             with get_engine("stalled").connect() as conn:  # one idle pooled connection

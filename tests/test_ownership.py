@@ -225,7 +225,7 @@ def test_forked_child_refuses_a_parent_s_connection_queued_as_its_own_orphan(
     thread.start()
     try:
         assert parked.wait(10)
-        (record,) = _lender().parked.values()
+        (record,) = _lender().parked.snapshot()
 
         def in_child() -> int:
             lender = _lender()

@@ -5,7 +5,7 @@ checks it back in. Django's per-connection setup (``init_connection_state()`` an
 ``connection_created`` signal) runs once per physical connection, not per checkout.
 
 A vendor module subclasses Django's wrapper with this mixin first and supplies
-:class:`~django_poolconf.engines.ConnectionHooks` and an error classifier.
+:class:`~django_poolconf.pool.hooks.ConnectionHooks` and an error classifier.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 from sqlalchemy import exc as sa_exc
 
-from django_poolconf import engines
 from django_poolconf.conf.pool import PoolSettings, pool_settings
 from django_poolconf.conf.rules import get_poolconf
 from django_poolconf.errors import ConnectionFailed, PoolTimeout
+from django_poolconf.pool import registry
+from django_poolconf.pool.hooks import INFO_NEW, ConnectionHooks
+from django_poolconf.pool.lender import Lender
+from django_poolconf.pool.orphans import ORPHANS, PARKED
+from django_poolconf.pool.ownership import INHERITED
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -234,7 +238,7 @@ class PooledDatabaseWrapperMixin:
         """What identifies the server and session this alias's connections go to."""
         raise NotImplementedError  # pragma: no cover
 
-    def make_pool_hooks(self, conn_params: dict[str, Any]) -> engines.ConnectionHooks:
+    def make_pool_hooks(self, conn_params: dict[str, Any]) -> ConnectionHooks:
         """Return the hooks that open, check and reset this vendor's connections."""
         raise NotImplementedError  # pragma: no cover
 
@@ -255,7 +259,7 @@ class PooledDatabaseWrapperMixin:
         """
         return self._lender_for(self.get_connection_params()).engine  # type: ignore[attr-defined]
 
-    def _lender_for(self, conn_params: dict[str, Any]) -> engines.Lender:
+    def _lender_for(self, conn_params: dict[str, Any]) -> Lender:
         cached = self._fingerprint_cache
         # Backends hand back the same params dict while nothing changed, pool
         # settings included: fingerprint it once.
@@ -265,7 +269,7 @@ class PooledDatabaseWrapperMixin:
             settings = self.get_pool_settings()
             fingerprint = (self.pool_fingerprint(conn_params), settings)
             self._fingerprint_cache = (conn_params, settings, fingerprint)
-        return engines.lender_for(
+        return registry.lender_for(
             self.alias,
             fingerprint,
             settings,
@@ -316,13 +320,13 @@ class PooledDatabaseWrapperMixin:
         self.autocommit = autocommit
         self.run_commit_hooks_on_set_autocommit_on = False
         record = self._loan.record
-        if record is not None and record.info.get(engines.INFO_NEW):
+        if record is not None and record.info.get(INFO_NEW):
             self.init_connection_state()  # type: ignore[attr-defined]
             connection_created.send(sender=self.__class__, connection=self)
             # Whatever the setup did to the session is its baseline: each reset
             # restores it, so the setup runs once per physical connection.
             self.note_session_baseline(self.connection)
-            record.info.pop(engines.INFO_NEW, None)
+            record.info.pop(INFO_NEW, None)
         self.run_on_commit = []
 
     def checkout_connection(self, conn_params: dict[str, Any]) -> Any:
@@ -416,7 +420,7 @@ class PooledDatabaseWrapperMixin:
         # Touch nothing of the parent's pool: another thread of the parent may have
         # held its lock at fork time, and it stays held in the child forever. Keep
         # the borrowed entry referenced, so that nothing ever returns it there.
-        engines.INHERITED.append(record)
+        INHERITED.append(record)
 
 
 def _in_event_loop() -> bool:
@@ -434,7 +438,7 @@ class _Loan:
     __slots__ = ("error", "lender", "record")
 
     def __init__(self) -> None:
-        self.lender: engines.Lender | None = None
+        self.lender: Lender | None = None
         self.record: _ConnectionRecord | None = None
         self.error: str | None = None  # what the borrower's errors said of it
 
@@ -442,7 +446,7 @@ class _Loan:
         # Runs when the garbage collector frees the wrapper: in any thread, at any
         # allocation, maybe while that thread holds one of the pool's locks. So
         # nothing here takes a lock or talks to the server: the next checkout, a
-        # waiter or the reaper gives the connection back (engines.ORPHANS).
+        # waiter or the reaper gives the connection back (ORPHANS).
         self.record = None
         lender = self.lender
         if lender is None:
@@ -451,11 +455,11 @@ class _Loan:
         # if the reaper did already, nor in a forked child (the entry is the parent's).
         entry = lender.borrowed.pop(self, None)
         if entry is not None:
-            engines.ORPHANS.append((lender, entry[0], self.error, entry[1]))
+            ORPHANS.append((lender, entry[0], self.error, entry[1]))
             return
         # Parked by a wrapper that will not be back for it (a thread that ended, a
         # request's own wrapper under ASGI): into the pool with it, where the most
         # recently used connection is lent first. One dict operation.
-        record = lender.parked.pop(self, None)
+        record = lender.parked.take_back(self)
         if record is not None:
-            engines.ORPHANS.append((lender, record, engines.PARKED, None))
+            ORPHANS.append((lender, record, PARKED, None))

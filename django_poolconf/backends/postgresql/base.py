@@ -24,13 +24,14 @@ from psycopg import pq
 from psycopg._preparing import PrepareManager
 from psycopg.adapt import AdaptersMap
 
-from django_poolconf import engines, process
+from django_poolconf import process
 from django_poolconf.backends.base import (
     DISCONNECT,
     READ_ONLY,
     PooledDatabaseWrapperMixin,
 )
 from django_poolconf.errors import ConnectionFailed
+from django_poolconf.pool import registry
 from django_poolconf.redaction import SECRET_PARAMS, Secret, fingerprint
 
 __all__ = ["DatabaseCreation", "DatabaseWrapper", "PooledConnection"]
@@ -547,15 +548,15 @@ class DatabaseCreation(postgresql_creation.DatabaseCreation):
     def _create_test_db(
         self, verbosity: int, autoclobber: bool, keepdb: bool = False
     ) -> str:
-        engines.dispose_all()
+        registry.dispose_all()
         return super()._create_test_db(verbosity, autoclobber, keepdb)  # type: ignore[misc, no-any-return]
 
     def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
-        engines.dispose_all()
+        registry.dispose_all()
         super()._clone_test_db(suffix, verbosity, keepdb)  # type: ignore[misc]
 
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
-        engines.dispose_all()
+        registry.dispose_all()
         super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
 
 

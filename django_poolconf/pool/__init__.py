@@ -1,0 +1,18 @@
+"""The pool: SQLAlchemy's ``QueuePool``, lent to Django's connections and checked on the way.
+
+One concept per module, imported one way only (each imports only those above it)::
+
+    hooks       ConnectionHooks (what a backend supplies) and the INFO_* record keys
+    ownership   which process owns a record; a parent's records are kept, untouched
+    sqla        the only module that touches SQLAlchemy's private pool internals
+    waitline    the first-come, first-served line of Django's waiting checkouts
+    parking     connections parked with their Django connection object between requests
+    orphans     connections left behind by borrowers, and the reaper thread
+    policy      the checks on checkout and checkin (ping, reset), counters, leak watch
+    lender      Lender: checkout and return, from the parts above (a CheckPolicy)
+    listeners   the SQLAlchemy pool events of SQLAlchemy code's checkouts
+    registry    one engine per alias per process: get_engine(), dispose_all(), fork
+
+Import the public names from :mod:`django_poolconf`; this package imports nothing at
+its top, so importing one of its modules imports no other.
+"""

@@ -1,0 +1,178 @@
+"""The house rules of the package's layout, read from its source (no import, no server).
+
+* no import cycle among the package's modules, counting imports inside functions and
+  under ``TYPE_CHECKING``;
+* no module over :data:`MAX_LINES` lines;
+* only ``pool/sqla.py`` names SQLAlchemy's private pool internals.
+
+Known violations outside what has been split so far are listed below, each with the
+issue that removes it; the lists only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import django_poolconf
+
+PACKAGE = "django_poolconf"
+ROOT = Path(django_poolconf.__file__).resolve().parent
+MAX_LINES = 700
+
+#: Import edges (importer, imported) that close a cycle today. Issue 12: monitoring
+#: reads the registry on demand while the pool writes its counters and signals
+#: through monitoring; it goes once the pool imports stats, signals and leaks
+#: directly (the split of monitoring.py). Every other edge must keep the graph acyclic.
+KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("django_poolconf.monitoring", "django_poolconf.engines"),
+    }
+)
+
+#: Modules over MAX_LINES lines today (issue 12): none left.
+KNOWN_LONG: frozenset[str] = frozenset()
+
+#: The private SQLAlchemy names the pool relies on (see django_poolconf.pool.sqla).
+SQLALCHEMY_PRIVATE = re.compile(
+    r"\._(?:do_get|do_return_conn|pool|overflow|inc_overflow|dec_overflow"
+    r"|create_connection|timeout|max_overflow|invalidate_time|checkin_failed)\b"
+    r"|_fairy_was_created|sqlalchemy\.util\.queue|sqlalchemy\.util import queue"
+    r"|\.starttime\b"
+)
+#: Modules that name one of them today, besides pool/sqla.py. Issue 12:
+#: stats counts SQLAlchemy's own waiters (``pool._pool.not_empty``), to move
+#: behind pool/sqla.py.
+KNOWN_PRIVATE_USERS: frozenset[str] = frozenset({"django_poolconf.stats"})
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = [PACKAGE, *path.relative_to(ROOT).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def _imports(name: str) -> set[str]:
+    """The package's modules ``name`` imports, anywhere in its source."""
+    tree = ast.parse(MODULES[name].read_text(), filename=str(MODULES[name]))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                if not _is_package(name):
+                    base.pop()
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            # `from package import module` imports the module; `from module import
+            # name` the module itself.
+            targets = [
+                f"{module}.{alias.name}"
+                if f"{module}.{alias.name}" in MODULES
+                else module
+                for alias in node.names
+            ]
+        else:
+            continue
+        for target in targets:
+            # `import a.b.c` imports a.b.c; keep the longest known module name.
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    return {name: _imports(name) for name in MODULES}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph``, as a path that ends where it starts; None if acyclic."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        path: list[str] = []
+        on_path: set[str] = set()
+        stack = [(start, iter(sorted(graph[start])))]
+        path.append(start)
+        on_path.add(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+            elif child in on_path:
+                return [*path[path.index(child) :], child]
+            elif child not in done:
+                stack.append((child, iter(sorted(graph[child]))))
+                path.append(child)
+                on_path.add(child)
+    return None
+
+
+def test_the_graph_sees_function_level_imports():
+    # A self-check of the parser: monitoring imports the registry inside a function.
+    assert "django_poolconf.engines" in _imports("django_poolconf.monitoring")
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    for importer, imported in KNOWN_CYCLE_EDGES:
+        assert imported in graph[importer], (
+            f"{importer} -> {imported} is gone: unlist it"
+        )
+        graph[importer].discard(imported)
+    assert _cycle(graph) is None
+
+
+def test_the_pool_imports_nothing_above_it():
+    graph = _graph()
+    pool = {name for name in MODULES if name.startswith(f"{PACKAGE}.pool")}
+    allowed = pool | {
+        f"{PACKAGE}.compat",
+        f"{PACKAGE}.conf.pool",
+        f"{PACKAGE}.errors",
+        f"{PACKAGE}.monitoring",
+        f"{PACKAGE}.process",
+    }
+    for name in sorted(pool):
+        assert graph[name] <= allowed, name
+
+
+def test_no_module_is_too_long():
+    long = {
+        name
+        for name, path in MODULES.items()
+        if len(path.read_text().splitlines()) > MAX_LINES
+    }
+    assert long == KNOWN_LONG
+
+
+def test_only_the_adapter_names_sqlalchemy_private_internals():
+    users = {
+        name
+        for name, path in MODULES.items()
+        if SQLALCHEMY_PRIVATE.search(path.read_text())
+    }
+    assert users == {f"{PACKAGE}.pool.sqla", *KNOWN_PRIVATE_USERS}
