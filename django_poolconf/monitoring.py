@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from django_poolconf.leaks import LEAKS, Held, held_now
 from django_poolconf.leaks import logger as leak_logger
+from django_poolconf.pool import registry
 from django_poolconf.signals import (
     Invalidation,
     connection_invalidated,
@@ -57,18 +58,12 @@ def pool_stats(alias: str = "default") -> PoolStats:
 
     :raises ImproperlyConfigured: if ``alias`` is not a django-poolconf alias.
     """
-    # The registry imports this module (it writes through monitoring.X): imported on
-    # use until it imports stats, signals and leaks directly.
-    from django_poolconf import engines
-
-    engines.get_engine(alias)
-    found = engines.stats_of(alias)
+    registry.get_engine(alias)
+    found = registry.stats_of(alias)
     assert found is not None
     return found
 
 
 def pool_stats_all() -> dict[str, PoolStats]:
     """Return a snapshot of every pool this process has built, by alias."""
-    from django_poolconf import engines  # see pool_stats()
-
-    return engines.all_stats()
+    return registry.all_stats()

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from sqlalchemy import exc
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from django_poolconf import monitoring
+from django_poolconf import signals, stats
 from django_poolconf.conf.pool import PoolSettings
-from django_poolconf.monitoring import Invalidation, PoolStats
 from django_poolconf.pool import sqla
 from django_poolconf.pool.hooks import (
     INFO_BORROWED_AT,
@@ -36,6 +35,8 @@ from django_poolconf.pool.ownership import INHERITED, refuse_foreign
 from django_poolconf.pool.parking import ParkingLot
 from django_poolconf.pool.policy import CheckPolicy, Life
 from django_poolconf.pool.waitline import LineClosed, LineTimeout, WaitLine
+from django_poolconf.signals import Invalidation
+from django_poolconf.stats import PoolStats
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -157,8 +158,8 @@ class Lender(CheckPolicy):
         self.counters.checked_out(0.0)
         if self.leak_threshold is not None:
             self.watch(record, skip=1)
-        if monitoring.logger.isEnabledFor(logging.DEBUG):
-            monitoring.logger.debug("took back a parked connection of %r", self.alias)
+        if signals.logger.isEnabledFor(logging.DEBUG):
+            signals.logger.debug("took back a parked connection of %r", self.alias)
         return record
 
     def give_back(self, record: _ConnectionRecord, park: object = None) -> bool:
@@ -181,8 +182,8 @@ class Lender(CheckPolicy):
             if not isinstance(error, Exception):
                 raise  # interrupted: the connection is closed, not pooled
             return False
-        if monitoring.logger.isEnabledFor(logging.DEBUG):
-            monitoring.logger.debug("checked in a connection of %r", self.alias)
+        if signals.logger.isEnabledFor(logging.DEBUG):
+            signals.logger.debug("checked in a connection of %r", self.alias)
         if (
             park is not None
             and not self.line
@@ -359,8 +360,8 @@ class Lender(CheckPolicy):
         except BaseException as error:
             sqla.checkin_failed(record, error)
             raise
-        if monitoring.logger.isEnabledFor(logging.DEBUG):
-            monitoring.logger.debug("checked out a connection of %r", self.alias)
+        if signals.logger.isEnabledFor(logging.DEBUG):
+            signals.logger.debug("checked out a connection of %r", self.alias)
         return record
 
     def borrow_idle(self, timeout: float) -> _ConnectionRecord | None:
@@ -453,7 +454,7 @@ class Lender(CheckPolicy):
 
     def _invalidate_older(self, record: _ConnectionRecord) -> None:
         if sqla.invalidate_older(self.engine.pool, record):
-            monitoring.logger.warning(
+            signals.logger.warning(
                 "replacing every connection of %r opened before now", self.alias
             )
 
@@ -527,8 +528,8 @@ class Lender(CheckPolicy):
 
     def _exhausted(self) -> None:
         self.counters.add("checkout_timeouts")
-        monitoring.send(
-            monitoring.pool_exhausted,
+        signals.send(
+            signals.pool_exhausted,
             alias=self.alias,
             timeout=self.settings.pool_timeout,
             stats=self.stats(),
@@ -536,7 +537,7 @@ class Lender(CheckPolicy):
 
     def _slow(self, waited: float) -> None:
         stats = self.stats()
-        monitoring.logger.warning(
+        signals.logger.warning(
             "a checkout of %r waited %.1f ms (slow_checkout_ms=%g): %d of %d "
             "connections checked out, %d threads waiting",
             self.alias,
@@ -548,9 +549,9 @@ class Lender(CheckPolicy):
         )
 
     def stats(self) -> PoolStats:
-        """A snapshot of this pool: see :class:`~django_poolconf.monitoring.PoolStats`."""
+        """A snapshot of this pool: see :class:`~django_poolconf.stats.PoolStats`."""
         settings = self.settings
-        return monitoring.snapshot(
+        return stats.snapshot(
             self.alias,
             "primary" if settings.replica_of is None else "replica",
             self.engine.pool,  # type: ignore[arg-type]

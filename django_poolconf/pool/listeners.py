@@ -15,8 +15,7 @@ from typing import Any, Final
 from sqlalchemy import event
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
-from django_poolconf import monitoring
-from django_poolconf.monitoring import Invalidation
+from django_poolconf import signals
 from django_poolconf.pool import sqla
 from django_poolconf.pool.hooks import (
     INFO_BORROWED_AT,
@@ -27,6 +26,7 @@ from django_poolconf.pool.hooks import (
 )
 from django_poolconf.pool.lender import Lender
 from django_poolconf.pool.ownership import refuse_foreign, stamp
+from django_poolconf.signals import Invalidation
 
 __all__ = ["RECYCLE_JITTER", "listen"]
 
@@ -44,7 +44,7 @@ def listen(lender: Lender) -> None:
     for_sqlalchemy = lender.hooks.for_sqlalchemy
     check_out = lender.check_out
     check_in = lender.check_in
-    pool_logger = monitoring.logger
+    pool_logger = signals.logger
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -80,14 +80,14 @@ def listen(lender: Lender) -> None:
         lender.note_returned(record)
         record.info[INFO_INVALIDATED] = True  # for on_close, which comes next
         counters.add("connections_invalidated")
-        reason = monitoring.describe(error)
+        reason = signals.describe(error)
         if isinstance(error, Invalidation) and error.quiet:
             # An expected close (its pool was disposed of), not an unusable
             # connection: no warning, and no connection_invalidated.
             pool_logger.debug("closing a connection of %r: %s", alias, reason)
             return
         pool_logger.warning("closing a connection of %r: %s", alias, reason)
-        monitoring.send(monitoring.connection_invalidated, alias=alias, reason=reason)
+        signals.send(signals.connection_invalidated, alias=alias, reason=reason)
 
     # SQLAlchemy code's checkouts and returns; Django's go through the Lender.
 

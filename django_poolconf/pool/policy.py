@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import exc
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from django_poolconf import monitoring
+from django_poolconf import leaks
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.errors import PoolClosed
-from django_poolconf.monitoring import Counters, Held, Invalidation
+from django_poolconf.leaks import Held
 from django_poolconf.pool.hooks import (
     INFO_BORROWED_AT,
     INFO_FRESH,
@@ -27,6 +27,8 @@ from django_poolconf.pool.hooks import (
     INFO_RETURNED_AT,
     ConnectionHooks,
 )
+from django_poolconf.signals import Invalidation
+from django_poolconf.stats import Counters
 
 __all__ = ["CheckPolicy", "Life"]
 
@@ -137,14 +139,14 @@ class CheckPolicy:
             self.counters.checked_in(time.monotonic() - borrowed_at)
         held = info.pop(INFO_HELD, None)
         if held is not None:
-            monitoring.LEAKS.release(held)
+            leaks.LEAKS.release(held)
 
     def watch(self, record: ConnectionPoolEntry, skip: int) -> None:
         """Watch a connection just checked out for a leak (``leak_detection_threshold``)."""
         assert self.leak_threshold is not None
         held = Held(self.alias, self.leak_threshold, skip=skip + 1)
         record.info[INFO_HELD] = held
-        monitoring.LEAKS.watch(held, self.leak_threshold)
+        leaks.LEAKS.watch(held, self.leak_threshold)
 
     def _closed(self) -> PoolClosed:
         """The error of a checkout from a disposed pool."""

@@ -20,15 +20,15 @@ import sqlalchemy
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 
-from django_poolconf import compat, monitoring, process
+from django_poolconf import compat, leaks, process, stats
 from django_poolconf.conf.pool import PoolSettings
-from django_poolconf.monitoring import PoolStats
 from django_poolconf.pool.hooks import ConnectionHooks
 from django_poolconf.pool.lender import Lender
 from django_poolconf.pool.listeners import listen
 from django_poolconf.pool.orphans import ORPHANS, REAPER, return_orphans
 from django_poolconf.pool.policy import Life
 from django_poolconf.pool.sqla import LendingPool
+from django_poolconf.stats import PoolStats
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -287,12 +287,12 @@ def stats_of(alias: str) -> PoolStats | None:
 def histogram_of(alias: str, kind: str) -> tuple[list[int], float]:
     """The per-bucket counts and the sum (seconds) of ``kind``: "wait" or "hold".
 
-    One count per :data:`~django_poolconf.monitoring.BUCKETS` bound, then one for
+    One count per :data:`~django_poolconf.stats.BUCKETS` bound, then one for
     larger values; :mod:`django_poolconf.metrics` makes them Prometheus buckets.
     """
     entry = _registry.get(alias)
     if entry is None:
-        return [0] * (len(monitoring.BUCKETS) + 1), 0.0
+        return [0] * (len(stats.BUCKETS) + 1), 0.0
     counters = entry.lender.counters
     with counters.lock:
         counts = list(getattr(counters, f"{kind}_buckets"))
@@ -330,7 +330,7 @@ def _after_fork_in_child() -> None:
     global _lock
     # Another thread of the parent may have held the lock at fork time.
     _lock = threading.Lock()
-    monitoring.LEAKS.forget_fork_state()
+    leaks.LEAKS.forget_fork_state()
     REAPER.forget_fork_state()
     for entry in list(_registry.values()):
         _abandon_inherited(entry)
