@@ -707,3 +707,34 @@ def test_forked_child_checks_health_while_a_parent_thread_held_the_probe_lock():
         release.set()
         holder.join()
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_a_replica_whose_lag_is_unknown_is_lagging_as_the_router_judges_it():
+    # The router counts an unknown lag (NULL: a restarted standby that has replayed
+    # no transaction yet) as too far behind; /health/db must say the same.
+    from concurrent.futures import Future
+
+    from django_poolconf.backends.probes import ProbeResult
+    from django_poolconf.conf.health import HealthSettings
+    from django_poolconf.health import runner
+
+    future: Future[ProbeResult] = Future()
+    future.set_result(
+        ProbeResult(
+            finished_at=time.monotonic(),
+            in_recovery=True,
+            read_only=True,
+            replication_lag_s=None,
+        )
+    )
+    check = runner._Check(
+        alias="replica",
+        role="replica",
+        numbers=(4, 1, 0, 0),
+        capacity=8,
+        future=future,
+    )
+
+    verdict = runner._verdict(check, HealthSettings(max_replica_lag=5.0))
+
+    assert verdict.reason == "replica_lagging"

@@ -197,8 +197,13 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
     elif (
         check.role == "replica"
         and (max_lag := _max_replica_lag(options)) is not None
-        and probe.replication_lag_s is not None
-        and probe.replication_lag_s > max_lag
+        and (
+            probe.replication_lag_s > max_lag
+            if probe.replication_lag_s is not None
+            # Unknown on a standby (nothing replayed since it started): too far
+            # behind, as the router counts it.
+            else bool(probe.in_recovery)
+        )
     ):
         reason = "replica_lagging"
     elif saturated:
