@@ -99,20 +99,31 @@ def test_db_name(db: None) -> str:
     return str(connections["default"].settings_dict["NAME"])
 
 
-@pytest.fixture
-def pool_options() -> Iterator[Callable[..., None]]:
-    """Give the default alias other pool options for one test."""
+def _settings_fixture(key: str) -> Iterator[Callable[..., None]]:
+    """Give the default alias other ``key`` options (POOL, OPTIONS) for one test."""
     settings_dict = connections.settings["default"]
-    original = settings_dict["POOL"]
+    original = settings_dict[key]
 
     def set_options(**options: Any) -> None:
         connections["default"].close()
-        settings_dict["POOL"] = {**original, **options}
+        settings_dict[key] = {**original, **options}
 
     yield set_options
     connections["default"].close()
-    settings_dict["POOL"] = original
+    settings_dict[key] = original
     engines.dispose("default")
+
+
+@pytest.fixture
+def pool_options() -> Iterator[Callable[..., None]]:
+    """Give the default alias other pool options for one test."""
+    yield from _settings_fixture("POOL")
+
+
+@pytest.fixture
+def driver_options() -> Iterator[Callable[..., None]]:
+    """Give the default alias other ``OPTIONS`` (what reaches psycopg) for one test."""
+    yield from _settings_fixture("OPTIONS")
 
 
 def server_pids(admin: psycopg.Connection[Any], dbname: str) -> set[int]:

@@ -54,18 +54,23 @@ SELECT
 """
 
 
+def _admin(dbname: str | None = None) -> psycopg.Connection[Any]:
+    """A plain connection to the test database (or ``dbname``), outside any pool."""
+    settings_dict = connections["default"].settings_dict
+    return psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        user=settings_dict["USER"],
+        dbname=dbname or settings_dict["NAME"],
+        autocommit=True,
+    )
+
+
 @pytest.fixture(autouse=True)
 def one_connection(pool_options: Callable[..., None]) -> Iterator[None]:
     connections.close_all()
     engines.dispose_all()
-    settings_dict = connections["default"].settings_dict
-    with psycopg.connect(
-        host=settings_dict["HOST"],
-        port=settings_dict["PORT"],
-        user=settings_dict["USER"],
-        dbname=settings_dict["NAME"],
-        autocommit=True,
-    ) as admin:
+    with _admin() as admin:
         admin.execute(_OBJECTS)
     pool_options(pool_size=1, max_overflow=0, pool_timeout=5)
     yield
@@ -305,21 +310,6 @@ def test_custom_setting_reads_as_empty_not_null_after_a_reset() -> None:
         assert cursor.fetchone() == ("", None)
 
 
-@pytest.fixture
-def driver_options() -> Iterator[Callable[..., None]]:
-    settings_dict = connections.settings["default"]
-    original = settings_dict["OPTIONS"]
-
-    def set_options(**options: Any) -> None:
-        connections["default"].close()
-        settings_dict["OPTIONS"] = {**original, **options}
-
-    yield set_options
-    connections["default"].close()
-    settings_dict["OPTIONS"] = original
-    engines.dispose("default")
-
-
 @pytest.mark.parametrize("threshold", [1, 2])
 @pytest.mark.parametrize("policy", ["auto", "rollback", "full"])
 def test_prepared_statements_survive_every_reset_policy(
@@ -350,14 +340,7 @@ def test_prepared_statements_survive_every_reset_policy(
 
 
 def _notify(channel: str, payload: str) -> None:
-    settings_dict = connections["default"].settings_dict
-    with psycopg.connect(
-        host=settings_dict["HOST"],
-        port=settings_dict["PORT"],
-        user=settings_dict["USER"],
-        dbname=settings_dict["NAME"],
-        autocommit=True,
-    ) as admin:
+    with _admin() as admin:
         admin.execute(f"NOTIFY {channel}, '{payload}'")
 
 
@@ -407,21 +390,14 @@ def test_full_policy_reads_no_baseline(
     # the setup's settings for "auto" would be one more round trip per request.
     pool_options(pool_size=1, max_overflow=0, reset_on_return="full")
     get("/item/")
-    settings_dict = connections["default"].settings_dict
-    with psycopg.connect(
-        host=settings_dict["HOST"],
-        port=settings_dict["PORT"],
-        user=settings_dict["USER"],
-        dbname="postgres",
-        autocommit=True,
-    ) as admin:
+    with _admin("postgres") as admin:
         admin.execute("SELECT pg_stat_statements_reset()")
         for _ in range(5):
             get("/item/")
         rows = admin.execute(
             "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d "
             "ON d.oid = s.dbid WHERE d.datname = %s",
-            [settings_dict["NAME"]],
+            [connections["default"].settings_dict["NAME"]],
         ).fetchall()
     statements = {query: calls for query, calls in rows if "testapp_item" not in query}
     assert statements == {"DISCARD ALL": 5}, statements
