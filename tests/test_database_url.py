@@ -278,20 +278,20 @@ def test_unparsable_pool_option_is_rejected(query, message):
     [
         (
             "pool_size=-1",
-            "DATABASES['default']['POOL']['pool_size'] must be an integer >= 1, got -1.",
+            "DATABASES['default']['POOL']['pool_size'] must be an integer from 1 to 10000, got -1.",
         ),
         (
             "pool_size=0",
-            "DATABASES['default']['POOL']['pool_size'] must be an integer >= 1, got 0.",
+            "DATABASES['default']['POOL']['pool_size'] must be an integer from 1 to 10000, got 0.",
         ),
         (
             "pool_timeout=0",
-            "DATABASES['default']['POOL']['pool_timeout'] must be a number > 0 "
+            "DATABASES['default']['POOL']['pool_timeout'] must be a number from 0.001 to 3600 "
             "(seconds), got 0.0.",
         ),
         (
             "pool_timeout=nan",
-            "DATABASES['default']['POOL']['pool_timeout'] must be a number > 0 "
+            "DATABASES['default']['POOL']['pool_timeout'] must be a number from 0.001 to 3600 "
             "(seconds), got nan.",
         ),
         (

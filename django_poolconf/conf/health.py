@@ -16,6 +16,9 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from django_poolconf.conf.rules import (
+    DAY_S,
+    LONGEST_WAIT_S,
+    SHORTEST_S,
     Problem,
     Rule,
     choice,
@@ -50,6 +53,9 @@ HEALTH_KEYS: Final[tuple[str, ...]] = (
     "HOSTS",
 )
 
+#: The most worker processes per host, and hosts, ``WORKERS`` and ``HOSTS`` may give.
+MAX_PROCESSES: Final = 10_000
+
 #: The environment variable read for ``WORKERS`` when the setting is absent; gunicorn
 #: and most platforms set it to the number of worker processes.
 WORKERS_ENV: Final = "WEB_CONCURRENCY"
@@ -69,12 +75,15 @@ class HealthSettings:
 
 
 _HEALTH_RULES: Final[Mapping[str, tuple[str, Rule]]] = {
-    "TIMEOUT": ("timeout", number(0, inclusive=False)),
-    "CACHE": ("cache", number(0, inclusive=True)),
+    "TIMEOUT": ("timeout", number(SHORTEST_S, LONGEST_WAIT_S)),
+    "CACHE": ("cache", number(0, DAY_S)),
     "DETAIL": ("detail", choice(DETAIL_CHOICES)),
-    "MAX_REPLICA_LAG": ("max_replica_lag", number(0, inclusive=False, optional=True)),
-    "WORKERS": ("workers", integer(1, optional=True)),
-    "HOSTS": ("hosts", integer(1)),
+    "MAX_REPLICA_LAG": (
+        "max_replica_lag",
+        number(SHORTEST_S, DAY_S, optional=True),
+    ),
+    "WORKERS": ("workers", integer(1, MAX_PROCESSES, optional=True)),
+    "HOSTS": ("hosts", integer(1, MAX_PROCESSES)),
 }
 _HEALTH_EXAMPLES: Final[Mapping[str, str]] = {
     "TIMEOUT": "5",

@@ -21,6 +21,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django_poolconf.conf.health import validate_health
 from django_poolconf.conf.replicas import replica_problems
 from django_poolconf.conf.rules import (
+    DAY_S,
+    LONGEST_WAIT_S,
+    SHORTEST_S,
+    YEAR_S,
     Problem,
     Rule,
     boolean,
@@ -273,20 +277,27 @@ def _check_pool_dict(
     return good
 
 
+#: The most connections ``pool_size``, and ``max_overflow``, may each ask of one process.
+MAX_CONNECTIONS: Final = 10_000
+#: PostgreSQL's own limit: statement_timeout is a 32-bit integer of milliseconds.
+MAX_STATEMENT_TIMEOUT_MS: Final = 2_147_483_647
+
 _RULES: Final[Mapping[str, Rule]] = {
-    "pool_size": integer(1),
-    "max_overflow": integer(0),
-    "pool_timeout": number(0, inclusive=False),
-    "pool_recycle": number(0, inclusive=False, optional=True),
+    "pool_size": integer(1, MAX_CONNECTIONS),
+    "max_overflow": integer(0, MAX_CONNECTIONS),
+    "pool_timeout": number(SHORTEST_S, LONGEST_WAIT_S),
+    "pool_recycle": number(SHORTEST_S, YEAR_S, optional=True),
     "pool_pre_ping": boolean,
-    "pre_ping_threshold": number(0, inclusive=True),
-    "validation_timeout": number(0, inclusive=False),
-    "connect_timeout": number(0, inclusive=False),
-    "statement_timeout": integer(0, optional=True),
+    "pre_ping_threshold": number(0, DAY_S),
+    "validation_timeout": number(SHORTEST_S, LONGEST_WAIT_S),
+    "connect_timeout": number(SHORTEST_S, LONGEST_WAIT_S),
+    "statement_timeout": integer(0, MAX_STATEMENT_TIMEOUT_MS, optional=True),
     "reset_on_return": choice(RESET_CHOICES),
     "thread_affinity": boolean,
-    "leak_detection_threshold": number(0, inclusive=False, optional=True),
-    "slow_checkout_ms": number(0, inclusive=True, optional=True, unit="milliseconds"),
+    "leak_detection_threshold": number(SHORTEST_S, YEAR_S, optional=True),
+    "slow_checkout_ms": number(
+        0, LONGEST_WAIT_S * 1000, optional=True, unit="milliseconds"
+    ),
 }
 assert set(_RULES) == set(POOL_KEYS), "every POOL key needs a rule"
 

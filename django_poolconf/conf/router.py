@@ -20,6 +20,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from django_poolconf.conf.rules import (
+    DAY_S,
+    LONGEST_WAIT_S,
+    SHORTEST_S,
     Problem,
     Rule,
     boolean,
@@ -161,8 +164,8 @@ def validate_router(
         problems.append(
             Problem(
                 "E013",
-                f"{where}['MAX_BACKOFF'] must be >= BACKOFF ({backoff:g}), got "
-                f"{max_backoff:g}.",
+                f"{where}['MAX_BACKOFF'] ({max_backoff:g}) must be at least "
+                f"{where}['BACKOFF'] ({backoff:g}).",
                 hint="The back-off starts at BACKOFF and doubles up to MAX_BACKOFF.",
             )
         )
@@ -269,19 +272,155 @@ def _check_apps(
     return MappingProxyType(dict(value)), []
 
 
-_HTTP_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+#: The longest cookie or header name: the pin's token must fit next to it in a cookie.
+MAX_NAME_LENGTH: Final = 64
+_COOKIE_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+# No underscore: nginx and Django's runserver drop request headers that have one.
+_HEADER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+#: Cookie attributes: Python's cookies refuse them as names.
+_COOKIE_ATTRIBUTES: Final = frozenset(
+    {"expires", "path", "comment", "domain", "max-age", "secure", "httponly"}
+    | {"version", "samesite", "partitioned"}
+)
+#: Headers that HTTP, Django, browsers or proxies give a meaning: a pin written in one
+#: would overwrite it in the response, and WSGI passes some of them under other names.
+_RESERVED_HEADERS: Final = frozenset(
+    name.lower()
+    for name in (
+        "Accept",
+        "Accept-Charset",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Accept-Ranges",
+        "Age",
+        "Allow",
+        "Alt-Svc",
+        "Authorization",
+        "Cache-Control",
+        "Connection",
+        "Cookie",
+        "Date",
+        "DNT",
+        "ETag",
+        "Expect",
+        "Expires",
+        "Forwarded",
+        "From",
+        "Host",
+        "HTTP2-Settings",
+        "Keep-Alive",
+        "Last-Modified",
+        "Link",
+        "Location",
+        "Origin",
+        "Permissions-Policy",
+        "Pragma",
+        "Priority",
+        "Range",
+        "Referer",
+        "Referrer-Policy",
+        "Refresh",
+        "Report-To",
+        "Retry-After",
+        "Server",
+        "Server-Timing",
+        "Set-Cookie",
+        "Strict-Transport-Security",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Upgrade-Insecure-Requests",
+        "User-Agent",
+        "Vary",
+        "Via",
+        "Warning",
+        "WWW-Authenticate",
+        "X-Content-Type-Options",
+        "X-CSRFToken",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Port",
+        "X-Forwarded-Proto",
+        "X-Frame-Options",
+        "X-Real-IP",
+        "X-Request-ID",
+        "X-Requested-With",
+    )  # fmt: skip
+)
+_RESERVED_HEADER_PREFIXES: Final = (
+    "access-control-",
+    "content-",
+    "cross-origin-",
+    "if-",
+    "proxy-",
+    "sec-",
+)
 
 
-def _token(where: str, key: str, value: object) -> Problem | None:
+def _cookie_name(where: str, key: str, value: object) -> Problem | None:
     if not isinstance(value, str):
         return type_problem(where, key, value, "a string", False)
-    if _HTTP_TOKEN.match(value):
-        return None
+    if len(value) > MAX_NAME_LENGTH or not _COOKIE_NAME.match(value):
+        return _bad_name(
+            where,
+            key,
+            value,
+            f"a cookie name: at most {MAX_NAME_LENGTH} letters, digits and "
+            "!#$%&'*+-.^_`|~",
+        )
+    django_cookies = {
+        getattr(settings, name, None)
+        for name in ("SESSION_COOKIE_NAME", "CSRF_COOKIE_NAME", "LANGUAGE_COOKIE_NAME")
+    }
+    if value.lower() in _COOKIE_ATTRIBUTES or value in django_cookies:
+        return _taken(where, key, value, "a cookie attribute or Django's own cookies")
+    if value.lower().startswith(("__host-", "__secure-")):
+        return Problem(
+            "E013",
+            f"{where} must not start with __Host- or __Secure-, got "
+            f"{show_value(value)}.",
+            hint="The pin cookie is Secure on HTTPS requests only, and browsers drop "
+            f"such a cookie otherwise. For example: {key}={example(key)}.",
+        )
+    return None
+
+
+def _header_name(where: str, key: str, value: object) -> Problem | None:
+    if not isinstance(value, str):
+        return type_problem(where, key, value, "a string", False)
+    if len(value) > MAX_NAME_LENGTH or not _HEADER_NAME.match(value):
+        return _bad_name(
+            where,
+            key,
+            value,
+            f"a header name: at most {MAX_NAME_LENGTH} letters, digits and hyphens",
+        )
+    lower = value.lower()
+    csrf = str(getattr(settings, "CSRF_HEADER_NAME", "HTTP_X_CSRFTOKEN"))
+    if (
+        lower in _RESERVED_HEADERS
+        or lower.startswith(_RESERVED_HEADER_PREFIXES)
+        or "HTTP_" + value.upper().replace("-", "_") == csrf
+    ):
+        return _taken(where, key, value, "a header that HTTP, Django or proxies use")
+    return None
+
+
+def _bad_name(where: str, key: str, value: str, expected: str) -> Problem:
     return Problem(
         "E013",
-        f"{where} must be a cookie or header name (letters, digits and "
-        f"!#$%&'*+-.^_`|~), got {show_value(value)}.",
+        f"{where} must be {expected}, got {show_value(value)}.",
         hint=f"For example: {key}={example(key)}.",
+    )
+
+
+def _taken(where: str, key: str, value: str, what: str) -> Problem:
+    return Problem(
+        "E013",
+        f"{where} must not name {what}, got {show_value(value)}.",
+        hint=f"The pin would overwrite it, or never be read back. Use a name of your "
+        f"own, e.g. {key}={example(key)}.",
     )
 
 
@@ -291,15 +430,16 @@ def _apps_rule(where: str, key: str, value: object) -> Problem | None:
 
 _ROUTER_RULES: Final[Mapping[str, Rule]] = {
     "BALANCE": choice(BALANCE_CHOICES),
-    "PIN_SECONDS": number(0, inclusive=False, optional=True),
+    "PIN_SECONDS": number(SHORTEST_S, DAY_S, optional=True),
     "CAUSAL": boolean,
-    "MAX_REPLICA_LAG": number(0, inclusive=False, optional=True),
-    "CHECK_INTERVAL": number(0, inclusive=False),
-    "BACKOFF": number(0, inclusive=False),
-    "MAX_BACKOFF": number(0, inclusive=False),
+    "MAX_REPLICA_LAG": number(SHORTEST_S, DAY_S, optional=True),
+    # These drive the replica monitor's loop: a hundredth of a second at least.
+    "CHECK_INTERVAL": number(0.01, LONGEST_WAIT_S),
+    "BACKOFF": number(0.01, LONGEST_WAIT_S),
+    "MAX_BACKOFF": number(0.01, DAY_S),
     "APPS": _apps_rule,
-    "COOKIE_NAME": _token,
-    "HEADER_NAME": _token,
+    "COOKIE_NAME": _cookie_name,
+    "HEADER_NAME": _header_name,
 }
 assert set(_ROUTER_RULES) == set(ROUTER_KEYS), "every ROUTER key needs a rule"
 

@@ -22,10 +22,14 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 __all__ = [
+    "DAY_S",
     "EXAMPLES",
+    "LONGEST_WAIT_S",
     "POOLED_ENGINE_PREFIX",
     "Problem",
     "Rule",
+    "SHORTEST_S",
+    "YEAR_S",
     "boolean",
     "choice",
     "example",
@@ -35,11 +39,20 @@ __all__ = [
     "not_a_dict",
     "number",
     "range_problem",
+    "show_bound",
     "show_choices",
     "show_value",
     "type_problem",
     "unknown_key",
 ]
+
+#: The bounds of durations, in seconds. Below a millisecond a duration is zero in
+#: effect (no clock or scheduler resolves it); a wait longer than an hour, for a
+#: connection or an answer, means something is broken: fail and say so.
+SHORTEST_S: Final = 0.001
+LONGEST_WAIT_S: Final = 3_600.0
+DAY_S: Final = 86_400.0
+YEAR_S: Final = 31_536_000.0
 
 #: ENGINE values starting with this are django-poolconf backends.
 POOLED_ENGINE_PREFIX: Final = "django_poolconf.backends."
@@ -100,26 +113,30 @@ def _forget_poolconf(*, setting: str, **kwargs: Any) -> None:
 Rule = Callable[[str, str, object], "Problem | None"]
 
 
-def integer(minimum: int, *, optional: bool = False) -> Rule:
-    """A rule for an integer >= ``minimum`` (or ``None`` when ``optional``)."""
+def integer(minimum: int, maximum: int, *, optional: bool = False) -> Rule:
+    """A rule for an integer from ``minimum`` to ``maximum`` (or ``None`` when ``optional``)."""
+    expected = f"an integer from {show_bound(minimum)} to {show_bound(maximum)}"
 
     def rule(where: str, key: str, value: object) -> Problem | None:
         if optional and value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             return type_problem(where, key, value, "an integer", optional)
-        if value < minimum:
-            return range_problem(where, value, f"an integer >= {minimum}", optional)
+        if not minimum <= value <= maximum:
+            return range_problem(where, value, expected, optional)
         return None
 
     return rule
 
 
 def number(
-    minimum: float, *, inclusive: bool, optional: bool = False, unit: str = "seconds"
+    minimum: float, maximum: float, *, optional: bool = False, unit: str = "seconds"
 ) -> Rule:
-    """A rule for a finite number > ``minimum`` (>= if ``inclusive``), in ``unit``."""
-    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+    """A rule for a number from ``minimum`` to ``maximum`` in ``unit``, both included.
+
+    NaN, infinities and integers too large for a float are outside every range.
+    """
+    expected = f"a number from {show_bound(minimum)} to {show_bound(maximum)} ({unit})"
 
     def rule(where: str, key: str, value: object) -> Problem | None:
         if optional and value is None:
@@ -130,15 +147,17 @@ def number(
             as_float = float(value)
         except OverflowError:  # an int too large for a float
             as_float = math.inf
-        if (
-            not math.isfinite(as_float)
-            or value < minimum
-            or (not inclusive and value == minimum)
-        ):
-            return range_problem(where, value, f"a number {bound} ({unit})", optional)
+        # NaN compares false with everything: it fails this test too.
+        if not minimum <= as_float <= maximum:
+            return range_problem(where, value, expected, optional)
         return None
 
     return rule
+
+
+def show_bound(bound: float) -> str:
+    """A range's end for messages and docs: ``3600``, ``0.001``, ``2147483647``."""
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
 
 
 def boolean(where: str, key: str, value: object) -> Problem | None:

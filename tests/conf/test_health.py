@@ -62,7 +62,13 @@ def test_health_workers_default_to_web_concurrency(monkeypatch):
     [
         (
             {"TIMEOUT": 0},
-            "POOLCONF['HEALTH']['TIMEOUT'] must be a number > 0 (seconds), got 0.",
+            "POOLCONF['HEALTH']['TIMEOUT'] must be a number from 0.001 to 3600 (seconds), got 0.",
+            "For example: TIMEOUT=5.",
+        ),
+        (
+            {"TIMEOUT": 3e6},  # once accepted, and the probe failed on it
+            "POOLCONF['HEALTH']['TIMEOUT'] must be a number from 0.001 to 3600 "
+            "(seconds), got 3000000.0.",
             "For example: TIMEOUT=5.",
         ),
         (
@@ -72,7 +78,7 @@ def test_health_workers_default_to_web_concurrency(monkeypatch):
         ),
         (
             {"CACHE": -1},
-            "POOLCONF['HEALTH']['CACHE'] must be a number >= 0 (seconds), got -1.",
+            "POOLCONF['HEALTH']['CACHE'] must be a number from 0 to 86400 (seconds), got -1.",
             "For example: CACHE=1.",
         ),
         (
@@ -82,7 +88,7 @@ def test_health_workers_default_to_web_concurrency(monkeypatch):
         ),
         (
             {"WORKERS": 0},
-            "POOLCONF['HEALTH']['WORKERS'] must be an integer >= 1 or None, got 0.",
+            "POOLCONF['HEALTH']['WORKERS'] must be an integer from 1 to 10000 or None, got 0.",
             "For example: WORKERS=4.",
         ),
         (

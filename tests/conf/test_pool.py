@@ -300,23 +300,97 @@ def test_long_bad_value_is_cut_in_message():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("pool_size", 0, "must be an integer >= 1, got 0."),
-        ("pool_size", -1, "must be an integer >= 1, got -1."),
-        ("max_overflow", -1, "must be an integer >= 0, got -1."),
-        ("statement_timeout", -1, "must be an integer >= 0 or None, got -1."),
-        ("pool_timeout", 0, "must be a number > 0 (seconds), got 0."),
-        ("pool_timeout", -1.5, "must be a number > 0 (seconds), got -1.5."),
-        ("pool_timeout", math.nan, "must be a number > 0 (seconds), got nan."),
-        ("pool_timeout", math.inf, "must be a number > 0 (seconds), got inf."),
-        ("pool_timeout", -math.inf, "must be a number > 0 (seconds), got -inf."),
-        ("pool_recycle", 0, "must be a number > 0 (seconds) or None, got 0."),
-        ("pool_recycle", math.inf, "must be a number > 0 (seconds) or None, got inf."),
-        ("pre_ping_threshold", -0.1, "must be a number >= 0 (seconds), got -0.1."),
-        ("pre_ping_threshold", math.nan, "must be a number >= 0 (seconds), got nan."),
-        ("validation_timeout", 0, "must be a number > 0 (seconds), got 0."),
-        ("validation_timeout", math.inf, "must be a number > 0 (seconds), got inf."),
-        ("connect_timeout", 0.0, "must be a number > 0 (seconds), got 0.0."),
-        ("connect_timeout", -10, "must be a number > 0 (seconds), got -10."),
+        ("pool_size", 0, "must be an integer from 1 to 10000, got 0."),
+        ("pool_size", -1, "must be an integer from 1 to 10000, got -1."),
+        ("max_overflow", -1, "must be an integer from 0 to 10000, got -1."),
+        (
+            "statement_timeout",
+            -1,
+            "must be an integer from 0 to 2147483647 or None, got -1.",
+        ),
+        ("pool_timeout", 0, "must be a number from 0.001 to 3600 (seconds), got 0."),
+        (
+            "pool_timeout",
+            -1.5,
+            "must be a number from 0.001 to 3600 (seconds), got -1.5.",
+        ),
+        (
+            "pool_timeout",
+            math.nan,
+            "must be a number from 0.001 to 3600 (seconds), got nan.",
+        ),
+        (
+            "pool_timeout",
+            math.inf,
+            "must be a number from 0.001 to 3600 (seconds), got inf.",
+        ),
+        (
+            "pool_timeout",
+            -math.inf,
+            "must be a number from 0.001 to 3600 (seconds), got -inf.",
+        ),
+        (
+            "pool_recycle",
+            0,
+            "must be a number from 0.001 to 31536000 (seconds) or None, got 0.",
+        ),
+        (
+            "pool_recycle",
+            math.inf,
+            "must be a number from 0.001 to 31536000 (seconds) or None, got inf.",
+        ),
+        (
+            "pre_ping_threshold",
+            -0.1,
+            "must be a number from 0 to 86400 (seconds), got -0.1.",
+        ),
+        (
+            "pre_ping_threshold",
+            math.nan,
+            "must be a number from 0 to 86400 (seconds), got nan.",
+        ),
+        (
+            "validation_timeout",
+            0,
+            "must be a number from 0.001 to 3600 (seconds), got 0.",
+        ),
+        (
+            "validation_timeout",
+            math.inf,
+            "must be a number from 0.001 to 3600 (seconds), got inf.",
+        ),
+        (
+            "connect_timeout",
+            0.0,
+            "must be a number from 0.001 to 3600 (seconds), got 0.0.",
+        ),
+        (
+            "connect_timeout",
+            -10,
+            "must be a number from 0.001 to 3600 (seconds), got -10.",
+        ),
+        # Accepted once, and then failing at run time:
+        (
+            "statement_timeout",
+            2**31,
+            "must be an integer from 0 to 2147483647 or None, got 2147483648.",
+        ),
+        (
+            "validation_timeout",
+            3e6,
+            "must be a number from 0.001 to 3600 (seconds), got 3000000.0.",
+        ),
+        ("pool_size", 10**30, f"must be an integer from 1 to 10000, got {10**30}."),
+        (
+            "pool_timeout",
+            5e-324,
+            "must be a number from 0.001 to 3600 (seconds), got 5e-324.",
+        ),
+        (
+            "connect_timeout",
+            5e-324,
+            "must be a number from 0.001 to 3600 (seconds), got 5e-324.",
+        ),
     ],
 )
 def test_out_of_range_is_e004(key, value, message):
@@ -563,7 +637,7 @@ def test_poolconf_pool_bad_value_names_poolconf():
 
     assert problem == Problem(
         "E004",
-        "POOLCONF['POOL']['pool_size'] must be an integer >= 1, got 0.",
+        "POOLCONF['POOL']['pool_size'] must be an integer from 1 to 10000, got 0.",
         "For example: pool_size=10.",
     )
 
@@ -813,4 +887,7 @@ def test_slow_checkout_ms_is_milliseconds_and_leak_threshold_seconds():
     )[1]
     text = " ".join(str(p) for p in problems)
     assert "['slow_checkout_ms'] must be a number of milliseconds or None" in text
-    assert "['leak_detection_threshold'] must be a number > 0 (seconds) or None" in text
+    assert (
+        "['leak_detection_threshold'] must be a number from 0.001 to 31536000 (seconds) or None"
+        in text
+    )

@@ -101,8 +101,8 @@ def test_router_unknown_key_suggests_closest():
         ),
         (
             {"MAX_REPLICA_LAG": 0},
-            "POOLCONF['ROUTER']['MAX_REPLICA_LAG'] must be a number > 0 (seconds) or "
-            "None, got 0. For example: MAX_REPLICA_LAG=5.",
+            "POOLCONF['ROUTER']['MAX_REPLICA_LAG'] must be a number from 0.001 to "
+            "86400 (seconds) or None, got 0. For example: MAX_REPLICA_LAG=5.",
         ),
         (
             {"CHECK_INTERVAL": None},
@@ -121,9 +121,47 @@ def test_router_unknown_key_suggests_closest():
         ),
         (
             {"COOKIE_NAME": "my pin"},
-            "POOLCONF['ROUTER']['COOKIE_NAME'] must be a cookie or header name "
-            "(letters, digits and !#$%&'*+-.^_`|~), got 'my pin'. For example: "
+            "POOLCONF['ROUTER']['COOKIE_NAME'] must be a cookie name: at most 64 "
+            "letters, digits and !#$%&'*+-.^_`|~, got 'my pin'. For example: "
             "COOKIE_NAME='poolconf_pin'.",
+        ),
+        (
+            {"COOKIE_NAME": "path"},
+            "POOLCONF['ROUTER']['COOKIE_NAME'] must not name a cookie attribute or "
+            "Django's own cookies, got 'path'. The pin would overwrite it, or never be "
+            "read back. Use a name of your own, e.g. COOKIE_NAME='poolconf_pin'.",
+        ),
+        (
+            {"COOKIE_NAME": "sessionid"},
+            "POOLCONF['ROUTER']['COOKIE_NAME'] must not name a cookie attribute or "
+            "Django's own cookies, got 'sessionid'. The pin would overwrite it, or "
+            "never be read back. Use a name of your own, e.g. "
+            "COOKIE_NAME='poolconf_pin'.",
+        ),
+        (
+            {"COOKIE_NAME": "__Host-pin"},
+            "POOLCONF['ROUTER']['COOKIE_NAME'] must not start with __Host- or "
+            "__Secure-, got '__Host-pin'. The pin cookie is Secure on HTTPS requests "
+            "only, and browsers drop such a cookie otherwise. For example: "
+            "COOKIE_NAME='poolconf_pin'.",
+        ),
+        (
+            {"HEADER_NAME": "Content-Length"},
+            "POOLCONF['ROUTER']['HEADER_NAME'] must not name a header that HTTP, "
+            "Django or proxies use, got 'Content-Length'. The pin would overwrite it, "
+            "or never be read back. Use a name of your own, e.g. "
+            "HEADER_NAME='X-Poolconf-Pin'.",
+        ),
+        (
+            {"HEADER_NAME": "X_Poolconf_Pin"},
+            "POOLCONF['ROUTER']['HEADER_NAME'] must be a header name: at most 64 "
+            "letters, digits and hyphens, got 'X_Poolconf_Pin'. For example: "
+            "HEADER_NAME='X-Poolconf-Pin'.",
+        ),
+        (
+            {"PIN_SECONDS": 1e12},
+            "POOLCONF['ROUTER']['PIN_SECONDS'] must be a number from 0.001 to 86400 "
+            "(seconds) or None, got 1000000000000.0. For example: PIN_SECONDS=5.",
         ),
         (
             {"HEADER_NAME": b"X-Pin"},
@@ -132,8 +170,9 @@ def test_router_unknown_key_suggests_closest():
         ),
         (
             {"BACKOFF": 10, "MAX_BACKOFF": 5},
-            "POOLCONF['ROUTER']['MAX_BACKOFF'] must be >= BACKOFF (10), got 5. The "
-            "back-off starts at BACKOFF and doubles up to MAX_BACKOFF.",
+            "POOLCONF['ROUTER']['MAX_BACKOFF'] (5) must be at least "
+            "POOLCONF['ROUTER']['BACKOFF'] (10). The back-off starts at BACKOFF and "
+            "doubles up to MAX_BACKOFF.",
         ),
     ],
 )
