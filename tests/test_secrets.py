@@ -7,6 +7,7 @@ host never in what anonymous health output is built from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import socket
@@ -109,12 +110,23 @@ def _leaks(
     ]
 
 
+#: Every logger the scans read at DEBUG: ours, SQLAlchemy's (its pool logs what
+#: connecting raised) and psycopg's (it logs each connection attempt).
+LOGGERS = ("django_poolconf", "sqlalchemy", "psycopg")
+
+
+def _debug_logs(caplog: pytest.LogCaptureFixture) -> None:
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
 def _log_texts(records: list[logging.LogRecord]) -> list[str]:
-    return [
-        f"{r.getMessage()} {r.args!r} {r.exc_text or ''}"
-        for r in records
-        if r.name.startswith("django_poolconf")
-    ]
+    texts = []
+    for record in records:
+        exc = record.exc_info[1] if record.exc_info else None
+        exc_text = record.exc_text or ("" if exc is None else f"{exc!r} {exc}")
+        texts.append(f"{record.getMessage()} {record.args!r} {exc_text}")
+    return texts
 
 
 def _unused_port() -> int:
@@ -124,7 +136,7 @@ def _unused_port() -> int:
 
 
 def test_no_object_or_log_line_of_the_package_shows_the_password(get, caplog):
-    caplog.set_level(logging.DEBUG, logger="django_poolconf")
+    _debug_logs(caplog)
     # Connect, check out and in (parked), take back, close.
     assert get("/item/").status == 200
     connection.ensure_connection()
@@ -191,6 +203,107 @@ def test_no_health_object_shows_the_host(cluster):
     # Reprs only: a Target's str is the address detailed output shows operators.
     leaks = _leaks(objects, host, strs=False)
     assert leaks == [], "\n".join(leaks)
+
+
+# -- errors an operator can act on: which alias, which host and port, no password -----
+
+
+@contextlib.contextmanager
+def _alias(alias: str, **changes: Any) -> Iterator[None]:
+    """A pooled alias copied from ``default``, with ``changes``, for one test."""
+    base = connections.settings["default"]
+    connections.settings[alias] = {
+        **base,
+        "TEST": dict(base["TEST"]),
+        "PASSWORD": PASSWORD,
+        **changes,
+    }
+    try:
+        yield
+    finally:
+        with contextlib.suppress(AttributeError):
+            connections[alias].close()
+            del connections[alias]
+        del connections.settings[alias]
+        engines.dispose(alias)
+        runner._probes.pop(alias, None)
+
+
+def _connect_both_ways(alias: str) -> list[BaseException]:
+    """Connect through Django's wrapper and through SQLAlchemy; return both errors."""
+    with pytest.raises(OperationalError) as django_path:
+        connections[alias].connect()  # ensure_connection() is for test aliases
+    with pytest.raises(OperationalError) as sqlalchemy_path:
+        get_engine(alias).connect()
+    return [django_path.value, sqlalchemy_path.value]
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        ("127.0.0.1", "Connection refused"),
+        # A mistyped host once read "failed to resolve host '***'".
+        ("no-such-host.invalid", "no-such-host.invalid"),
+    ],
+)
+def test_a_failed_connect_names_the_alias_host_and_port_never_the_password(
+    caplog, host, says
+):
+    _debug_logs(caplog)
+    port = _unused_port()
+    with _alias("unreachable", HOST=host, PORT=str(port)):
+        errors = _connect_both_ways("unreachable")
+
+    for error in errors:
+        text = str(error)
+        assert text.startswith(
+            f"Could not open a connection for 'unreachable' (host {host!r}, port "
+            f"{port}): "
+        ), text
+        assert says in text
+    leaks = _leaks({"errors": errors}, PASSWORD)
+    assert leaks == [], "\n".join(leaks)
+    assert [line for line in _log_texts(caplog.records) if PASSWORD in line] == []
+
+
+DSN_SECRET = "dsn-secret-93b1f"
+
+
+def test_a_database_url_in_host_is_rejected_and_never_shown(caplog):
+    from io import StringIO
+
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    _debug_logs(caplog)
+    url = f"postgres://app:{DSN_SECRET}@db.example.com:5432/app"
+    with _alias("pasted", HOST=url, PASSWORD=""):
+        with pytest.raises(ImproperlyConfigured) as connecting:
+            connections["pasted"].connect()
+        with pytest.raises(SystemCheckError) as checking:
+            call_command("check", stdout=StringIO(), stderr=StringIO())
+        report = check_health(["pasted"], timeout=5, server_view=True)
+        table, as_json = StringIO(), StringIO()
+        call_command("poolstatus", "--database", "pasted", stdout=table)
+        call_command("poolstatus", "--database", "pasted", "--json", stdout=as_json)
+
+    message = str(connecting.value)
+    assert message.startswith("DATABASES['pasted']['HOST'] is a database URL")
+    assert "databases_from_env()" in message
+    assert "django_poolconf.E017" in str(checking.value)
+    assert report["pasted"].reason == "misconfigured"
+    outputs = {
+        "error": message,
+        "check": str(checking.value),
+        "report": report,
+        "json": report.as_dict(detail=True),
+        "table": table.getvalue(),
+        "poolstatus json": as_json.getvalue(),
+    }
+    leaks = _leaks(outputs, DSN_SECRET)
+    assert leaks == [], "\n".join(leaks)
+    assert [line for line in _log_texts(caplog.records) if DSN_SECRET in line] == []
 
 
 def _in(seconds: float) -> float:

@@ -113,6 +113,7 @@ class PooledDatabaseWrapperMixin:
             id(settings_dict.get("OPTIONS")),
             settings_dict.get("CONN_MAX_AGE"),
             settings_dict.get("REPLICA_OF"),
+            settings_dict.get("HOST"),
         )
         cached = self._pool_settings_cache
         if cached is not None and cached[0] == key:

@@ -195,6 +195,20 @@ def validate_alias(
             )
         )
 
+    host = settings_dict.get("HOST")
+    if isinstance(host, str) and _is_url(host):
+        problems.append(
+            Problem(
+                "E017",
+                # Not shown: a URL pasted here usually carries its password.
+                f"{where}['HOST'] is a database URL, not a host name.",
+                hint="Set HOST to the server's name or address alone, or build "
+                "DATABASES from the URL with django_poolconf.databases_from_env() (or "
+                "database_from_url()), which fills NAME, USER, PASSWORD, HOST and "
+                "PORT from it.",
+            )
+        )
+
     problems.extend(replica_problems(alias, settings_dict, databases))
     replica_of = settings_dict.get("REPLICA_OF")
     if not isinstance(replica_of, str) or replica_of == alias:
@@ -203,6 +217,15 @@ def validate_alias(
     if any(p.is_error for p in problems):
         return None, problems
     return PoolSettings(alias=alias, replica_of=replica_of, **values), problems
+
+
+def _is_url(host: str) -> bool:
+    """Whether HOST holds a URL or ``user:password@host`` rather than host names.
+
+    libpq's HOST is a comma-separated list of names, addresses and socket
+    directories; only an abstract Unix socket starts with ``@``.
+    """
+    return any("://" in part or "@" in part[1:] for part in host.split(","))
 
 
 def validate_poolconf(poolconf: object | None = None) -> list[Problem]:

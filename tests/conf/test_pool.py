@@ -891,3 +891,40 @@ def test_slow_checkout_ms_is_milliseconds_and_leak_threshold_seconds():
         "['leak_detection_threshold'] must be a number from 0.001 to 31536000 (seconds) or None"
         in text
     )
+
+
+# HOST: E017
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "postgres://app:s3cret@db/app",
+        "postgresql://db.example.com:5432/app",
+        "app:s3cret@db",
+        "db1,postgres://app:s3cret@db2/app",
+    ],
+)
+def test_a_url_in_host_is_e017_and_not_shown(host):
+    problem = only_problem(pooled(HOST=host))
+
+    assert problem == Problem(
+        "E017",
+        "DATABASES['default']['HOST'] is a database URL, not a host name.",
+        hint="Set HOST to the server's name or address alone, or build DATABASES "
+        "from the URL with django_poolconf.databases_from_env() (or "
+        "database_from_url()), which fills NAME, USER, PASSWORD, HOST and PORT from "
+        "it.",
+    )
+    assert "s3cret" not in str(problem)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["db", "10.0.0.5", "::1", "db1,db2", "/var/run/postgresql", "@abstract", ""],
+)
+def test_host_names_addresses_and_sockets_are_accepted(host):
+    result, problems = validate(pooled(HOST=host))
+
+    assert problems == []
+    assert result is not None

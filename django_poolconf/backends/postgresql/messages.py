@@ -1,0 +1,56 @@
+"""What a libpq error may say, and what of it django-poolconf passes on.
+
+A failed connect names the server tried, as Django's own backend does: an operator
+must see which one failed. Passwords never appear, nor the password of a URL; the
+health view's error text, which detail shows to staff or token holders, hides the
+host and port too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+__all__ = ["describe_target", "redact"]
+
+# psycopg's summary of several connection attempts: "- host: '...', port: '...', ...: "
+_PSYCOPG_ATTEMPT: Final = re.compile(
+    r"^- host: '[^']*', port: '[^']*'(?:, hostaddr: '[^']*')?: ", re.MULTILINE
+)
+_LIBPQ_TARGET: Final = re.compile(
+    r'connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?(?:, port \d+)? failed: '
+)
+# A database URL's password: "scheme://user:password@".
+_URL_PASSWORD: Final = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
+_PASSWORD_PARAMS: Final = ("password", "sslpassword")
+_HOST_PARAMS: Final = ("host", "hostaddr")
+
+
+def describe_target(conn_params: dict[str, Any]) -> str:
+    """``host 'db', port 5432``: the server a connection was opened to, for messages."""
+    host = conn_params.get("host")
+    port = conn_params.get("port")
+    shown = _URL_PASSWORD.sub(r"\1:***@", str(host)) if host else None
+    return (f"host {shown!r}" if shown else "libpq's default host") + (
+        f", port {port}" if port else ", libpq's default port"
+    )
+
+
+def redact(message: str, conn_params: dict[str, Any], *, hosts: bool = False) -> str:
+    """Drop the password (and with ``hosts``, the host and port) from a libpq error message.
+
+    User and database names stay: they are no secret, and an operator needs them.
+    """
+    if hosts:
+        message = _PSYCOPG_ATTEMPT.sub("", _LIBPQ_TARGET.sub("", message))
+    message = _URL_PASSWORD.sub(r"\1:***@", message)
+    names = _PASSWORD_PARAMS + _HOST_PARAMS if hosts else _PASSWORD_PARAMS
+    for name in names:
+        value = conn_params.get(name)
+        if isinstance(value, str) and value:
+            # Whole words only, so that a short host such as "db" is hidden without
+            # mangling the words around it.
+            pattern = rf"(?<![\w.-]){re.escape(value)}(?![\w.-])"
+            message = re.sub(pattern, "***", message)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines) or "the server refused or did not answer"
