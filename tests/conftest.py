@@ -12,7 +12,9 @@ from django.test import RequestFactory
 
 from django_poolconf import engines
 from django_poolconf.embedded import EmbeddedCluster
+from django_poolconf.health import runner
 from tests import servers
+from tests.proxy import FaultProxy
 
 #: What pg_stat_statements shows of the reset every return sends.
 RESET_STATEMENTS = frozenset(
@@ -133,3 +135,24 @@ def server_pids(admin: psycopg.Connection[Any], dbname: str) -> set[int]:
         [dbname],
     ).fetchall()
     return {row[0] for row in rows}
+
+
+@pytest.fixture
+def proxy(pool_options: Callable[..., None]) -> Iterator[FaultProxy]:
+    """The default alias, connecting through a fault proxy, with a fresh pool."""
+    settings_dict = connections.settings["default"]
+    original = settings_dict["HOST"], settings_dict["PORT"]
+    faults = FaultProxy(str(original[0]), int(original[1]))
+    connections.close_all()
+    engines.dispose_all()
+    runner._probes.clear()
+    settings_dict["HOST"], settings_dict["PORT"] = "127.0.0.1", str(faults.port)
+    try:
+        yield faults
+    finally:
+        faults.restore()
+        connections.close_all()
+        engines.dispose_all()
+        runner._probes.clear()
+        settings_dict["HOST"], settings_dict["PORT"] = original
+        faults.close()

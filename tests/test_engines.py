@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import socket
 import threading
 import time
 from typing import Any
@@ -16,6 +14,7 @@ from django.db import connection, connections
 
 from django_poolconf import dispose_all, engines, get_async_engine, get_engine
 from tests.conftest import server_pids, wsgi_get
+from tests.proxy import FaultProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -190,68 +189,21 @@ def test_child_forked_mid_request_forgets_the_borrowed_connection():
         connection.close()
 
 
-class _StallingProxy:
-    """A TCP proxy to the primary that can stop forwarding, like a dead network path."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stalled = threading.Event()
-        self.closing = threading.Event()
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closing.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    return
-                while self.stalled.is_set() and not self.closing.is_set():
-                    time.sleep(0.01)  # swallow the traffic: nothing comes back
-                if self.closing.is_set():
-                    return
-                sink.sendall(data)
-        except OSError:
-            return
-
-    def close(self) -> None:
-        self.closing.set()
-        for sock in self.sockets:
-            # shutdown() wakes the threads blocked in recv(); close() alone would not,
-            # and the server would keep the session open.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
 def test_ping_of_a_stalled_connection_is_bounded_by_validation_timeout(pool_options):
     settings_dict = connections["default"].settings_dict
-    proxy = _StallingProxy(settings_dict["HOST"], int(settings_dict["PORT"]))
+    proxy = FaultProxy(settings_dict["HOST"], int(settings_dict["PORT"]))
     original_port = settings_dict["PORT"]
     settings_dict["PORT"] = str(proxy.port)
     pool_options(pre_ping_threshold=0, validation_timeout=0.5, connect_timeout=2)
     try:
         first = wsgi_get("/item/").json()["pid"]
-        proxy.stalled.set()
+        proxy.stall()
         started = time.monotonic()
         with pytest.raises(Exception) as raised:
             connection.ensure_connection()
         elapsed = time.monotonic() - started
     finally:
-        proxy.stalled.clear()
+        proxy.restore()
         connections.close_all()
         proxy.close()
         settings_dict["PORT"] = original_port

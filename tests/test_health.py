@@ -24,6 +24,7 @@ from django_poolconf.embedded import EmbeddedServer
 from django_poolconf.health import check_health, runner
 from django_poolconf.views import database_health
 from tests.conftest import Response, wsgi_get
+from tests.proxy import FaultProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -640,10 +641,9 @@ def test_probe_threads_end_after_the_check():
 
 
 def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
-    from tests.test_engines import _StallingProxy
 
     primary = connections.settings["default"]
-    proxy = _StallingProxy(primary["HOST"], int(primary["PORT"]))
+    proxy = FaultProxy(primary["HOST"], int(primary["PORT"]))
     # No ping when borrowed, and no reset in flight: a probe leaves a connection whose
     # reset has not come back for the next checkout, so the stall must hit its query.
     pool = {**primary["POOL"], "pre_ping_threshold": 60, "reset_on_return": "rollback"}
@@ -651,17 +651,17 @@ def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
         with extra_alias("stalled", PORT=str(proxy.port), POOL=pool):
             with get_engine("stalled").connect() as conn:  # one idle pooled connection
                 before = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-            proxy.stalled.set()
+            proxy.stall()
             started = time.monotonic()
             report = check_health(["stalled"])
             took = time.monotonic() - started
             probe = runner._probes["stalled"].future.result(timeout=5)
-            proxy.stalled.clear()
+            proxy.restore()
             with get_engine("stalled").connect() as conn:
                 after = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             checked_out = get_engine("stalled").pool.checkedout()
     finally:
-        proxy.stalled.clear()
+        proxy.restore()
         proxy.close()
 
     assert (report["stalled"].status, report["stalled"].reason) == (

@@ -266,6 +266,40 @@ def test_a_failed_connect_names_the_alias_host_and_port_never_the_password(
     assert [line for line in _log_texts(caplog.records) if PASSWORD in line] == []
 
 
+@pytest.mark.timeout(60)
+def test_network_fault_errors_and_logs_show_no_password(caplog, proxy, pool_options):
+    """Refused, stalled and dropped connections: errors and DEBUG logs, scanned."""
+    _debug_logs(caplog)
+    pool_options(connect_timeout=2, validation_timeout=0.5, pre_ping_threshold=0)
+    errors: list[BaseException] = []
+    proxy.refuse()
+    with pytest.raises(OperationalError) as refused:
+        connection.ensure_connection()
+    errors.append(refused.value)
+    proxy.restore()
+    connection.ensure_connection()
+    connection.close()
+    proxy.stall()
+    with pytest.raises(OperationalError) as stalled:
+        connection.ensure_connection()  # the ping, then a connect: both time out
+    errors.append(stalled.value)
+    proxy.restore()
+    connection.ensure_connection()
+    proxy.drop()
+    with pytest.raises(OperationalError) as dropped, connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    errors.append(dropped.value)
+    connection.close()
+
+    assert "Connection refused" in str(refused.value)
+    assert "timeout expired" in str(stalled.value)
+    leaks = _leaks({"errors": errors}, PASSWORD)
+    assert leaks == [], "\n".join(leaks)
+    logged = _log_texts(caplog.records)
+    assert any("Error on connect()" in line for line in logged)  # SQLAlchemy's
+    assert [line for line in logged if PASSWORD in line] == []
+
+
 DSN_SECRET = "dsn-secret-93b1f"
 
 
