@@ -70,6 +70,9 @@ FROM (
 ) AS baseline
 """
 
+#: The server ended this session for its own idleness (idle_in_transaction_session_timeout,
+#: idle_session_timeout): the other connections are not concerned.
+_SESSION_TIMEOUTS: Final = frozenset({"25P03", "57P05"})
 _IDLE: Final = pq.TransactionStatus.IDLE
 _CONNECTION_OK: Final = pq.ConnStatus.OK
 _BAD_STATUS: Final = frozenset(
@@ -92,6 +95,7 @@ class PooledConnection(psycopg.Connection[Any]):
     isolation_default: Any = None
     named_cursors: list[Any]  # named cursors made by the current borrower
     server_ended_session: bool = False  # a FATAL error arrived while idle
+    session_timed_out: bool = False  # the server ended it for idleness (25P03, 57P05)
     reset_pending: bool = False  # the reset sent on return, its result not read yet
     reset_failed: bool = False  # a result of the pending reset reported an error
     generation: int = 0  # process.GENERATION.value when it was opened
@@ -637,7 +641,17 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         if sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}:
             return DISCONNECT
         connection = self.connection
-        if connection is not None and (connection.closed or connection.broken):
+        if sqlstate in _SESSION_TIMEOUTS:
+            # This session only: the connection is broken, not the server. What
+            # fails on it next (Django's rollback) is no news of the server either.
+            if connection is not None:
+                connection.session_timed_out = True
+            return None
+        if (
+            connection is not None
+            and (connection.closed or connection.broken)
+            and not connection.session_timed_out
+        ):
             return DISCONNECT
         return None
 
