@@ -17,6 +17,7 @@ from django.db.backends.signals import connection_created
 from django_poolconf import PoolTimeout, engines, get_engine
 from django_poolconf.backends.postgresql.messages import redact
 from tests.conftest import server_pids, wsgi_get
+from tests.measure import measured
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -178,7 +179,9 @@ def test_pool_timeout_raises_operational_error_naming_the_pool(pool_options):
         started = time.monotonic()
         with pytest.raises(PoolTimeout) as raised:
             connection.ensure_connection()
-        waited = time.monotonic() - started
+        waited = measured(
+            "exhaustion (pool_timeout=0.1): error after", time.monotonic() - started
+        )
     finally:
         release.set()
         holder.join()
@@ -204,7 +207,12 @@ def test_terminated_connections_cost_no_request(get, admin, test_db_name, pool_o
     )
     _wait_until(lambda: not server_pids(admin, test_db_name) & pooled)
 
-    responses = [get("/item/") for _ in range(100)]
+    started = time.monotonic()
+    responses = [get("/item/")]
+    measured(
+        "pg_terminate_backend: first request served after", time.monotonic() - started
+    )
+    responses += [get("/item/") for _ in range(99)]
 
     assert [r.status for r in responses] == [200] * 100
     assert not {r.json()["pid"] for r in responses} & pooled
@@ -215,7 +223,10 @@ def test_restart_of_the_server_costs_no_request(get, cluster, pool_options):
     before = get("/item/").json()["pid"]
 
     cluster.primary.restart()
-    responses = [get("/item/") for _ in range(100)]
+    started = time.monotonic()
+    responses = [get("/item/")]
+    measured("primary restart: first request served after", time.monotonic() - started)
+    responses += [get("/item/") for _ in range(99)]
 
     assert [r.status for r in responses] == [200] * 100
     assert responses[0].json()["pid"] != before

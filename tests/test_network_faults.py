@@ -21,6 +21,7 @@ from django.test import override_settings
 from django_poolconf import ConnectionFailed, get_engine, pool_stats
 from django_poolconf.health import check_health, runner
 from tests.conftest import wsgi_get
+from tests.measure import measured
 from tests.proxy import FaultProxy
 
 pytestmark = [
@@ -30,12 +31,6 @@ pytestmark = [
 
 #: Beyond a bound, what scheduling on a loaded two-core machine may add.
 SLACK_S = 1.5
-
-
-def _measured(what: str, seconds: float) -> float:
-    """Print a measurement for docs/reliability.rst (``pytest -s`` shows them)."""
-    print(f"MEASURED {what}: {seconds * 1000:.0f} ms")
-    return seconds
 
 
 def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
@@ -90,7 +85,7 @@ def test_dropped_idle_connections_are_replaced_without_an_error(proxy, pool_opti
 
     dropped = proxy.drop()
     response, took = _timed(lambda: wsgi_get("/item/"))
-    _measured("drop, idle connections: first request served after", took)
+    measured("drop, idle connections: first request served after", took)
 
     assert dropped >= 3
     assert response.status == 200
@@ -111,10 +106,10 @@ def test_a_query_in_flight_when_the_connection_drops_fails_at_once(proxy):
     proxy.drop()
     dropped_at = time.monotonic()
     worker.join(timeout=10)
-    failed_after = _measured(
+    failed_after = measured(
         "drop, query in flight: error after", time.monotonic() - dropped_at
     )
-    recovery = _measured("drop, query in flight: served again after", _until_served())
+    recovery = measured("drop, query in flight: served again after", _until_served())
 
     assert not worker.is_alive()
     assert outcome[0].status == 500
@@ -132,7 +127,7 @@ def test_forgotten_idle_flows_are_found_by_the_ping_and_replaced(proxy, pool_opt
 
     forgotten = proxy.forget()
     response, took = _timed(lambda: wsgi_get("/item/"))
-    _measured("forgotten flows, pinged: first request served after", took)
+    measured("forgotten flows, pinged: first request served after", took)
 
     assert forgotten == 1
     assert response.status == 200
@@ -167,9 +162,9 @@ def test_a_new_connection_in_a_stall_fails_within_connect_timeout(proxy, pool_op
     proxy.stall()
 
     error, took = _timed(connection.ensure_connection)
-    _measured("stall, new connection: error after", took)
+    measured("stall, new connection: error after", took)
     proxy.restore()
-    recovery = _measured("stall, new connection: served after restore", _until_served())
+    recovery = measured("stall, new connection: served after restore", _until_served())
 
     assert isinstance(error, ConnectionFailed)
     assert "timeout expired" in str(error)
@@ -189,11 +184,9 @@ def test_an_idle_connection_in_a_stall_costs_at_most_the_ping_and_a_connect(
 
     threads = set(threading.enumerate())
     response, took = _timed(lambda: wsgi_get("/item/"))
-    _measured("stall, idle connection: error after", took)
+    measured("stall, idle connection: error after", took)
     proxy.restore()
-    recovery = _measured(
-        "stall, idle connection: served after restore", _until_served()
-    )
+    recovery = measured("stall, idle connection: served after restore", _until_served())
     _no_thread_left(threads)
 
     assert response.status == 500
@@ -209,7 +202,7 @@ def test_health_answers_within_its_timeout_in_a_stall(proxy):
     with override_settings(POOLCONF={"HEALTH": {"TIMEOUT": 1, "CACHE": 0}}):
         report, took = _timed(lambda: check_health(["default"]))
         view, view_took = _timed(lambda: wsgi_get("/health/db"))
-        _measured("stall, /health/db answered after", view_took)
+        measured("stall, /health/db answered after", view_took)
         proxy.restore()
         runner._probes.clear()
         healthy_again, _ = _timed(lambda: check_health(["default"]))
@@ -268,7 +261,7 @@ def test_refused_connections_fail_at_once_and_open_connections_go_on(
     served = wsgi_get("/item/")
     with get_engine().connect():  # the idle connection is now checked out
         error, took = _timed(connection.ensure_connection)
-    _measured("refused, new connection: error after", took)
+    measured("refused, new connection: error after", took)
     proxy.restore()
     with get_engine().connect() as conn:  # a new connection opens again
         reopened = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()

@@ -34,6 +34,7 @@ from django_poolconf.routers import (
 )
 from django_poolconf.routing import router, scope
 from tests.conftest import RESET_STATEMENTS
+from tests.measure import measured
 from tests.routing_urls import server
 from tests.testapp.models import Item
 
@@ -497,6 +498,7 @@ def test_stopped_replica_costs_no_read_and_reads_return_after_restart(
         lambda: browser.get("/router/read/").json()["server"]["in_recovery"],
         "reads did not return to the replica",
     )
+    measured("replica restart: reads back on the replica after", back_after)
 
     assert [r.status for r in during] == [200] * 40
     assert _servers(during) == [False] * 40

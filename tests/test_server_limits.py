@@ -26,6 +26,7 @@ from django.db import (
 
 from django_poolconf import ConnectionFailed, engines, get_engine, pool_stats
 from tests.conftest import wsgi_get
+from tests.measure import measured
 from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
@@ -40,11 +41,6 @@ def fresh_pools() -> Iterator[None]:
     yield
     connections.close_all()
     engines.dispose_all()
-
-
-def _measured(what: str, seconds: float) -> float:
-    print(f"MEASURED {what}: {seconds * 1000:.0f} ms")
-    return seconds
 
 
 def _wait_for(condition: Callable[[], bool], what: str, within_s: float = 15) -> float:
@@ -117,7 +113,7 @@ def test_connections_the_server_closed_for_idleness_are_replaced_before_use(
         started = time.monotonic()
         first = wsgi_get("/item/")
         second = _in_thread(lambda: wsgi_get("/item/"))
-        _measured(
+        measured(
             "idle_session_timeout: both requests served after",
             time.monotonic() - started,
         )
@@ -243,13 +239,13 @@ def test_a_full_server_fails_new_connections_clearly_and_recovers_when_slots_fre
                 started = time.monotonic()
                 with pytest.raises(ConnectionFailed) as refused:
                     connection.ensure_connection()
-                _measured("max_connections: error after", time.monotonic() - started)
+                measured("max_connections: error after", time.monotonic() - started)
         finally:
             for other in others:
                 other.close()
         freed = time.monotonic()
         connection.ensure_connection()
-        recovered = _measured(
+        recovered = measured(
             "max_connections: a new connection after slots free",
             time.monotonic() - freed,
         )
