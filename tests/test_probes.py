@@ -11,6 +11,7 @@ from django.db import connection, connections
 
 from django_poolconf import engines, probes
 from django_poolconf.probes import ProbeResult
+from tests.proxy import FaultProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -76,10 +77,8 @@ def test_a_probe_past_its_deadline_closes_no_healthy_connection(pool_options):
 def test_a_probe_does_not_reconnect_an_idle_connection_due_for_recycling(
     pool_options,
 ):
-    from tests.test_engines import _StallingProxy
-
     settings_dict = connections["default"].settings_dict
-    proxy = _StallingProxy(settings_dict["HOST"], int(settings_dict["PORT"]))
+    proxy = FaultProxy(settings_dict["HOST"], int(settings_dict["PORT"]))
     port = settings_dict["PORT"]
     settings_dict["PORT"] = str(proxy.port)
     try:
@@ -89,13 +88,13 @@ def test_a_probe_does_not_reconnect_an_idle_connection_due_for_recycling(
         lender = engines._registry["default"].lender
         opened = lender.counters.connections_opened
         time.sleep(1.1)  # the idle connection is due for recycling
-        proxy.stalled.set()
+        proxy.stall()
         params = connections["default"].get_connection_params()
         probes.probe_pooled(lender, params, time.monotonic() + 0.3)
         opened_by_probe = lender.counters.connections_opened - opened
         idle = lender.engine.pool.checkedin()
     finally:
-        proxy.stalled.clear()
+        proxy.restore()
         connections.close_all()
         engines.dispose_all()
         settings_dict["PORT"] = port
