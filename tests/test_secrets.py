@@ -268,9 +268,11 @@ def test_a_failed_connect_names_the_alias_host_and_port_never_the_password(
 
 @pytest.mark.timeout(60)
 def test_network_fault_errors_and_logs_show_no_password(caplog, proxy, pool_options):
-    """Refused, stalled and dropped connections: errors and DEBUG logs, scanned."""
+    """Refused, stalled, unanswered and dropped connections: errors and DEBUG logs."""
     _debug_logs(caplog)
-    pool_options(connect_timeout=2, validation_timeout=0.5, pre_ping_threshold=0)
+    pool_options(
+        connect_timeout=2, validation_timeout=0.5, pre_ping_threshold=0, read_timeout=1
+    )
     errors: list[BaseException] = []
     proxy.refuse()
     with pytest.raises(OperationalError) as refused:
@@ -285,6 +287,13 @@ def test_network_fault_errors_and_logs_show_no_password(caplog, proxy, pool_opti
     errors.append(stalled.value)
     proxy.restore()
     connection.ensure_connection()
+    proxy.stall()
+    with pytest.raises(OperationalError) as unanswered, connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # checked out already: no ping, read_timeout
+    errors.append(unanswered.value)
+    proxy.restore()
+    connection.close()
+    connection.ensure_connection()
     proxy.drop()
     with pytest.raises(OperationalError) as dropped, connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -293,6 +302,7 @@ def test_network_fault_errors_and_logs_show_no_password(caplog, proxy, pool_opti
 
     assert "Connection refused" in str(refused.value)
     assert "timeout expired" in str(stalled.value)
+    assert "within read_timeout=1 s" in str(unanswered.value)
     leaks = _leaks({"errors": errors}, PASSWORD)
     assert leaks == [], "\n".join(leaks)
     logged = _log_texts(caplog.records)

@@ -44,6 +44,7 @@ HIGHEST = {
     "validation_timeout": HOUR,
     "connect_timeout": HOUR,
     "statement_timeout": MAX_MS,
+    "read_timeout": DAY,
     "leak_detection_threshold": YEAR,
     "slow_checkout_ms": HOUR * 1000,
 }
@@ -56,6 +57,7 @@ LOWEST = {
     "validation_timeout": 0.001,
     "connect_timeout": 0.001,
     "statement_timeout": 0,
+    "read_timeout": 1,
     "leak_detection_threshold": 0.001,
     "slow_checkout_ms": 0,
 }

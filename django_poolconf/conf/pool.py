@@ -73,6 +73,9 @@ class PoolSettings:
     validation_timeout: float = 5.0  # seconds a ping may take
     connect_timeout: float = 10.0  # seconds to open a new connection
     statement_timeout: int | None = None  # milliseconds, None = server default
+    read_timeout: float | None = (
+        None  # seconds a statement waits for the server's bytes
+    )
     reset_on_return: ResetOnReturn = "auto"
     thread_affinity: bool = True  # a thread keeps its connection between requests
     leak_detection_threshold: float | None = None  # seconds held before a warning
@@ -315,6 +318,8 @@ _RULES: Final[Mapping[str, Rule]] = {
     "validation_timeout": number(SHORTEST_S, LONGEST_WAIT_S),
     "connect_timeout": number(SHORTEST_S, LONGEST_WAIT_S),
     "statement_timeout": integer(0, MAX_STATEMENT_TIMEOUT_MS, optional=True),
+    # Below a second it would cut ordinary statements on a busy server.
+    "read_timeout": number(1, DAY_S, optional=True),
     "reset_on_return": choice(RESET_CHOICES),
     "thread_affinity": boolean,
     "leak_detection_threshold": number(SHORTEST_S, YEAR_S, optional=True),
@@ -333,5 +338,6 @@ _FLOAT_KEYS: Final = frozenset(
         "connect_timeout",
         "leak_detection_threshold",
         "slow_checkout_ms",
+        "read_timeout",
     }
 )

@@ -221,6 +221,7 @@ EXAMPLES: Final[Mapping[str, str]] = {
     "validation_timeout": "5",
     "connect_timeout": "10",
     "statement_timeout": "30000",
+    "read_timeout": "60",
     "leak_detection_threshold": "60",
     "slow_checkout_ms": "500",
     "thread_affinity": "True",

@@ -67,6 +67,7 @@ POOL_RANGES = {
     "validation_timeout": Num(0.001, HOUR),
     "connect_timeout": Num(0.001, HOUR),
     "statement_timeout": Int(0, 2_147_483_647, optional=True),
+    "read_timeout": Num(1, DAY, optional=True),
     "reset_on_return": Other(),
     "thread_affinity": Other(),
     "leak_detection_threshold": Num(0.001, YEAR, optional=True),

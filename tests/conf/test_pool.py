@@ -31,7 +31,7 @@ from tests.conf.conftest import (
 VALID_KEYS = (
     "Valid keys are 'pool_size', 'max_overflow', 'pool_timeout', 'pool_recycle', "
     "'pool_pre_ping', 'pre_ping_threshold', 'validation_timeout', 'connect_timeout', "
-    "'statement_timeout', 'reset_on_return', 'thread_affinity', "
+    "'statement_timeout', 'read_timeout', 'reset_on_return', 'thread_affinity', "
     "'leak_detection_threshold', 'slow_checkout_ms'."
 )
 PRESET_CHOICES = (
@@ -57,6 +57,7 @@ def test_defaults_without_pool():
         validation_timeout=5.0,
         connect_timeout=10.0,
         statement_timeout=None,
+        read_timeout=None,
         reset_on_return="auto",
         replica_of=None,
     )
@@ -115,6 +116,7 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         "validation_timeout",
         "connect_timeout",
         "statement_timeout",
+        "read_timeout",
         "reset_on_return",
         "thread_affinity",
         "leak_detection_threshold",
@@ -166,6 +168,7 @@ def test_good_value_is_accepted(key, value):
         "pre_ping_threshold",
         "validation_timeout",
         "connect_timeout",
+        "read_timeout",
     ],
 )
 def test_integer_for_seconds_key_becomes_float(key):
@@ -390,6 +393,11 @@ def test_long_bad_value_is_cut_in_message():
             "connect_timeout",
             5e-324,
             "must be a number from 0.001 to 3600 (seconds), got 5e-324.",
+        ),
+        (
+            "read_timeout",
+            0.5,
+            "must be a number from 1 to 86400 (seconds) or None, got 0.5.",
         ),
     ],
 )

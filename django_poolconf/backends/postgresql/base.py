@@ -30,6 +30,7 @@ from django_poolconf.backends.base import (
     PooledDatabaseWrapperMixin,
 )
 from django_poolconf.backends.postgresql.messages import describe_target, redact
+from django_poolconf.backends.postgresql.waiting import wait_for_answer
 from django_poolconf.errors import ConnectionFailed
 from django_poolconf.pool import registry
 from django_poolconf.redaction import SECRET_PARAMS, Secret, fingerprint
@@ -99,6 +100,7 @@ class PooledConnection(psycopg.Connection[Any]):
     reset_pending: bool = False  # the reset sent on return, its result not read yet
     reset_failed: bool = False  # a result of the pending reset reported an error
     generation: int = 0  # process.GENERATION.value when it was opened
+    read_timeout: float | None = None  # POOL["read_timeout"]: see waiting.py
     #: What the connection had after it was opened and set up, restored on return:
     baseline_sql: bytes = RESET_SQL  # or RESET_PARTS_SQL and the setup's settings
     baseline: _ClientBaseline
@@ -122,6 +124,8 @@ class PooledConnection(psycopg.Connection[Any]):
         # an isolation level after its reset event, before the pool's next checkout.
         if self.reset_pending and not _collect_reset(self, RESET_TIMEOUT):
             raise psycopg.OperationalError("the connection's reset failed")
+        if self.read_timeout is not None and len(args) == 1 and not kwargs:
+            return wait_for_answer(self, args[0], self.read_timeout)
         return super().wait(*args, **kwargs)
 
     def close(self) -> None:
@@ -310,9 +314,15 @@ class PostgresHooks:
     dialect_url = "postgresql+psycopg://"
 
     def __init__(
-        self, alias: str, conn_params: dict[str, Any], isolation_level: Any
+        self,
+        alias: str,
+        conn_params: dict[str, Any],
+        isolation_level: Any,
+        *,
+        read_timeout: float | None = None,
     ) -> None:
         self.alias = alias
+        self.read_timeout = read_timeout
         params = dict(conn_params)
         # Kept apart, in a form no repr shows; revealed only to connect.
         self.secrets = {
@@ -336,6 +346,7 @@ class PostgresHooks:
         else:
             connection.named_cursors = []
             connection.generation = process.GENERATION.value
+            connection.read_timeout = self.read_timeout
             connection.add_notice_handler(_FatalNotice(connection))
             if self.isolation_level is not None:
                 connection.isolation_level = self.isolation_level
@@ -621,6 +632,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             self.alias,
             conn_params,
             None if level is None else self._configured_isolation_level(),
+            read_timeout=self.get_pool_settings().read_timeout,
         )
 
     def classify_error(self, error: BaseException) -> str | None:
