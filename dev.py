@@ -67,9 +67,9 @@ def main() -> int:
     python = _ensure_venv(ROOT / args.venv, args.python, EXTRAS[args.command], pins)
     os.chdir(ROOT)
     if args.command == "example":
-        return _run([python, "example_project/run.py", *rest])
+        return _exec([python, "example_project/run.py", *rest])
     if args.command == "test":
-        return _run(
+        return _exec(
             [
                 python,
                 "-m",
@@ -81,9 +81,9 @@ def main() -> int:
         )
     if args.command == "bench":
         # -P: the benchmarks folder must not shadow the standard library.
-        return _run([python, "-P", "benchmarks/run.py", *rest])
+        return _exec([python, "-P", "benchmarks/run.py", *rest])
     if args.command == "docs":
-        return _run(
+        return _exec(
             [
                 python,
                 "-m",
@@ -133,25 +133,26 @@ def _ensure_venv(path: Path, base_python: str, extras: str, pins: list[str]) -> 
 
 
 def _run(command: list[str]) -> int:
+    """Run one of several programs (the linters) and return its exit status."""
     print("$", " ".join(command), flush=True)
-    # A shell starts a background job with SIGINT ignored; `kill -INT` must still stop
-    # it, and `kill -TERM` too: both reach the program, which stops its servers.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    process = subprocess.Popen(command)
-    previous = signal.signal(
-        signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGINT)
-    )
-    try:
-        while True:
-            try:
-                return process.wait()
-            except KeyboardInterrupt:
-                # Ctrl-C reaches the whole process group; a SIGINT sent to this
-                # process alone must still let the program (and the servers it
-                # started) stop cleanly.
-                process.send_signal(signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return subprocess.call(command)
+
+
+def _exec(command: list[str]) -> int:
+    """Become the program, so that signals reach it as if it had been started directly.
+
+    A wrapper process would see a terminal's Ctrl-C too, and sending it on would
+    interrupt the program a second time while it stops its servers. A shell starts a
+    background job with SIGINT ignored, which a program inherits across exec: reset it,
+    so that ``kill -INT`` still stops the program. ``kill`` (SIGTERM) ends it too; the
+    example and the test suite then stop their servers (see ``embedded``'s watchdog).
+    """
+    print("$", " ".join(command), flush=True)
+    if os.name == "nt":  # pragma: no cover - no exec that keeps the console's signals
+        return subprocess.call(command)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execv(command[0], command)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 if __name__ == "__main__":
