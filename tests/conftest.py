@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +30,12 @@ RESET_STATEMENTS = frozenset(
         "DISCARD SEQUENCES",
     }
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `kill <pid>` of a test run stops it as Ctrl-C does: fixtures tear down, and the
+    # programs the tests started and the embedded servers stop.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 class Response:
