@@ -197,7 +197,7 @@ def test_numbers_of_an_alias_without_a_pool_are_those_of_a_new_pool(cluster):
 
     shown = wsgi_get("/health/db").json()["databases"]["replica"]
 
-    assert engines._registry.get("replica") is None  # the check made none
+    assert engines.lender_of("replica") is None  # the check made none
     assert (shown["pool_size"], shown["checked_in"], shown["checked_out"]) == (4, 0, 0)
     assert shown["overflow"] == -4
 

@@ -42,6 +42,7 @@ __all__ = [
     "get_engine",
     "histogram_of",
     "lender_for",
+    "lender_of",
     "stats_of",
 ]
 
@@ -276,12 +277,18 @@ def _build_engine(
     return lender
 
 
-def stats_of(alias: str) -> PoolStats | None:
-    """A snapshot of ``alias``'s pool in this process, or None if it has none."""
+def lender_of(alias: str) -> Lender | None:
+    """The lender of the pool this process built for ``alias``, or None; never builds one."""
     entry = _registry.get(alias)
     if entry is None or entry.pid != os.getpid():
         return None
-    return entry.lender.stats()
+    return entry.lender
+
+
+def stats_of(alias: str) -> PoolStats | None:
+    """A snapshot of ``alias``'s pool in this process, or None if it has none."""
+    lender = lender_of(alias)
+    return None if lender is None else lender.stats()
 
 
 def histogram_of(alias: str, kind: str) -> tuple[list[int], float]:
