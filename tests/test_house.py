@@ -29,17 +29,15 @@ KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset()
 #: Modules over MAX_LINES lines today (issue 12): none left.
 KNOWN_LONG: frozenset[str] = frozenset()
 
-#: The private SQLAlchemy names the pool relies on (see django_poolconf.pool.sqla).
+#: SQLAlchemy's private pool names: those the pool relies on (see
+#: django_poolconf.pool.sqla), and those of QueuePool it relied on before.
 SQLALCHEMY_PRIVATE = re.compile(
-    r"\._(?:do_get|do_return_conn|pool|overflow|inc_overflow|dec_overflow"
-    r"|create_connection|timeout|max_overflow|invalidate_time|checkin_failed)\b"
+    r"\._(?:do_get|do_return_conn|return_conn|pool|overflow|inc_overflow|dec_overflow"
+    r"|create_connection|timeout|max_overflow|invalidate_time|recycle|checkin_failed"
+    r"|soft_invalidate_time)\b"
     r"|_fairy_was_created|sqlalchemy\.util\.queue|sqlalchemy\.util import queue"
     r"|\.starttime\b"
 )
-#: Modules that name one of them today, besides pool/sqla.py. Issue 12:
-#: stats counts SQLAlchemy's own waiters (``pool._pool.not_empty``), to move
-#: behind pool/sqla.py.
-KNOWN_PRIVATE_USERS: frozenset[str] = frozenset({"django_poolconf.stats"})
 
 
 def _modules() -> dict[str, Path]:
@@ -172,7 +170,7 @@ def test_only_the_adapter_names_sqlalchemy_private_internals():
         for name, path in MODULES.items()
         if SQLALCHEMY_PRIVATE.search(path.read_text())
     }
-    assert users == {f"{PACKAGE}.pool.sqla", *KNOWN_PRIVATE_USERS}
+    assert users == {f"{PACKAGE}.pool.sqla"}
 
 
 def _resolve(name: str, node: ast.ImportFrom) -> str:

@@ -26,8 +26,8 @@ from django_poolconf.pool.hooks import ConnectionHooks
 from django_poolconf.pool.lender import Lender
 from django_poolconf.pool.listeners import listen
 from django_poolconf.pool.orphans import ORPHANS, REAPER, return_orphans
-from django_poolconf.pool.policy import Life
 from django_poolconf.pool.sqla import LendingPool
+from django_poolconf.pool.state import Life
 from django_poolconf.stats import PoolStats
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ def _dispose_entry(alias: str, entry: _Registered) -> None:
     # Retire the engine: connections still checked out are closed when returned,
     # and the engine itself refuses new checkouts (PoolClosed).
     entry.life.retired = True
-    entry.engine.dispose()  # closes parked connections too (LendingPool.dispose)
+    entry.engine.dispose()  # closes idle and parked connections (LendingPool.dispose)
     # What borrowers left for a checkout or the reaper to return: orphans, and
     # connections of ended threads. Returned to a retired pool, they are closed now,
     # not a second later, when the database may be being dropped.
@@ -264,9 +264,6 @@ def _build_engine(
         pool_pre_ping=False,
         # The reset listener decides how much reset a connection needs.
         pool_reset_on_return=None,
-        # Reusing the most recently returned connection keeps the rest idle long
-        # enough to be recycled, and keeps the hot one inside the no-ping window.
-        pool_use_lifo=True,
         use_native_hstore=False,
         hide_parameters=True,
     )
