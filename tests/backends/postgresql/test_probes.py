@@ -76,7 +76,7 @@ def test_a_probe_past_its_deadline_closes_no_healthy_connection(pool_options):
 def test_a_probe_does_not_reconnect_an_idle_connection_due_for_recycling(
     pool_options,
 ):
-    from tests.test_engines import _StallingProxy
+    from tests.pool.test_registry import _StallingProxy
 
     settings_dict = connections["default"].settings_dict
     proxy = _StallingProxy(settings_dict["HOST"], int(settings_dict["PORT"]))

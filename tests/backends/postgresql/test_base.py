@@ -794,7 +794,7 @@ def test_application_name_in_options_wins(pool_options):
 
 
 def test_forked_child_names_its_own_pid():
-    from tests.test_engines import _in_child
+    from tests.pool.test_registry import _in_child
 
     parent = _application_name()
     connection.close()

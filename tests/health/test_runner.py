@@ -640,7 +640,7 @@ def test_probe_threads_end_after_the_check():
 
 
 def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
-    from tests.test_engines import _StallingProxy
+    from tests.pool.test_registry import _StallingProxy
 
     primary = connections.settings["default"]
     proxy = _StallingProxy(primary["HOST"], int(primary["PORT"]))

@@ -14,7 +14,7 @@ from django.db.backends.signals import connection_created
 
 from django_poolconf import PoolTimeout, engines, get_engine, pool_stats
 from tests.conftest import server_pids, wsgi_get
-from tests.test_engines import _in_child
+from tests.pool.test_registry import _in_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
