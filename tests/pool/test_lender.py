@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+import sqlalchemy
 from django.db import connection, connections, transaction
 from django.db.backends.signals import connection_created
 
@@ -333,3 +334,26 @@ def test_engine_dispose_closes_parked_connections_and_keeps_lending(
     assert pid not in server_pids(admin, test_db_name)
     assert get_engine().pool.lender is lender  # type: ignore[attr-defined]
     assert wsgi_get("/item/").status == 200
+
+
+def test_engine_dispose_keeps_the_budget_and_replaces_what_was_borrowed(
+    admin, test_db_name, pool_options
+):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=0.2, thread_affinity=False)
+    with connection.cursor() as cursor:  # the only connection, borrowed
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+
+    get_engine().dispose()
+
+    # Still borrowed, still counted: no connection beyond the budget.
+    with pytest.raises(sqlalchemy.exc.TimeoutError):
+        get_engine().connect()
+    connection.close()  # back in the pool, but opened before the dispose ...
+    with get_engine().connect() as sa_connection:  # ... so replaced at its checkout
+        new_pid = sa_connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    assert new_pid != pid
+    deadline = time.monotonic() + 5  # the server sees the close a moment later
+    while pid in server_pids(admin, test_db_name) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pid not in server_pids(admin, test_db_name)
