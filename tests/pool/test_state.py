@@ -117,6 +117,15 @@ def test_room_given_back_wakes_the_first_in_line_to_open_a_connection():
     assert result == [OPEN]
 
 
+def test_room_given_back_wakes_the_first_in_line_at_once():
+    state = _state(pool_size=1, max_overflow=0)
+    state.checkout()
+    ticket = state.join(time.monotonic())
+    ticket.clear()  # as a waiter that looked and found nothing
+    state.closed()
+    assert ticket.is_set()  # not only at its next look
+
+
 def test_a_waiter_times_out_and_leaves_the_line():
     state = _state(pool_size=1, max_overflow=0)
     state.checkout()
