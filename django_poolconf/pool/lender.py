@@ -225,7 +225,7 @@ class Lender(CheckPolicy):
             return_orphans()
         return self._checkout(time.monotonic())
 
-    def take_in(self, record: ConnectionPoolEntry) -> None:
+    def return_record(self, record: ConnectionPoolEntry) -> None:
         """Take in an entry checked in through the pool: hand it over, keep it idle, or close it.
 
         SQLAlchemy code's returns come here, and Django's that were neither handed

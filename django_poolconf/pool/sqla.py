@@ -114,7 +114,7 @@ class Lending(Protocol):
     def checkout_for_sqlalchemy(self) -> ConnectionPoolEntry:
         """A record for SQLAlchemy code: idle, parked, new, or waited for in line."""
 
-    def take_in(self, record: ConnectionPoolEntry) -> None:
+    def return_record(self, record: ConnectionPoolEntry) -> None:
         """Take in a record checked in through the pool: hand it over, keep it, or close it."""
 
     def close_idle(self) -> None:
@@ -161,7 +161,7 @@ class LendingPool(Pool):
         return self._lender().checkout_for_sqlalchemy()
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        self._lender().take_in(record)
+        self._lender().return_record(record)
 
     def dispose(self) -> None:
         # The idle and parked connections are closed; those still borrowed are

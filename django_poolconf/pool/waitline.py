@@ -96,7 +96,7 @@ class WaitLine(Generic[T]):
     ) -> T:
         """Wait until ``ticket`` is handed an item, or takes one when first in line.
 
-        ``take()`` runs under the line's lock, first in line only, and returns what
+        ``take()`` runs under the lock, first in line only, and returns what
         it took or None. ``tidy(first)`` runs before every look, outside the lock
         (returning what borrowers left behind, say). ``closed()`` is read under the
         lock.
