@@ -134,6 +134,10 @@ class LendingPool(Pool):
     """
 
     lender: Lending | None = None
+    # Its log lines ("Pool disposed", ...) belong with SQLAlchemy's pools, configured
+    # by the "sqlalchemy.pool" logger, not under this module's name, where an app
+    # that logs django_poolconf at INFO would get them.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.LendingPool"
 
     def __init__(
         self,
