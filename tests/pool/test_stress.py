@@ -462,6 +462,23 @@ def test_collected_wrappers_while_another_thread_holds_the_pool_lock(pool_option
     _assert_at_rest(lender)
 
 
+def test_sqlalchemy_connection_collected_by_the_lock_holder_keeps_pool_size(
+    pool_options,
+):
+    pool_options(pool_size=1, max_overflow=1, pool_timeout=5)
+    engine = get_engine()
+    lender = _lender()
+    first, second = engine.connect(), engine.connect()  # the second is overflow
+    first.exec_driver_sql("SELECT 1")
+    second.exec_driver_sql("SELECT 1")
+    with lender.state.lock:  # as a collection inside a section of this thread
+        del first, second
+        gc.collect()
+    # At most pool_size stay idle: the overflow one is closed.
+    assert _wait_for(lambda: lender.stats().checked_in <= 1, timeout=2), lender.stats()
+    _assert_at_rest(lender)
+
+
 def test_sqlalchemy_connection_collected_by_the_lock_holder_after_dispose_is_closed(
     pool_options, admin, test_db_name
 ):
