@@ -220,9 +220,17 @@ class Lender(CheckPolicy):
     # -- SQLAlchemy code's checkouts and returns (through LendingPool) ---------------
 
     def checkout_for_sqlalchemy(self) -> ConnectionPoolEntry:
-        """An entry for SQLAlchemy code: idle, parked, new, or waited for in line."""
+        """An entry for SQLAlchemy code: idle, parked, new, or waited for in line.
+
+        :raises PoolClosed: when the engine was disposed, before anything is opened.
+        """
         if ORPHANS:
             return_orphans()
+        if self.life.retired:
+            # As borrow(): a stale engine must not open a connection to a database
+            # that may be about to be dropped (the checkout listener would refuse
+            # it only once opened).
+            raise self._closed()
         return self._checkout(time.monotonic())
 
     def return_record(self, record: ConnectionPoolEntry) -> None:

@@ -19,7 +19,9 @@ holds it. Two writes happen without it, each one atomic operation:
 * a checkin that the garbage collector runs inside a section of this same thread
   appends its record to the idle ones (one deque append) rather than nest in a
   section that may be halfway through the line; the first in line finds it at its
-  next look.
+  next look. When ``pool_size`` records are idle already, or the pool is retired,
+  the record is closed instead, as SQLAlchemy's ``QueuePool`` does, and its room
+  given back with one decrement of the open count, waking nobody.
 """
 
 from __future__ import annotations
@@ -174,11 +176,15 @@ class PoolState(Generic[R]):
     def closed(self, count: int = 1) -> None:
         """Give back the room of ``count`` records that were closed, or never opened.
 
-        The first in line is woken to use it.
+        The first in line is woken to use it; unless this thread is inside a section
+        already (a connection the garbage collector returned): then it finds the room
+        at its next look.
         """
+        nested = self.lock._is_owned()  # type: ignore[attr-defined]
         with self.lock:
             self.overflow -= count
-            self.line.wake_first()
+            if not nested:
+                self.line.wake_first()
 
     # -- checkin -------------------------------------------------------------------
 
@@ -215,7 +221,11 @@ class PoolState(Generic[R]):
         """
         if self.lock._is_owned():  # type: ignore[attr-defined]
             # The garbage collector returns a connection inside a section of this
-            # thread: never nest in it (see the module's docstring).
+            # thread: never nest in it (see the module's docstring). Still, no more
+            # than pool_size stay idle, and none in a retired pool: the caller
+            # closes it, and closed() gives its room back without waking anyone.
+            if self.life.retired or len(self.idle) + len(self.parked) >= self.pool_size:
+                return False
             self.idle.append(record)
             return True
         with self.lock:

@@ -189,6 +189,28 @@ def test_a_checkin_inside_a_section_of_its_own_thread_does_not_nest():
     assert result == ["a"]
 
 
+def test_a_checkin_inside_a_section_keeps_at_most_pool_size_idle():
+    # The garbage collector returns an overflow connection inside a section of
+    # this thread: it is to be closed, and its room comes back without a wake.
+    state = _state(pool_size=1, max_overflow=1)
+    _fill(state, "a")
+    assert state.checkout() == "a"
+    assert state.checkout() is OPEN
+    with state.lock:
+        assert state.checkin("a") is True
+        assert state.checkin("b") is False  # pool_size idle already: close it
+        state.closed()
+    assert state.numbers() == (1, 1, 0, 0, 0)
+
+
+def test_a_checkin_inside_a_section_of_a_retired_pool_is_to_be_closed():
+    state = _state()
+    state.checkout()
+    state.life.retired = True
+    with state.lock:
+        assert state.checkin("a") is False
+
+
 def test_a_return_counts_its_hold_and_is_handed_to_the_first_in_line():
     state = _state(pool_size=1, max_overflow=0)
     state.checkout()
