@@ -355,8 +355,13 @@ def _call(handler: WSGIHandler, environ: dict[str, Any]) -> _Response:
 
 
 def _shutdown(cluster: EmbeddedCluster) -> None:
-    print("Stopping PostgreSQL ...", flush=True)
     from django_poolconf import dispose_all
+    from example_project.notes.live import BURST_TIMEOUT_S, wait_for_burst
+
+    # Requests of a burst from the live pool page are still being answered.
+    if not wait_for_burst(BURST_TIMEOUT_S):
+        print("A burst of requests is still running; stopping anyway.", flush=True)
+    print("Stopping PostgreSQL ...", flush=True)
 
     try:
         # Close the pooled connections first, so the servers stop without ending sessions.

@@ -10,7 +10,6 @@ concurrent slow requests, so that the chart has something to show.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import urllib.request
@@ -27,6 +26,8 @@ SAMPLE_INTERVAL_S: Final = 0.1
 #: each holding its connection this long. Twice a pool's 5 + 5, so some must wait.
 BURST_REQUESTS: Final = 40
 BURST_HOLD_S: Final = 0.6
+#: The longest a burst may take: its requests wait for connections, then hold them.
+BURST_TIMEOUT_S: Final = 15.0
 CHART_WIDTH: Final = 600
 CHART_HEIGHT: Final = 120
 
@@ -171,10 +172,8 @@ def start_burst(base_url: str, *, headers: Mapping[str, str] | None = None) -> b
 
     def fetch(url: str) -> None:
         request = urllib.request.Request(url, headers=dict(headers or {}))
-        # The slowest waits for a free connection, then holds it: well within this.
-        timeout = math.ceil(BURST_REQUESTS * BURST_HOLD_S) + 30
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=BURST_TIMEOUT_S) as response:
                 response.read()
         except OSError:
             pass  # the server is stopping; the chart shows what got through
@@ -187,4 +186,16 @@ def start_burst(base_url: str, *, headers: Mapping[str, str] | None = None) -> b
             _burst_lock.release()
 
     threading.Thread(target=run, name="pool-burst", daemon=True).start()
+    return True
+
+
+def wait_for_burst(timeout: float) -> bool:
+    """Wait for a running burst to end; ``False`` if it has not within ``timeout`` seconds.
+
+    Called before the databases stop: a request of the burst cut off by the server's
+    shutdown would fail, with a traceback on the console.
+    """
+    if not _burst_lock.acquire(timeout=timeout):
+        return False
+    _burst_lock.release()
     return True
