@@ -428,8 +428,8 @@ def test_screenshots_of_the_notes_and_live_pool_pages_are_not_blank(
         "the burst to fill both pools",
     )
     notes, pool = tmp_path / "example-notes.png", tmp_path / "example-pool.png"
-    _screenshot(chromium, f"{demo.url}/", notes, "900,520")
-    _screenshot(chromium, f"{demo.url}/pool", pool, "900,1000")
+    _screenshot(chromium, f"{demo.url}/", notes, "900,420")
+    _screenshot(chromium, f"{demo.url}/pool", pool, "900,940")
 
     for path, colours in (
         (notes, [NOTE_BOX]),
@@ -437,7 +437,7 @@ def test_screenshots_of_the_notes_and_live_pool_pages_are_not_blank(
     ):
         assert path.stat().st_size > 10_000, path
         width, height, counts = pixels(path)
-        assert (width, height) == ((900, 520) if path == notes else (900, 1000))
+        assert (width, height) == ((900, 420) if path == notes else (900, 940))
         background = counts.most_common(1)[0][1]
         assert background < 0.95 * width * height, f"{path.name} is nearly one colour"
         assert len(counts) > 100, f"{path.name} has {len(counts)} colours"
