@@ -36,6 +36,8 @@ import pytest
 
 from tests.png import pixels
 
+pytestmark = pytest.mark.demo
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 60.0

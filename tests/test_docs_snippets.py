@@ -260,6 +260,7 @@ def _process_group(
                 process.communicate(timeout=60)
 
 
+@pytest.mark.demo
 def test_dev_database_recipe_serves_every_manage_py_command_one_database(
     tmp_path: Path,
 ) -> None:
