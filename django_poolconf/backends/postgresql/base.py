@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import select
 import time
 import weakref
@@ -30,6 +29,7 @@ from django_poolconf.backends.base import (
     READ_ONLY,
     PooledDatabaseWrapperMixin,
 )
+from django_poolconf.backends.postgresql.redact import redact
 from django_poolconf.errors import ConnectionFailed
 from django_poolconf.pool import registry
 from django_poolconf.redaction import SECRET_PARAMS, Secret, fingerprint
@@ -348,7 +348,7 @@ class PostgresHooks:
         # and the network's logs, not in ours or in a traceback.
         return ConnectionFailed(
             f"Could not open a connection for {self.alias!r}: "
-            f"{_redact(failure, {**self.conn_params, **self._revealed()})}"
+            f"{redact(failure, {**self.conn_params, **self._revealed()})}"
         )
 
     def closed_while_idle(self, dbapi_connection: PooledConnection) -> bool:
@@ -483,31 +483,6 @@ def _wait(fileno: int, deadline: float, *, write: bool) -> bool:
     poller = select.poll()
     poller.register(fileno, select.POLLOUT if write else select.POLLIN)
     return bool(poller.poll(remaining * 1000))
-
-
-# psycopg's summary of several connection attempts: "- host: '...', port: '...', ...: "
-_PSYCOPG_ATTEMPT: Final = re.compile(
-    r"^- host: '[^']*', port: '[^']*'(?:, hostaddr: '[^']*')?: ", re.MULTILINE
-)
-_LIBPQ_TARGET: Final = re.compile(
-    r'connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?(?:, port \d+)? failed: '
-)
-# User and database names stay: they are no secret, and an operator needs them.
-_SECRET_PARAMS: Final = ("password", "sslpassword", "host", "hostaddr")
-
-
-def _redact(message: str, conn_params: dict[str, Any]) -> str:
-    """Drop the host, port and password from a libpq error message."""
-    message = _PSYCOPG_ATTEMPT.sub("", _LIBPQ_TARGET.sub("", message))
-    for name in _SECRET_PARAMS:
-        value = conn_params.get(name)
-        if isinstance(value, str) and value:
-            # Whole words only, so that a short host such as "db" is hidden without
-            # mangling the words around it.
-            pattern = rf"(?<![\w.-]){re.escape(value)}(?![\w.-])"
-            message = re.sub(pattern, "***", message)
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return " ".join(lines) or "the server refused or did not answer"
 
 
 def _escape_option(value: str) -> str:

@@ -197,7 +197,7 @@ def test_numbers_of_an_alias_without_a_pool_are_those_of_a_new_pool(cluster):
 
     shown = wsgi_get("/health/db").json()["databases"]["replica"]
 
-    assert engines._registry.get("replica") is None  # the check made none
+    assert engines.lender_of("replica") is None  # the check made none
     assert (shown["pool_size"], shown["checked_in"], shown["checked_out"]) == (4, 0, 0)
     assert shown["overflow"] == -4
 
@@ -640,7 +640,7 @@ def test_probe_threads_end_after_the_check():
 
 
 def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
-    from tests.test_engines import _StallingProxy
+    from tests.pool.test_registry import _StallingProxy
 
     primary = connections.settings["default"]
     proxy = _StallingProxy(primary["HOST"], int(primary["PORT"]))
