@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from django.core.handlers.wsgi import WSGIHandler
@@ -195,9 +195,8 @@ def _smoke() -> int:
     from django.core.management import call_command
     from django.db import connections
     from django.test import RequestFactory
-    from sqlalchemy.pool import QueuePool
 
-    from django_poolconf import get_engine
+    from django_poolconf import pool_stats
 
     # As runserver does, plus the checks that connect to each database.
     call_command("check", databases=list(connections))
@@ -285,9 +284,12 @@ def _smoke() -> int:
 
     print()
     for alias in ("default", "replica1"):
-        pool = cast(QueuePool, get_engine(alias).pool)
-        print(f"{alias}: {pool.status()}")
-        check(pool.checkedout() == 0, f"{alias!r} has connections checked out")
+        stats = pool_stats(alias)
+        print(
+            f"{alias}: pool_size={stats.pool_size} checked_in={stats.checked_in} "
+            f"checked_out={stats.checked_out} overflow={stats.overflow}"
+        )
+        check(stats.checked_out == 0, f"{alias!r} has connections checked out")
 
     if failures:
         print("\nSmoke test FAILED:", *failures, sep="\n  ", file=sys.stderr)
