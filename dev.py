@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 EXTRAS = {
     "example": "embedded",
-    "test": "test",
+    "test": "test,embedded",
     "lint": "test,lint",
     "docs": "docs",
     "bench": "bench",
@@ -107,13 +110,26 @@ def _ensure_venv(path: Path, base_python: str, extras: str, pins: list[str]) -> 
     if not python.exists():
         print(f"creating {path.name} with {base_python}", flush=True)
         subprocess.run([base_python, "-m", "venv", str(path)], check=True)
-    # Reinstall only when what is asked for, or the project's requirements, change.
-    wanted = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + "|".join([extras, *pins]).encode()
-    ).hexdigest()
+    # Install only when pyproject.toml changed, or an extra or a pin not installed yet
+    # is asked for; then with the extras and pins already there, so that a command
+    # without pins (`dev.py example`, as the demo test runs it) keeps a venv's pins.
+    project = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     stamp = path / ".django-poolconf-installed"
-    if stamp.exists() and stamp.read_text() == wanted:
+    installed: dict[str, Any] = {"extras": [], "pins": {}}
+    try:
+        recorded = json.loads(stamp.read_text())
+        if recorded["project"] == project:
+            installed = recorded
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or of an older dev.py: install
+    wanted_extras = set(extras.split(","))
+    wanted_pins = {_requirement_name(pin): pin for pin in pins}
+    if wanted_extras <= set(installed["extras"]) and all(
+        installed["pins"].get(name) == pin for name, pin in wanted_pins.items()
+    ):
         return str(python)
+    extras = ",".join(sorted(wanted_extras | set(installed["extras"])))
+    pins = list({**installed["pins"], **wanted_pins}.values())
     print(f"installing django-poolconf[{extras}] into {path.name}", flush=True)
     pip = [
         str(python),
@@ -128,8 +144,22 @@ def _ensure_venv(path: Path, base_python: str, extras: str, pins: list[str]) -> 
         check=True,
         cwd=ROOT,
     )
-    stamp.write_text(wanted)
+    stamp.write_text(
+        json.dumps(
+            {
+                "project": project,
+                "extras": extras.split(","),
+                "pins": {_requirement_name(pin): pin for pin in pins},
+            }
+        )
+    )
     return str(python)
+
+
+def _requirement_name(requirement: str) -> str:
+    """The normalized project name of a requirement: 'SQLAlchemy[asyncio]==2.0.16' -> 'sqlalchemy'."""
+    name = re.match(r"[A-Za-z0-9._-]*", requirement.strip())
+    return re.sub(r"[-_.]+", "-", name.group() if name else requirement).lower()
 
 
 def _run(command: list[str]) -> int:
