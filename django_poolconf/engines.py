@@ -4,7 +4,8 @@
 new code imports from the module that defines the name:
 
 * :mod:`django_poolconf.pool.registry`: :func:`get_engine`, :func:`get_async_engine`,
-  :func:`dispose`, :func:`dispose_all`, :func:`lender_for`, :func:`stats_of`,
+  :func:`dispose`, :func:`dispose_all`, :func:`lender_for`, :func:`lender_of`,
+  :func:`stats_of`,
   :func:`all_stats`, :func:`histogram_of`;
 * :mod:`django_poolconf.pool.lender`: :class:`Lender`;
 * :mod:`django_poolconf.pool.hooks`: :class:`ConnectionHooks` and the ``INFO_*`` keys;
@@ -38,7 +39,6 @@ from django_poolconf.pool.orphans import (
     return_orphans,
 )
 from django_poolconf.pool.ownership import INHERITED
-from django_poolconf.pool.registry import _registry as _registry  # health reads it
 from django_poolconf.pool.registry import (
     all_stats,
     dispose,
@@ -47,6 +47,7 @@ from django_poolconf.pool.registry import (
     get_engine,
     histogram_of,
     lender_for,
+    lender_of,
     stats_of,
 )
 from django_poolconf.pool.sqla import LendingPool
@@ -75,6 +76,7 @@ __all__ = [
     "get_engine",
     "histogram_of",
     "lender_for",
+    "lender_of",
     "stats_of",
 ]
 

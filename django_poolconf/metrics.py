@@ -1,4 +1,4 @@
-"""Prometheus metrics of every pool (optional: ``pip install django-poolconf[prometheus]``).
+"""Prometheus metrics of every pool (optional: the ``prometheus`` extra).
 
 :class:`PoolCollector` reads :func:`~django_poolconf.monitoring.pool_stats_all` when
 Prometheus scrapes, so it costs the checkout path nothing beyond the statistics

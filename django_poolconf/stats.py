@@ -1,10 +1,10 @@
 """Pool statistics: each pool's running :class:`Counters` and their :class:`PoolStats` snapshot.
 
-Every pool keeps a :class:`Counters` object, updated by the pool's owner on the
-checkout path (a lock, a few additions and a clock read) and by SQLAlchemy pool
-events for the rest (connections opened, closed, invalidated). :func:`snapshot`
-turns it and the pool's instant numbers into a frozen :class:`PoolStats`, whose
-field names are the documented keys of the JSON, the command and the metrics.
+Every pool keeps a :class:`Counters` object, updated by the pool's state as a
+checkout or a return changes it (under the same lock) and by SQLAlchemy pool events
+for the rest (connections opened, closed, invalidated). :func:`snapshot` turns it
+and the pool's instant numbers into a frozen :class:`PoolStats`, whose field names
+are the documented keys of the JSON, the command and the metrics.
 
 This module imports nothing of the package: the pool, health and metrics build on it.
 """
@@ -15,10 +15,7 @@ import bisect
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    from sqlalchemy.pool import QueuePool
+from typing import Any, Final
 
 __all__ = ["BUCKETS", "Counters", "PoolStats", "cumulative_buckets", "snapshot"]
 
@@ -39,7 +36,13 @@ BUCKETS: Final[tuple[float, ...]] = (
 
 
 class Counters:
-    """One pool's running totals since it was created; updated under its lock."""
+    """One pool's running totals since it was created.
+
+    Updated under :attr:`lock`, which the pool's state shares (see
+    :class:`~django_poolconf.pool.state.PoolState`): a checkout or a return counts
+    in the same hold of the lock as it changes the pool. The ``add_*`` methods are
+    for a caller that holds the lock already; the others take it.
+    """
 
     __slots__ = (
         "checkout_timeouts",
@@ -59,14 +62,14 @@ class Counters:
         "wait_total",
     )
 
-    def __init__(self) -> None:
-        self.reset()
+    def __init__(self, lock: threading.RLock | None = None) -> None:
+        self.reset(lock)
 
-    def reset(self) -> None:
-        """Start from zero, with a new lock (also in a forked child)."""
+    def reset(self, lock: threading.RLock | None = None) -> None:
+        """Start from zero, under ``lock`` or a new one (also in a forked child)."""
         # Reentrant: the garbage collector may return a SQLAlchemy connection, and
         # so count it, in a thread that is counting already.
-        self.lock = threading.RLock()
+        self.lock = threading.RLock() if lock is None else lock
         self.connections_opened = 0
         self.connections_closed = 0
         self.connections_invalidated = 0
@@ -86,19 +89,27 @@ class Counters:
     def checked_out(self, waited: float) -> None:
         """Count a checkout that waited ``waited`` seconds for its connection."""
         with self.lock:
-            self.checkouts += 1
-            self.wait_total += waited
-            if waited > self.wait_max:
-                self.wait_max = waited
-            self.wait_buckets[bisect.bisect_left(BUCKETS, waited)] += 1
+            self.add_checkout(waited)
+
+    def add_checkout(self, waited: float) -> None:
+        """:meth:`checked_out`, for a caller that holds :attr:`lock`."""
+        self.checkouts += 1
+        self.wait_total += waited
+        if waited > self.wait_max:
+            self.wait_max = waited
+        self.wait_buckets[bisect.bisect_left(BUCKETS, waited)] += 1
 
     def checked_in(self, held: float) -> None:
         """Count the return of a connection held ``held`` seconds."""
         with self.lock:
-            self.hold_total += held
-            if held > self.hold_max:
-                self.hold_max = held
-            self.hold_buckets[bisect.bisect_left(BUCKETS, held)] += 1
+            self.add_checkin(held)
+
+    def add_checkin(self, held: float) -> None:
+        """:meth:`checked_in`, for a caller that holds :attr:`lock`."""
+        self.hold_total += held
+        if held > self.hold_max:
+            self.hold_max = held
+        self.hold_buckets[bisect.bisect_left(BUCKETS, held)] += 1
 
     def add(self, name: str) -> None:
         """Add one to the counter ``name`` (off the checkout path)."""
@@ -153,12 +164,16 @@ class PoolStats:
 def snapshot(
     alias: str,
     role: str,
-    pool: QueuePool,
-    capacity: int,
     counters: Counters,
-    in_line: int = 0,
+    *,
+    pool_size: int,
+    checked_in: int,
+    checked_out: int,
+    overflow: int,
+    capacity: int,
+    waiting: int,
 ) -> PoolStats:
-    """Read a pool's instant numbers and its counters into a :class:`PoolStats`."""
+    """A pool's instant numbers and its counters, as a :class:`PoolStats`."""
     with counters.lock:
         totals = (
             counters.connections_opened,
@@ -177,25 +192,14 @@ def snapshot(
     return PoolStats(
         alias,
         role,
-        pool.size(),
-        pool.checkedin(),
-        pool.checkedout(),
-        pool.overflow(),
+        pool_size,
+        checked_in,
+        checked_out,
+        overflow,
         capacity,
-        _waiting(pool, in_line),
+        waiting,
         *totals,
     )
-
-
-def _waiting(pool: QueuePool, in_line: int) -> int:
-    # Waiters, Django's and SQLAlchemy code's, stand in the Lender's line; a pool of
-    # another class, or one whose lender is gone, has its waiters in its queue. Both
-    # are read from where they wait, so counting them costs the checkout path nothing.
-    try:
-        in_queue = len(pool._pool.not_empty._waiters)  # type: ignore[attr-defined]
-    except AttributeError:  # pragma: no cover - another pool class
-        in_queue = 0
-    return in_line + max(0, in_queue - (1 if in_line else 0))
 
 
 def cumulative_buckets(counts: Sequence[int]) -> list[tuple[str, float]]:

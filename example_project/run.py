@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -22,7 +23,7 @@ import time
 from collections.abc import Sequence
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from django.core.handlers.wsgi import WSGIHandler
@@ -37,9 +38,15 @@ SEED_NOTES = (
     "The replica streams everything written on the primary.",
 )
 PAGES = (
-    ("/", "the notes, with a form to add one"),
+    ("/", "the notes, with a form to add one, and which server answered"),
+    ("/pool", "the pools, live: a chart per alias, the router, a burst of load"),
     ("/api/notes", "the notes as JSON"),
-    ("/pool", "each pool's numbers and which server answered, as JSON"),
+    ("/api/pool", "the pools' numbers and which server answered, as JSON"),
+    (
+        "/health/db",
+        "readiness: every pool and server (200, or 503 if the primary is down)",
+    ),
+    ("/health/db/live", "liveness: answers without touching a database"),
 )
 
 
@@ -139,19 +146,47 @@ def _prepare(cluster: EmbeddedCluster) -> None:
 def _serve(port: int) -> None:
     from django.core.management import call_command
 
+    from example_project.notes.live import history
+
     url = f"http://127.0.0.1:{port}"
     width = max(len(path) for path, _ in PAGES)
     print()
     print(f"The example project is at {url}/")
     for path, what in PAGES:
         print(f"  {url}{path:<{width}}  {what}")
+    print()
+    print(
+        "poolstatus and other manage.py commands on these servers, from another terminal:"
+    )
+    print(f"  {_manage_command('poolstatus')}")
+    print()
     print("Stop it with Ctrl-C; that also stops PostgreSQL.")
     print(flush=True)
+    # The live pool page shows the last minute: start counting now.
+    history.start()
     # The autoreloader would run this script again in a child process, with a second cluster.
     # call_command() skips system checks unless told otherwise; runserver should run them.
     call_command(
         "runserver", f"127.0.0.1:{port}", use_reloader=False, skip_checks=False
     )
+
+
+def _manage_command(*args: str) -> str:
+    """A shell command line running ``example_project/manage.py`` on this cluster.
+
+    The URLs carry no password: the embedded servers trust loopback connections.
+    """
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        python = python.relative_to(Path.cwd())
+    environment = [
+        f"{name}={shlex.quote(os.environ[name])}"
+        for name in ("DATABASE_URL", "DATABASE_REPLICA_URLS")
+    ]
+    manage = Path(__file__).resolve().parent / "manage.py"
+    with contextlib.suppress(ValueError):
+        manage = manage.relative_to(Path.cwd())
+    return " ".join([*environment, shlex.join([str(python), str(manage), *args])])
 
 
 def _smoke() -> int:
@@ -160,9 +195,8 @@ def _smoke() -> int:
     from django.core.management import call_command
     from django.db import connections
     from django.test import RequestFactory
-    from sqlalchemy.pool import QueuePool
 
-    from django_poolconf import get_engine
+    from django_poolconf import pool_stats
 
     # As runserver does, plus the checks that connect to each database.
     call_command("check", databases=list(connections))
@@ -190,6 +224,10 @@ def _smoke() -> int:
 
     page = request("GET", "/", 200)
     check(SEED_NOTES[0] in page.text, "the notes page does not list the seed notes")
+    check(
+        'data-alias="replica1" data-port=' in page.text,
+        "the notes page does not say it was read from 'replica1'",
+    )
 
     # The form's CSRF protection is on: send back the cookie and its token, as a browser does.
     token = page.cookies.get("csrftoken")
@@ -213,8 +251,10 @@ def _smoke() -> int:
     ]
     check(notes[0]["text"] == text, "the new note is not the first in /api/notes")
 
+    live = request("GET", "/pool", 200)
+    check("Pools, live" in live.text, "/pool is not the live pool page")
     for _ in range(3):
-        pool = request("GET", "/pool", 200).json()
+        pool = request("GET", "/api/pool", 200).json()
     aliases = pool["aliases"]
     check(
         pool["router"]["read_from"] == "replica1",
@@ -230,7 +270,7 @@ def _smoke() -> int:
     )
     check(
         aliases["default"]["checked_out"] == 1,
-        "/pool did not see its own checked-out connection",
+        "/api/pool did not see its own checked-out connection",
     )
     request("GET", "/", 200)
 
@@ -244,9 +284,12 @@ def _smoke() -> int:
 
     print()
     for alias in ("default", "replica1"):
-        pool = cast(QueuePool, get_engine(alias).pool)
-        print(f"{alias}: {pool.status()}")
-        check(pool.checkedout() == 0, f"{alias!r} has connections checked out")
+        stats = pool_stats(alias)
+        print(
+            f"{alias}: pool_size={stats.pool_size} checked_in={stats.checked_in} "
+            f"checked_out={stats.checked_out} overflow={stats.overflow}"
+        )
+        check(stats.checked_out == 0, f"{alias!r} has connections checked out")
 
     if failures:
         print("\nSmoke test FAILED:", *failures, sep="\n  ", file=sys.stderr)
@@ -314,8 +357,13 @@ def _call(handler: WSGIHandler, environ: dict[str, Any]) -> _Response:
 
 
 def _shutdown(cluster: EmbeddedCluster) -> None:
-    print("Stopping PostgreSQL ...", flush=True)
     from django_poolconf import dispose_all
+    from example_project.notes.live import BURST_TIMEOUT_S, wait_for_burst
+
+    # Requests of a burst from the live pool page are still being answered.
+    if not wait_for_burst(BURST_TIMEOUT_S):
+        print("A burst of requests is still running; stopping anyway.", flush=True)
+    print("Stopping PostgreSQL ...", flush=True)
 
     try:
         # Close the pooled connections first, so the servers stop without ending sessions.

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +32,27 @@ RESET_STATEMENTS = frozenset(
         "DISCARD SEQUENCES",
     }
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `kill <pid>` of a test run stops it as Ctrl-C does: fixtures tear down, and the
+    # programs the tests started and the embedded servers stop.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run each module's ``last_in_module`` tests after its others, whatever the shuffle.
+
+    Such a test ends what the module's other tests share (the demo test stops the
+    demo they load pages from). pytest-randomly keeps a module's tests together.
+    """
+    marked = [item for item in items if item.get_closest_marker("last_in_module")]
+    for item in marked:
+        items.remove(item)
+    for item in marked:
+        siblings = [i for i, other in enumerate(items) if other.module is item.module]
+        items.insert(siblings[-1] + 1 if siblings else len(items), item)
 
 
 class Response:

@@ -26,7 +26,7 @@ def test_a_parked_connection_read_in_an_event_loop_is_not_taken_back(get, pool_o
     assert get("/item/").status == 200  # the request's end parks the connection
     wrapper = connections["default"]
     assert wrapper._parked
-    lender = engines._registry["default"].lender
+    lender = engines.lender_of("default")
     pings = lender.counters.pre_pings
 
     async def read() -> object:

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnectionRecord
 
 from django_poolconf import compat, engines, get_engine
@@ -38,8 +38,8 @@ def test_installed_versions_pass_and_serve_queries():
 @pytest.mark.parametrize(
     ("owner", "name", "shown"),
     [
-        (QueuePool, "_do_get", "QueuePool._do_get"),
-        (QueuePool, "_inc_overflow", "QueuePool._inc_overflow"),
+        (Pool, "_do_get", "Pool._do_get"),
+        (Pool, "_create_connection", "Pool._create_connection"),
         (_ConnectionRecord, "_checkin_failed", "_ConnectionRecord._checkin_failed"),
         (psycopg.Connection, "_set_autocommit", "psycopg.Connection._set_autocommit"),
     ],
@@ -82,7 +82,7 @@ def test_a_missing_instance_field_is_named(monkeypatch):
 
 def test_the_check_runs_once_per_process(monkeypatch):
     get_engine()
-    monkeypatch.delattr(QueuePool, "_do_get")
+    monkeypatch.delattr(Pool, "_do_get")
     engines.dispose_all()
     # The second engine is not checked again: the check costs nothing after startup.
     assert get_engine() is not None

@@ -171,7 +171,7 @@ def test_a_waiter_handed_a_connection_of_a_disposed_pool_does_not_reconnect(
 ):
     pool_options(pool_size=1, max_overflow=0, pool_timeout=10)
     connection.ensure_connection()  # the only connection
-    lender = engines._registry["default"].lender
+    lender = engines.lender_of("default")
     errors: list[BaseException] = []
 
     def wait_for_it() -> None:

@@ -5,10 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_example_project_smoke_run_serves_every_page() -> None:
+@pytest.fixture(scope="module")
+def smoke_run() -> subprocess.CompletedProcess[str]:
     # The example sets up Django itself, on its own settings and embedded cluster.
     env = {
         key: value
@@ -16,7 +19,7 @@ def test_example_project_smoke_run_serves_every_page() -> None:
         if key
         not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "DATABASE_REPLICA_URLS"}
     }
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "example_project/run.py", "--smoke"],
         cwd=ROOT,
         env=env,
@@ -25,14 +28,34 @@ def test_example_project_smoke_run_serves_every_page() -> None:
         timeout=240,
         check=False,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+
+
+def test_example_project_smoke_run_serves_every_page(
+    smoke_run: subprocess.CompletedProcess[str],
+) -> None:
+    output = smoke_run.stdout + smoke_run.stderr
+    assert smoke_run.returncode == 0, output
     for line in (
         "GET  /           200",
         "POST /           302",
         "GET  /api/notes  200",
         "GET  /pool       200",
+        "GET  /api/pool   200",
+        "GET  /health/db  200",
         "Smoke test passed",
         "stopped embedded PostgreSQL 'primary'",
     ):
         assert line in output, output
+    assert "Traceback" not in output, output
+
+
+def test_example_project_shutdown_prints_no_sqlalchemy_pool_lines(
+    smoke_run: subprocess.CompletedProcess[str],
+) -> None:
+    assert "Stopped." in smoke_run.stdout, smoke_run.stdout + smoke_run.stderr
+    # The log, on stderr, has the example's INFO lines on django_poolconf, and not
+    # SQLAlchemy's own pool logging ("Pool disposed. ... Checked out connections: -1").
+    log = smoke_run.stderr
+    assert "disposed pool for 'default'" in log, log
+    for text in ("Pool disposed", "Pool recreating", "Checked out connections"):
+        assert text not in log, log

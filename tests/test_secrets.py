@@ -28,6 +28,7 @@ from django_poolconf import (
     replicas,
 )
 from django_poolconf.health import check_health, runner
+from django_poolconf.pool import registry
 from django_poolconf.redaction import Secret, fingerprint
 from django_poolconf.routing import replicas as routing_replicas
 
@@ -141,7 +142,7 @@ def test_no_object_or_log_line_of_the_package_shows_the_password(get, caplog):
     assert get("/item/").status == 200
     connection.ensure_connection()
     connection.close()
-    entry = engines._registry["default"]
+    entry = registry._registry["default"]
     lender = entry.lender
     engine = get_engine("default")
     async_engine = get_async_engine("default")

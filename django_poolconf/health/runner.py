@@ -21,12 +21,12 @@ import time
 from collections.abc import Hashable, Iterable, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from django_poolconf import engines, process
+from django_poolconf import process
 from django_poolconf.backends.postgresql.probes import probe_pooled, probe_server
 from django_poolconf.backends.probes import ProbeResult
 from django_poolconf.conf.health import HealthSettings, health_settings
@@ -44,11 +44,10 @@ from django_poolconf.health.report import (
     Status,
     Target,
 )
+from django_poolconf.pool import registry
+from django_poolconf.pool.lender import Lender
 from django_poolconf.redaction import SECRET_PARAMS, fingerprint
 from django_poolconf.routing import replicas
-
-if TYPE_CHECKING:
-    from sqlalchemy.pool import QueuePool
 
 __all__ = ["check_health", "pooled_aliases"]
 
@@ -136,7 +135,7 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
     except ImproperlyConfigured as error:
         # Configuration messages name keys and values, never the password.
         return _Check(alias, role, (0, 0, 0, 0), 0, error=str(error))
-    entry, numbers = _pool_numbers(alias, settings)
+    lender, numbers = _pool_numbers(alias, settings)
     check = _Check(
         alias,
         role,
@@ -145,35 +144,33 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
         settings,
         Target.from_params(params),
     )
-    lender = None
     _, checked_in, checked_out, _ = numbers
-    if (
-        entry is not None
+    if not (
+        lender is not None
         and checked_in > 0
         and checked_out < settings.capacity
         # The server's view leaves the probe's own connection out: not a pooled one.
         and not server_view
+        # The parameters changed since the pool was built: not this pool. (As a
+        # connect would, this builds the new pool.)
+        and wrapper.pooled_engine() is lender.engine
     ):
         # An idle connection costs no connect. If another thread takes it first, the
         # probe opens its own rather than wait for the pool.
-        # The backend's and the registry's private lookups (here and in
-        # _pool_numbers): no public one gives the lender of an existing pool only.
-        lender = wrapper._lender_for(params)
-        if lender.engine is not entry.engine:  # parameters changed: not this pool
-            lender = None
+        lender = None
     check.future = _probe(alias, params, lender, deadline, max_age, server_view)
     return check
 
 
 def _pool_numbers(
     alias: str, settings: PoolSettings
-) -> tuple[Any, tuple[int, int, int, int]]:
-    entry = engines._registry.get(alias)
-    if entry is None or entry.pid != os.getpid():
+) -> tuple[Lender | None, tuple[int, int, int, int]]:
+    lender = registry.lender_of(alias)
+    if lender is None:
         # No pool yet in this process: what a new one reports.
         return None, (settings.pool_size, 0, 0, -settings.pool_size)
-    pool = cast("QueuePool", entry.engine.pool)
-    return entry, (pool.size(), pool.checkedin(), pool.checkedout(), pool.overflow())
+    pool = lender.engine.pool
+    return lender, (pool.size(), pool.checkedin(), pool.checkedout(), pool.overflow())  # type: ignore[attr-defined]
 
 
 def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
@@ -230,7 +227,7 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
         if probe is None or probe.replication_lag_s is None
         else round(probe.replication_lag_s, 3),
         breaker=_breaker_state(check.alias) if check.role == "replica" else None,
-        stats=engines.stats_of(check.alias),
+        stats=registry.stats_of(check.alias),
         error=check.error if probe is None else probe.error,
         target=check.target,
         settings=check.settings,
@@ -274,7 +271,7 @@ _probes: dict[str, _Probe] = {}
 def _probe(
     alias: str,
     params: dict[str, Any],
-    lender: engines.Lender | None,
+    lender: Lender | None,
     deadline: float,
     max_age: float,
     server_view: bool,
@@ -313,7 +310,7 @@ def _run_probe(
     future: Future[ProbeResult],
     alias: str,
     params: dict[str, Any],
-    lender: engines.Lender | None,
+    lender: Lender | None,
     deadline: float,
     server_view: bool,
 ) -> None:

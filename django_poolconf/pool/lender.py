@@ -4,9 +4,11 @@ Django's wrapper checks the pool's records out directly (:meth:`Lender.borrow`,
 :meth:`Lender.give_back`), without the proxy object, weak reference and event
 dispatches SQLAlchemy adds to every checkout; SQLAlchemy code checks out through
 ``engine.connect()``, and the pool (:class:`~django_poolconf.pool.sqla.LendingPool`)
-and its listeners call the same lender. Both kinds of borrower wait in one
-:class:`~django_poolconf.pool.waitline.WaitLine` and share the
-:class:`~django_poolconf.pool.parking.ParkingLot`.
+and its listeners call the same lender. The pool's state, which both kinds of
+borrower share (idle, waiting and parked records, counters), is the lender's
+:class:`~django_poolconf.pool.state.PoolState`, under its one lock; the lender does
+what must happen outside that lock: opening, checking, resetting and closing
+connections, signals and logs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import exc
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -33,7 +35,9 @@ from django_poolconf.pool.hooks import (
 from django_poolconf.pool.orphans import ORPHANS, PARKED, REAPER, return_orphans
 from django_poolconf.pool.ownership import INHERITED, refuse_foreign
 from django_poolconf.pool.parking import ParkingLot
-from django_poolconf.pool.policy import CheckPolicy, Life
+from django_poolconf.pool.policy import CheckPolicy
+from django_poolconf.pool.state import OPEN, Life, Outcome, PoolState
+from django_poolconf.pool.state import PARKED as PARKED_NOW
 from django_poolconf.pool.waitline import LineClosed, LineTimeout, WaitLine
 from django_poolconf.signals import Invalidation
 from django_poolconf.stats import PoolStats
@@ -46,14 +50,6 @@ __all__ = ["Lender"]
 
 # The logger these messages always went to (documented), from before the pool package.
 logger = logging.getLogger("django_poolconf.engines")
-
-
-class _Slot:
-    """What the first in line takes when it reserved room for a new connection."""
-
-
-#: Taken by the first in line under the line's lock; the connection is opened outside it.
-_SLOT: Final = _Slot()
 
 
 class Lender(CheckPolicy):
@@ -74,9 +70,8 @@ class Lender(CheckPolicy):
         "affinity",
         "borrowed",
         "engine",
-        "line",
-        "parked",
         "pid",
+        "state",
     )
 
     def __init__(
@@ -88,11 +83,10 @@ class Lender(CheckPolicy):
     ) -> None:
         super().__init__(settings, hooks, life)
         self.engine = engine
-        # Checkouts waiting for a connection, Django's and SQLAlchemy code's.
-        self.line: WaitLine[_ConnectionRecord | _Slot] = WaitLine()
-        # Connections kept by the Django connection object that returned them, by
-        # its loan: idle, and taken by whoever needs one when no other is idle.
-        self.parked: ParkingLot[object, _ConnectionRecord] = ParkingLot()
+        # The pool's idle, waiting and parked records and its counters, under one lock.
+        self.state: PoolState[_ConnectionRecord] = PoolState(
+            settings.pool_size, settings.max_overflow, life, self.counters
+        )
         # Django's loans, with the thread that borrowed (None for a connection object
         # shared between threads): whoever pops a loan's entry, its owner closing it,
         # its finalizer or the reaper (its thread ended), returns the connection.
@@ -102,6 +96,16 @@ class Lender(CheckPolicy):
         self.affinity = settings.thread_affinity
         self.pid = os.getpid()
         REAPER.add(self)
+
+    @property
+    def line(self) -> WaitLine[Any]:
+        """The checkouts waiting for a connection, Django's and SQLAlchemy code's."""
+        return self.state.line
+
+    @property
+    def parked(self) -> ParkingLot[object, _ConnectionRecord]:
+        """Connections kept by the Django connection object that returned them, by its loan."""
+        return self.state.parked
 
     # These run on every checkout and return: keep them lean.
 
@@ -116,7 +120,7 @@ class Lender(CheckPolicy):
         if self.life.retired:
             raise self._closed()
         began = time.monotonic()
-        return self._lend(self._checkout(self.engine.pool, began), began)
+        return self._lend(self._checkout(began), began)
 
     def reclaim(self, key: object) -> _ConnectionRecord | None:
         """Take back the entry parked under ``key``, checked; None if it cannot be.
@@ -126,7 +130,8 @@ class Lender(CheckPolicy):
         """
         if ORPHANS:
             return_orphans()
-        record = self.parked.take_back(key)
+        # Without the state's lock: whoever pops the parked entry has it.
+        record = self.state.parked.take_back(key)
         if record is None:
             return None
         if self.life.retired or self.pid != os.getpid():
@@ -170,9 +175,12 @@ class Lender(CheckPolicy):
         """
         if refuse_foreign(record):
             return False
+        held = self.end_loan(record)
         try:
-            self.check_in(record.dbapi_connection, record)
+            self.reset_returned(record.dbapi_connection, record)
         except BaseException as error:
+            if held is not None:
+                self.counters.checked_in(held)
             try:
                 record.invalidate(
                     Invalidation(f"resetting it failed ({type(error).__name__})")
@@ -184,28 +192,18 @@ class Lender(CheckPolicy):
             return False
         if signals.logger.isEnabledFor(logging.DEBUG):
             signals.logger.debug("checked in a connection of %r", self.alias)
-        if (
-            park is not None
-            and not self.line
-            and record.dbapi_connection is not None  # not closed by check_in()
-            and INFO_NEW not in record.info  # not reset fully: Django sets it up
+        if park is not None and (
+            record.dbapi_connection is None  # closed by the reset
+            or INFO_NEW in record.info  # reset fully: Django sets it up again
         ):
-            parked = self.parked
-            idle, most = sqla.queue_sizes(self.engine.pool)
-            # At most pool_size idle connections, parked or queued: one more goes
-            # through the pool, which closes it, as it closes overflow connections.
-            if idle + len(parked) < most:
-                parked.park(park, record)
-                # A borrower that joined the line meanwhile may have looked already,
-                # and a dispose may have closed the parked ones already.
-                if not (self.line or self.life.retired):
-                    return True
-                if parked.take_back(park) is None:
-                    return True  # taken meanwhile: the taker has it
-                if self.life.retired:
-                    self._close_retired(record)
-                    return False
-        self._hand_over(record)
+            park = None
+        # One hold of the state's lock counts the return and hands the entry to the
+        # first in line or parks it; else it goes through the pool.
+        outcome = self.state.give_back(record, park, held)
+        if outcome is PARKED_NOW:
+            return True
+        if outcome is None:
+            sqla.checkin(record)
         return False
 
     def lent(self, loan: object, record: _ConnectionRecord, shared: bool) -> None:
@@ -221,102 +219,74 @@ class Lender(CheckPolicy):
 
     # -- SQLAlchemy code's checkouts and returns (through LendingPool) ---------------
 
-    def checkout_for_sqlalchemy(self, pool: Any) -> ConnectionPoolEntry:
-        """An entry for SQLAlchemy code: idle, parked, new, or waited for in line."""
+    def checkout_for_sqlalchemy(self) -> ConnectionPoolEntry:
+        """An entry for SQLAlchemy code: idle, parked, new, or waited for in line.
+
+        :raises PoolClosed: when the engine was disposed, before anything is opened.
+        """
         if ORPHANS:
             return_orphans()
-        return self._checkout(pool, time.monotonic())
+        if self.life.retired:
+            # As borrow(): a stale engine must not open a connection to a database
+            # that may be about to be dropped (the checkout listener would refuse
+            # it only once opened).
+            raise self._closed()
+        return self._checkout(time.monotonic())
 
-    def checkin_from_sqlalchemy(self, pool: Any, record: ConnectionPoolEntry) -> bool:
-        """Hand an entry SQLAlchemy code returned to a waiter, or close it; False to queue it."""
+    def return_record(self, record: ConnectionPoolEntry) -> None:
+        """Take in an entry checked in through the pool: hand it over, keep it idle, or close it.
+
+        SQLAlchemy code's returns come here, and Django's that were neither handed
+        over nor parked. Closed when ``pool_size`` entries are idle already (an
+        overflow connection), or the pool was disposed of.
+        """
         if refuse_foreign(record):
-            return True  # a parent's, dropped in a forked child
-        # SQLAlchemy code's returns, too, go to the first waiter in line at once.
-        # Without waiting for the line's lock: the garbage collector may return a
-        # connection here in a thread that holds it. If it is busy, the first in line
-        # finds the connection in the pool at its next look.
-        if self.line and self.line.hand_to_first(
-            cast("_ConnectionRecord", record), blocking=False
-        ):
-            return True
-        if self.parked and sqla.overflow(pool) > 0:
-            idle, most = sqla.queue_sizes(pool)
-            if idle + len(self.parked) >= most:
-                # pool_size connections are idle already, some of them parked: close
-                # this overflow one, as QueuePool does when its queue is full.
-                try:
-                    record.close()
-                finally:
-                    sqla.shrink(pool)
-                return True
-        return False
+            return  # a parent's, dropped in a forked child
+        state = self.state
+        if not state.checkin(cast("_ConnectionRecord", record)):
+            try:
+                record.close()
+            finally:
+                state.closed()
 
     # -- taking a connection, or waiting for one -----------------------------------
 
-    def _checkout(self, pool: Any, began: float) -> _ConnectionRecord:
-        # Nobody in line: take an idle connection, or open one under capacity.
-        record = None if self.line else self._take(pool)
-        if record is None:
+    def _checkout(self, began: float) -> _ConnectionRecord:
+        # Nobody in line: take an idle connection, or room to open one.
+        taken = self.state.checkout()
+        if taken is None:
             try:
-                record = self._wait_in_line(pool, began)
+                taken = self._wait_in_line(began)
             except exc.TimeoutError:
                 self._exhausted()
                 raise
-        return record
+        if taken is OPEN:
+            try:
+                return sqla.create(self.engine.pool)
+            except BaseException:
+                self.state.closed()
+                raise
+        return cast("_ConnectionRecord", taken)
 
-    def _take(self, pool: Any) -> _ConnectionRecord | None:
-        """An idle entry of the pool, or a new one under capacity; None at capacity."""
-        record = sqla.take_idle(pool)
-        if record is not None:
-            return record
-        if self.parked:
-            # A parked connection is idle too: take it rather than open another.
-            record = self.parked.steal_oldest()
-            if record is not None:
-                return record
-        if sqla.try_grow(pool):
-            return sqla.create(pool)
-        return None
-
-    def _wait_in_line(self, pool: Any, began: float) -> _ConnectionRecord:
-        line = self.line
-        ticket = line.join(began)
+    def _wait_in_line(self, began: float) -> _ConnectionRecord | Outcome:
+        state = self.state
+        ticket = state.join(began)
         try:
-            taken = line.wait(
-                ticket,
-                began + sqla.wait_timeout(pool),
-                take=lambda: self._take_first(pool),
-                tidy=self._tidy,
-                closed=lambda: self.life.retired,
-            )
+            return state.wait(ticket, began + self.settings.pool_timeout, self._tidy)
         except LineTimeout:
-            raise sqla.timeout_error(pool) from None
+            raise self._timeout_error() from None
         except LineClosed:
             # Handed over by a pool being disposed of (closed, most likely): lending
             # it would open a connection to a database about to be dropped.
-            handed = line.leave(ticket)
+            handed = state.line.leave(ticket)
             if handed is not None:
                 self._close_retired(cast("_ConnectionRecord", handed))
             raise self._closed() from None
         except BaseException:
-            handed = line.leave(ticket)
+            handed = state.line.leave(ticket)
             if handed is not None:  # handed over as this thread gave up
                 self._hand_over(cast("_ConnectionRecord", handed))
             raise
-        if taken is _SLOT:
-            return sqla.create(pool)
-        return cast("_ConnectionRecord", taken)
-
-    def _take_first(self, pool: Any) -> _ConnectionRecord | _Slot | None:
-        # The first in line, under the line's lock: what reached the pool unannounced.
-        record = sqla.take_idle(pool)
-        if record is None and self.parked:
-            record = self.parked.steal_oldest()
-        if record is not None:
-            return record
-        if sqla.try_grow(pool):
-            return _SLOT
-        return None
 
     def _tidy(self, first: bool) -> None:
         # Before giving up, take back what borrowers left: orphans, and the
@@ -328,8 +298,17 @@ class Lender(CheckPolicy):
 
     def _hand_over(self, record: _ConnectionRecord) -> None:
         """Give a returned entry to the first waiter in line, or back to the pool."""
-        if not (self.line and self.line.hand_to_first(record)):
+        if not self.state.hand_to_first(record):
             sqla.checkin(record)
+
+    def _timeout_error(self) -> exc.TimeoutError:
+        # SQLAlchemy's QueuePool's words, which code written for it may look for.
+        settings = self.settings
+        return exc.TimeoutError(
+            f"QueuePool limit of size {settings.pool_size} overflow "
+            f"{settings.max_overflow} reached, connection timed out, timeout "
+            f"{settings.pool_timeout:.2f}"
+        )
 
     # -- lending ---------------------------------------------------------------------
 
@@ -377,14 +356,10 @@ class Lender(CheckPolicy):
         """
         if self.life.retired:
             raise self._closed()
-        if self.line:
-            return None
-        pool = self.engine.pool
-        record = sqla.take_idle(pool)
-        if record is None and self.parked:
-            record = self.parked.steal_oldest()
+        record = self.state.take_idle()
         if record is None:
             return None
+        pool = self.engine.pool
         dbapi_connection = record.dbapi_connection
         if dbapi_connection is None or sqla.due_for_replacement(pool, record):
             self._hand_over(record)
@@ -411,7 +386,7 @@ class Lender(CheckPolicy):
 
     def unpark(self, key: object) -> None:
         """Check the entry parked under ``key`` into the pool, if nobody took it."""
-        record = self.parked.take_back(key)
+        record = self.state.parked.take_back(key)
         if record is not None and not refuse_foreign(record):
             self._hand_over(record)
 
@@ -428,20 +403,19 @@ class Lender(CheckPolicy):
         finally:
             self._hand_over(record)
 
-    def close_parked(self) -> None:
-        """Close this process's parked connections: their pool is being disposed of.
+    def close_idle(self) -> None:
+        """Close this process's idle and parked connections: the pool is being disposed of.
 
-        Parked entries are checked out as far as the pool knows, so its dispose()
-        would not close them. Their owners find them gone and borrow anew.
+        The owners of parked ones find them gone and borrow anew.
         """
         if self.pid != os.getpid():
             return
-        parked = self.parked
-        while parked:
-            record = parked.steal_oldest()
-            if record is None:
-                return
-            self._close_retired(record)
+        records = self.state.take_all()
+        try:
+            for record in records:
+                record.close()
+        finally:
+            self.state.closed(len(records))
 
     def _close_retired(self, record: _ConnectionRecord) -> None:
         """Close an entry of a disposed pool, and give its place back."""
@@ -516,13 +490,11 @@ class Lender(CheckPolicy):
 
     def forget_fork_state(self) -> None:
         """In a forked child: drop the parent's waiters, locks and counts."""
-        self.line = WaitLine()
         # The parent's sockets: keep them referenced, never use or close them.
-        INHERITED.extend(self.parked.forget())
+        INHERITED.extend(self.state.forget_fork_state())
         INHERITED.extend(record for record, _ in self.borrowed.copy().values())
         self.borrowed = {}
         self.pid = os.getpid()
-        self.counters.reset()
 
     # -- counters, signals and leak watch ----------------------------------------------
 
@@ -551,14 +523,20 @@ class Lender(CheckPolicy):
     def stats(self) -> PoolStats:
         """A snapshot of this pool: see :class:`~django_poolconf.stats.PoolStats`."""
         settings = self.settings
-        return stats.snapshot(
-            self.alias,
-            "primary" if settings.replica_of is None else "replica",
-            self.engine.pool,  # type: ignore[arg-type]
-            settings.capacity,
-            self.counters,
-            in_line=len(self.line),
-        )
+        state = self.state
+        with state.lock:  # the numbers and the counters of one instant
+            pool_size, checked_in, checked_out, overflow, waiting = state.numbers()
+            return stats.snapshot(
+                self.alias,
+                "primary" if settings.replica_of is None else "replica",
+                self.counters,
+                pool_size=pool_size,
+                checked_in=checked_in,
+                checked_out=checked_out,
+                overflow=overflow,
+                capacity=settings.capacity,
+                waiting=waiting,
+            )
 
 
 def _alive(thread: threading.Thread) -> bool:

@@ -6,9 +6,11 @@ back by the same object at its next request without a trip through the pool. Any
 who needs a connection when no other is idle steals the oldest parked one, whose owner
 is the least likely to be back for it.
 
-The owner, the thieves and the owner's finalizer (which may run in any thread, at any
-allocation, even while a lock is held) race only through single dict operations,
-atomic in CPython: so the lot takes no lock, and whoever pops an entry has it.
+The lot is a part of the pool's state (:class:`~django_poolconf.pool.state.PoolState`):
+parking and stealing happen under the state's lock. The owner and its finalizer
+(which may run in any thread, at any allocation, even while that lock is held) take
+an entry back with one dict pop, atomic in CPython, without the lock: whoever pops an
+entry has it.
 """
 
 from __future__ import annotations

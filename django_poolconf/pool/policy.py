@@ -27,19 +27,11 @@ from django_poolconf.pool.hooks import (
     INFO_RETURNED_AT,
     ConnectionHooks,
 )
+from django_poolconf.pool.state import Life
 from django_poolconf.signals import Invalidation
 from django_poolconf.stats import Counters
 
-__all__ = ["CheckPolicy", "Life"]
-
-
-class Life:
-    """Whether an engine was retired by a dispose: read on every checkout and return."""
-
-    __slots__ = ("retired",)
-
-    def __init__(self) -> None:
-        self.retired = False
+__all__ = ["CheckPolicy"]
 
 
 class CheckPolicy:
@@ -121,6 +113,12 @@ class CheckPolicy:
     def check_in(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         """Make a returned connection clean for the next borrower; raise to have it closed."""
         self.note_returned(record)
+        self.reset_returned(dbapi_connection, record)
+
+    def reset_returned(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry
+    ) -> None:
+        """:meth:`check_in` without the counting: reset the connection (or close it, in a retired pool)."""
         if self.life.retired:
             # Borrowed before the pool was disposed: close it, do not keep it.
             record.invalidate(Invalidation("its pool was disposed of", quiet=True))
@@ -133,13 +131,18 @@ class CheckPolicy:
 
     def note_returned(self, record: ConnectionPoolEntry) -> None:
         """Count the hold time of a returned connection and end its leak watch."""
+        held = self.end_loan(record)
+        if held is not None:
+            self.counters.checked_in(held)
+
+    def end_loan(self, record: ConnectionPoolEntry) -> float | None:
+        """End a returned connection's leak watch; return how long it was held (None if not lent)."""
         info = record.info
-        borrowed_at = info.pop(INFO_BORROWED_AT, None)
-        if borrowed_at is not None:
-            self.counters.checked_in(time.monotonic() - borrowed_at)
         held = info.pop(INFO_HELD, None)
         if held is not None:
             leaks.LEAKS.release(held)
+        borrowed_at = info.pop(INFO_BORROWED_AT, None)
+        return None if borrowed_at is None else time.monotonic() - borrowed_at
 
     def watch(self, record: ConnectionPoolEntry, skip: int) -> None:
         """Watch a connection just checked out for a leak (``leak_detection_threshold``)."""

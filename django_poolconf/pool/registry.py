@@ -26,8 +26,8 @@ from django_poolconf.pool.hooks import ConnectionHooks
 from django_poolconf.pool.lender import Lender
 from django_poolconf.pool.listeners import listen
 from django_poolconf.pool.orphans import ORPHANS, REAPER, return_orphans
-from django_poolconf.pool.policy import Life
 from django_poolconf.pool.sqla import LendingPool
+from django_poolconf.pool.state import Life
 from django_poolconf.stats import PoolStats
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = [
     "get_engine",
     "histogram_of",
     "lender_for",
+    "lender_of",
     "stats_of",
 ]
 
@@ -221,7 +222,7 @@ def _dispose_entry(alias: str, entry: _Registered) -> None:
     # Retire the engine: connections still checked out are closed when returned,
     # and the engine itself refuses new checkouts (PoolClosed).
     entry.life.retired = True
-    entry.engine.dispose()  # closes parked connections too (LendingPool.dispose)
+    entry.engine.dispose()  # closes idle and parked connections (LendingPool.dispose)
     # What borrowers left for a checkout or the reaper to return: orphans, and
     # connections of ended threads. Returned to a retired pool, they are closed now,
     # not a second later, when the database may be being dropped.
@@ -263,9 +264,6 @@ def _build_engine(
         pool_pre_ping=False,
         # The reset listener decides how much reset a connection needs.
         pool_reset_on_return=None,
-        # Reusing the most recently returned connection keeps the rest idle long
-        # enough to be recycled, and keeps the hot one inside the no-ping window.
-        pool_use_lifo=True,
         use_native_hstore=False,
         hide_parameters=True,
     )
@@ -276,12 +274,18 @@ def _build_engine(
     return lender
 
 
-def stats_of(alias: str) -> PoolStats | None:
-    """A snapshot of ``alias``'s pool in this process, or None if it has none."""
+def lender_of(alias: str) -> Lender | None:
+    """The lender of the pool this process built for ``alias``, or None; never builds one."""
     entry = _registry.get(alias)
     if entry is None or entry.pid != os.getpid():
         return None
-    return entry.lender.stats()
+    return entry.lender
+
+
+def stats_of(alias: str) -> PoolStats | None:
+    """A snapshot of ``alias``'s pool in this process, or None if it has none."""
+    lender = lender_of(alias)
+    return None if lender is None else lender.stats()
 
 
 def histogram_of(alias: str, kind: str) -> tuple[list[int], float]:

@@ -1,28 +1,27 @@
 """The one module that touches SQLAlchemy's private pool internals.
 
-Django's checkouts borrow ``QueuePool``'s records without SQLAlchemy's checkout: they
-take an idle record from the pool's queue, reserve an overflow slot and open a record
-in it, and check a record back in without a fairy (the proxy SQLAlchemy code gets).
-None of that is public API, so every use goes through the narrow functions below, and
-:func:`missing_internals` checks, when the first engine is built, that every name they
-rely on exists (see :mod:`django_poolconf.compat`).
-
-:class:`LendingPool` is the engine's pool class: SQLAlchemy code's checkouts and
-returns go through the engine's lender too, so that both kinds of borrower wait in one
-line and share the parked connections.
+:class:`LendingPool` is the engine's pool class: a :class:`sqlalchemy.pool.Pool` that
+implements SQLAlchemy's hooks for a pool class (``_do_get``, ``_do_return_conn``) and
+its numbers (``size()``, ``checkedin()``, ...) over the lender's
+:class:`~django_poolconf.pool.state.PoolState`, so that SQLAlchemy code and Django
+share one state: they wait in one line, share the parked connections and count
+alike. Django's checkouts go round SQLAlchemy's checkout: they open a record in room
+the state reserved, and check a record back in without a fairy (the proxy SQLAlchemy
+code gets). None of that is public API, so every use goes through the narrow
+functions below, and :func:`missing_internals` checks, when the first engine is
+built, that every name they rely on exists (see :mod:`django_poolconf.compat`).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
-from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from sqlalchemy import exc
-from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
-from sqlalchemy.util import queue as sqla_queue
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
+
+from django_poolconf.pool.state import PoolState
 
 if TYPE_CHECKING:
     from sqlalchemy.pool.base import _ConnectionRecord
@@ -34,49 +33,23 @@ __all__ = [
     "checkin_failed",
     "closed_for_age",
     "create",
+    "due_for_replacement",
     "invalidate_older",
     "missing_internals",
-    "overflow",
-    "queue_sizes",
-    "shrink",
-    "take_idle",
-    "timeout_error",
-    "try_grow",
-    "wait_timeout",
 ]
 
-#: Implemented by ``QueuePool`` (``Pool`` has abstract ones): :class:`LendingPool`
-#: overrides the first two and the functions below call the rest.
-QUEUE_POOL_METHODS: Final = (
-    "_do_get",
-    "_do_return_conn",
-    "_inc_overflow",
-    "_dec_overflow",
-)
-#: On ``Pool``.
-POOL_METHODS: Final = ("_create_connection",)
-#: Set on a ``QueuePool`` by its constructor.
-POOL_FIELDS: Final = (
-    "_pool",
-    "_overflow",
-    "_max_overflow",
-    "_timeout",
-    "_recycle",
-    "_invalidate_time",
-)
-#: On ``sqlalchemy.util.queue.Queue``, the pool's ``_pool``.
-QUEUE_FIELDS: Final = ("queue", "maxsize", "get")
+#: Defined on ``Pool`` and called by SQLAlchemy: :class:`LendingPool` implements the
+#: first two, and :func:`create` calls the third.
+POOL_METHODS: Final = ("_do_get", "_do_return_conn", "_create_connection")
+#: Set on a ``Pool`` by its constructor, and read by its records.
+POOL_FIELDS: Final = ("_recycle", "_invalidate_time")
+#: Methods of ``_ConnectionRecord`` called with its private ``_fairy_was_created``.
+RECORD_METHODS: Final = ("checkin", "_checkin_failed")
 
 
-# -- the pool's queue and overflow ---------------------------------------------------
-
-
-def take_idle(pool: Any) -> _ConnectionRecord | None:
-    """An idle record of the pool's queue, without waiting; None if there is none."""
-    try:
-        return cast("_ConnectionRecord", pool._pool.get(False))
-    except sqla_queue.Empty:
-        return None
+def create(pool: Any) -> _ConnectionRecord:
+    """Open a record (a new connection) of ``pool``, in room its state reserved."""
+    return cast("_ConnectionRecord", pool._create_connection())
 
 
 def due_for_replacement(pool: Any, record: ConnectionPoolEntry) -> bool:
@@ -86,52 +59,6 @@ def due_for_replacement(pool: Any, record: ConnectionPoolEntry) -> bool:
         (pool._recycle > -1 and time.time() - started > pool._recycle)
         or pool._invalidate_time > started
         or getattr(record, "_soft_invalidate_time", 0) > started
-    )
-
-
-def try_grow(pool: Any) -> bool:
-    """Reserve a slot for one more connection; False at capacity.
-
-    Follow with :func:`create`, which gives the slot back if opening fails.
-    """
-    return bool(pool._inc_overflow())
-
-
-def shrink(pool: Any) -> None:
-    """Give back the slot of a connection that was closed, or never opened."""
-    pool._dec_overflow()
-
-
-def create(pool: Any) -> _ConnectionRecord:
-    """Open a record in a slot reserved by :func:`try_grow`; the slot is given back on failure."""
-    try:
-        return cast("_ConnectionRecord", pool._create_connection())
-    except BaseException:
-        pool._dec_overflow()
-        raise
-
-
-def queue_sizes(pool: Any) -> tuple[int, int]:
-    """How many records wait idle in the pool's queue, and how many it holds at most."""
-    queue = pool._pool
-    return len(queue.queue), queue.maxsize
-
-
-def overflow(pool: Any) -> int:
-    """Connections open beyond ``pool_size`` (negative while fewer are open)."""
-    return pool._overflow  # type: ignore[no-any-return]
-
-
-def wait_timeout(pool: Any) -> float:
-    """The pool's ``pool_timeout``, in seconds."""
-    return pool._timeout  # type: ignore[no-any-return]
-
-
-def timeout_error(pool: Any) -> exc.TimeoutError:
-    """The error SQLAlchemy raises when no connection was free within ``pool_timeout``."""
-    return exc.TimeoutError(
-        f"QueuePool limit of size {pool.size()} overflow {pool._max_overflow} "
-        f"reached, connection timed out, timeout {pool._timeout:.2f}"
     )
 
 
@@ -182,106 +109,128 @@ def checkin_failed(record: _ConnectionRecord, error: BaseException) -> None:
 class Lending(Protocol):
     """What :class:`LendingPool` asks of the lender it lends through."""
 
-    parked: Sized
+    state: PoolState[Any]
 
-    def checkout_for_sqlalchemy(self, pool: LendingPool) -> ConnectionPoolEntry:
+    def checkout_for_sqlalchemy(self) -> ConnectionPoolEntry:
         """A record for SQLAlchemy code: idle, parked, new, or waited for in line."""
 
-    def checkin_from_sqlalchemy(
-        self, pool: LendingPool, record: ConnectionPoolEntry
-    ) -> bool:
-        """Hand a record SQLAlchemy code returned on, or close it; False to queue it."""
+    def return_record(self, record: ConnectionPoolEntry) -> None:
+        """Take in a record checked in through the pool: hand it over, keep it, or close it."""
 
-    def close_parked(self) -> None:
-        """Close the parked connections (this process's): their pool is being disposed of."""
+    def close_idle(self) -> None:
+        """Close this process's idle and parked connections: the pool is being disposed of."""
 
 
-class LendingPool(QueuePool):
-    """SQLAlchemy's ``QueuePool``, with the lender's parked connections counted as idle.
+class LendingPool(Pool):
+    """The engine's pool: SQLAlchemy's pool interface over the lender's state.
 
-    Connections parked with a Django connection object between requests (see
-    ``thread_affinity``) are checked out as far as ``QueuePool`` knows, but idle
-    and free to take: SQLAlchemy code's checkouts take one when no other is idle
-    before opening a connection or waiting, and wait in the lender's line, first
-    come, first served, as Django's do. ``checkedin()``, ``checkedout()`` and
-    ``status()`` count parked connections as idle.
+    At most ``pool_size`` connections stay idle and ``pool_size + max_overflow`` are
+    open, and a checkout waits up to ``timeout`` seconds, as with
+    :class:`~sqlalchemy.pool.QueuePool`, whose numbers it reports the same way. Unlike
+    it, waiters are served first come, first served, whoever returns the connection,
+    and connections parked with a Django connection object between requests
+    (``thread_affinity``) count as idle and are taken when no other is. The registry
+    sets :attr:`lender` as it builds the engine.
     """
 
     lender: Lending | None = None
+    # Its log lines ("Pool disposed", ...) belong with SQLAlchemy's pools, configured
+    # by the "sqlalchemy.pool" logger, not under this module's name, where an app
+    # that logs django_poolconf at INFO would get them.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.LendingPool"
 
-    def recreate(self) -> LendingPool:
-        # Engine.dispose() replaces the pool with this one: it lends the same way.
-        pool = cast("LendingPool", super().recreate())
-        pool.lender = self.lender
-        return pool
+    def __init__(
+        self,
+        creator: Any,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        timeout: float = 30.0,
+        **kw: Any,
+    ) -> None:
+        super().__init__(creator, **kw)
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
+        self.pool_timeout = timeout
 
-    def dispose(self) -> None:
-        # Parked connections are checked out as far as QueuePool knows: close them
-        # too, or they would outlive this pool.
-        super().dispose()
-        lender = self.lender
-        if lender is not None:
-            lender.close_parked()
-
-    def _do_get(self) -> ConnectionPoolEntry:
+    def _lender(self) -> Lending:
         lender = self.lender
         if lender is None:
-            return super()._do_get()
-        return lender.checkout_for_sqlalchemy(self)
+            raise exc.InvalidRequestError(
+                "A LendingPool lends through its engine's lender: build the engine "
+                "with django_poolconf.get_engine()."
+            )
+        return lender
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        return self._lender().checkout_for_sqlalchemy()
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        self._lender().return_record(record)
+
+    def dispose(self) -> None:
+        # The idle and parked connections are closed; those still borrowed are
+        # replaced when next checked out, as after an invalidation of the pool.
         lender = self.lender
-        if lender is None or not lender.checkin_from_sqlalchemy(self, record):
-            super()._do_return_conn(record)
+        if lender is not None:
+            lender.close_idle()
+        self._invalidate_time = time.time()
+        self.logger.info("Pool disposed. %s", self.status())
+
+    def recreate(self) -> LendingPool:
+        # Engine.dispose() replaces its pool with this after dispose(): the pool
+        # lends on, emptied, and its state still counts what is borrowed.
+        self.logger.info("Pool recreating")
+        return self
+
+    def _numbers(self) -> tuple[int, int, int, int, int]:
+        lender = self.lender
+        if lender is None:
+            return (self.pool_size, 0, 0, -self.pool_size, 0)
+        return lender.state.numbers()
+
+    def status(self) -> str:
+        size, checked_in, checked_out, overflow, _ = self._numbers()
+        return (
+            f"Pool size: {size}  Connections in pool: {checked_in} Current "
+            f"Overflow: {overflow} Current Checked out connections: {checked_out}"
+        )
+
+    def size(self) -> int:
+        """``pool_size``: how many connections stay open while idle."""
+        return self.pool_size
+
+    def timeout(self) -> float:
+        """``pool_timeout``: how long a checkout waits for a connection, in seconds."""
+        return self.pool_timeout
 
     def checkedin(self) -> int:
-        lender = self.lender
-        return super().checkedin() + (0 if lender is None else len(lender.parked))
+        """Idle connections, parked ones included."""
+        return self._numbers()[1]
 
     def checkedout(self) -> int:
-        lender = self.lender
-        return super().checkedout() - (0 if lender is None else len(lender.parked))
+        """Connections lent now (parked ones are idle)."""
+        return self._numbers()[2]
+
+    def overflow(self) -> int:
+        """Connections open beyond ``pool_size``; negative while fewer are open."""
+        return self._numbers()[3]
 
 
 # -- the startup self-check ----------------------------------------------------------
 
 
 def missing_internals(pool: Any) -> list[str]:
-    """The private names above that this SQLAlchemy lacks, as ``QueuePool._do_get``."""
-    missing = [
-        f"QueuePool.{name}"
-        for name in QUEUE_POOL_METHODS
-        if not _implemented(QueuePool, Pool, name)
-    ]
-    missing += [f"Pool.{name}" for name in POOL_METHODS if not hasattr(Pool, name)]
-    missing += [
-        f"QueuePool().{name}" for name in POOL_FIELDS if not hasattr(pool, name)
-    ]
-    queue = getattr(pool, "_pool", None)
-    missing += [
-        f"QueuePool()._pool.{name}"
-        for name in QUEUE_FIELDS
-        if queue is not None and not hasattr(queue, name)
-    ]
+    """The private names above that this SQLAlchemy lacks, as ``Pool._do_get``."""
+    missing = [f"Pool.{name}" for name in POOL_METHODS if name not in vars(Pool)]
+    missing += [f"Pool().{name}" for name in POOL_FIELDS if not hasattr(pool, name)]
     try:
-        queue_module = importlib.import_module("sqlalchemy.util.queue")
         from sqlalchemy.pool.base import _ConnectionRecord
     except ImportError as error:
         return [*missing, f"{error.name or 'a module'} ({error})"]
-    if not hasattr(queue_module, "Empty"):
-        missing.append("sqlalchemy.util.queue.Empty")
-    checkin_failed = getattr(_ConnectionRecord, "_checkin_failed", None)
-    if checkin_failed is None or (
-        "_fairy_was_created" not in inspect.signature(checkin_failed).parameters
-    ):
-        missing.append("_ConnectionRecord._checkin_failed(_fairy_was_created=)")
+    for name in RECORD_METHODS:
+        method = getattr(_ConnectionRecord, name, None)
+        if method is None or (
+            "_fairy_was_created" not in inspect.signature(method).parameters
+        ):
+            missing.append(f"_ConnectionRecord.{name}(_fairy_was_created=)")
     return missing
-
-
-def _implemented(cls: type, abstract: type, name: str) -> bool:
-    # Defined by ``cls`` or a class between it and ``abstract``, whose own is a stub.
-    return any(
-        name in vars(klass)
-        for klass in cls.__mro__
-        if klass is not abstract and issubclass(klass, abstract)
-    )

@@ -5,12 +5,14 @@ by a thread that arrives meanwhile (often the one that returned it, back for its
 request), and the robbed waiter queues again at the back, so under sustained load one
 can wait past ``pool_timeout`` while others are served. Here a returned connection is
 handed straight to the first in line (:meth:`WaitLine.hand_to_first`), and a newcomer
-queues behind. The first in line also takes what reaches the pool otherwise (SQLAlchemy
-code's returns, capacity freed by a closed connection), which the pool does not
-announce: it looks every :data:`POLL_S` seconds.
+queues behind. The first in line is woken when room for a new connection is freed,
+and also looks every :data:`POLL_S` seconds for what reached the pool without a
+hand-over (a connection the garbage collector returned in a thread that held the
+lock, say) and for what borrowers left behind.
 
-The line knows nothing of pools: what a waiter takes is the caller's business, so its
-logic is tested in process, with no server.
+The line is a part of the pool's state (:class:`~django_poolconf.pool.state.PoolState`)
+and works under its lock. It knows nothing of pools: what a waiter takes is the
+caller's business, so its logic is tested in process, with no server.
 """
 
 from __future__ import annotations
@@ -50,16 +52,18 @@ class Ticket(threading.Event, Generic[T]):
 
 
 class WaitLine(Generic[T]):
-    """Waiting checkouts, oldest first, under one lock.
+    """Waiting checkouts, oldest first, under the lock of the state it is part of.
 
     ``bool(line)`` (no lock) tells whether anybody waits: a checkout that finds the
     line empty takes a connection directly; one that finds it occupied joins it.
+    Every method takes the lock, which is reentrant: the pool's state calls them
+    while it holds it.
     """
 
     __slots__ = ("_tickets", "lock")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+    def __init__(self, lock: threading.RLock | None = None) -> None:
+        self.lock = threading.RLock() if lock is None else lock
         self._tickets: deque[Ticket[T]] = deque()
 
     def __len__(self) -> int:
@@ -92,7 +96,7 @@ class WaitLine(Generic[T]):
     ) -> T:
         """Wait until ``ticket`` is handed an item, or takes one when first in line.
 
-        ``take()`` runs under the line's lock, first in line only, and returns what
+        ``take()`` runs under the lock, first in line only, and returns what
         it took or None. ``tidy(first)`` runs before every look, outside the lock
         (returning what borrowers left behind, say). ``closed()`` is read under the
         lock.
@@ -118,7 +122,7 @@ class WaitLine(Generic[T]):
                     return handed
                 # Not served yet: sleep again until handed an item, made first in
                 # line, or POLL_S has passed. (Cleared under the lock, which
-                # hand_to_first() and _wake_first() hold to set it.)
+                # hand_to_first() and wake_first() hold to set it.)
                 ticket.clear()
                 if closed():
                     self._remove(ticket)
@@ -141,15 +145,9 @@ class WaitLine(Generic[T]):
                 self._remove(ticket)
             return ticket.item
 
-    def hand_to_first(self, item: T, blocking: bool = True) -> bool:
-        """Hand ``item`` to the first in line; False if nobody waits.
-
-        With ``blocking`` false, also False when the line's lock is taken: the
-        garbage collector may return a connection in a thread that holds it.
-        """
-        if not self.lock.acquire(blocking):
-            return False
-        try:
+    def hand_to_first(self, item: T) -> bool:
+        """Hand ``item`` to the first in line; False if nobody waits."""
+        with self.lock:
             if not self._tickets:
                 return False
             ticket = self._tickets.popleft()
@@ -157,8 +155,11 @@ class WaitLine(Generic[T]):
             ticket.set()
             self._wake_first()
             return True
-        finally:
-            self.lock.release()
+
+    def wake_first(self) -> None:
+        """Wake the first in line to look again now (room was freed for it)."""
+        with self.lock:
+            self._wake_first()
 
     def _remove(self, ticket: Ticket[T]) -> None:
         self._tickets.remove(ticket)

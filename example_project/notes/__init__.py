@@ -1,1 +1,1 @@
-"""A tiny notes app: a page with a form, a JSON list and the pools' numbers."""
+"""A tiny notes app: a page with a form, a live page of the pools, and their JSON."""

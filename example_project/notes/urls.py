@@ -8,6 +8,9 @@ app_name = "notes"
 
 urlpatterns = [
     path("", views.index, name="index"),
-    path("api/notes", views.api_notes, name="api_notes"),
     path("pool", views.pool, name="pool"),
+    path("pool/burst", views.burst, name="burst"),
+    path("pool/work", views.work, name="work"),
+    path("api/notes", views.api_notes, name="api_notes"),
+    path("api/pool", views.api_pool, name="api_pool"),
 ]

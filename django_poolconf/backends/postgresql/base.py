@@ -29,7 +29,7 @@ from django_poolconf.backends.base import (
     READ_ONLY,
     PooledDatabaseWrapperMixin,
 )
-from django_poolconf.backends.postgresql.messages import describe_target, redact
+from django_poolconf.backends.postgresql.redact import describe_target, redact
 from django_poolconf.backends.postgresql.waiting import wait_for_answer
 from django_poolconf.errors import ConnectionFailed
 from django_poolconf.pool import registry

@@ -22,11 +22,11 @@ import psycopg
 from psycopg import pq
 from sqlalchemy import exc as sa_exc
 
-from django_poolconf.backends.postgresql.messages import redact
+from django_poolconf.backends.postgresql.redact import redact
 from django_poolconf.backends.postgresql.replication import STATUS_SQL
 from django_poolconf.backends.probes import Failure, ProbeResult, ServerView
-from django_poolconf.engines import Lender
 from django_poolconf.errors import PoolError
+from django_poolconf.pool.lender import Lender
 
 __all__ = ["MIN_CONNECT_TIMEOUT_S", "probe_pooled", "probe_server"]
 
@@ -233,7 +233,7 @@ def _failed(failure: Failure, error: str | None) -> ProbeResult:
 
 def _safe_error(error: BaseException, params: Mapping[str, Any]) -> str:
     """The error's text without the password, the user, the host or its address."""
-    text = redact(str(error), dict(params), hosts=True)
+    text = redact(str(error), params, hosts=True)
     user = params.get("user")
     if isinstance(user, str) and user:
         text = re.sub(rf"(?<![\w.-]){re.escape(user)}(?![\w.-])", "***", text)

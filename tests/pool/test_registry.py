@@ -266,7 +266,7 @@ def test_fork_while_another_thread_holds_the_pool_lock_does_not_hang():
     locked, release = threading.Event(), threading.Event()
 
     def hold_lock() -> None:
-        with pool._pool.mutex:
+        with pool.lender.state.lock:  # type: ignore[attr-defined]
             locked.set()
             release.wait(30)
 

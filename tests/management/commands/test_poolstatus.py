@@ -19,11 +19,11 @@ from django.db import connections
 from django_poolconf import engines
 from django_poolconf.health import runner
 from tests.conftest import wsgi_get
-from tests.test_health import TIMEOUT, extra_alias, use_health
+from tests.health.test_runner import TIMEOUT, extra_alias, use_health
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]  # the repository
 MARGIN = 1.0
 
 

@@ -198,7 +198,7 @@ def test_numbers_of_an_alias_without_a_pool_are_those_of_a_new_pool(cluster):
 
     shown = wsgi_get("/health/db").json()["databases"]["replica"]
 
-    assert engines._registry.get("replica") is None  # the check made none
+    assert engines.lender_of("replica") is None  # the check made none
     assert (shown["pool_size"], shown["checked_in"], shown["checked_out"]) == (4, 0, 0)
     assert shown["overflow"] == -4
 
@@ -641,7 +641,6 @@ def test_probe_threads_end_after_the_check():
 
 
 def test_pooled_connection_that_stalls_is_timed_out_and_closed_not_pooled():
-
     primary = connections.settings["default"]
     proxy = FaultProxy(primary["HOST"], int(primary["PORT"]))
     # No ping when borrowed, and no reset in flight: a probe leaves a connection whose

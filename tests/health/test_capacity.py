@@ -13,7 +13,7 @@ from django_poolconf import engines
 from django_poolconf.checks import check_deployment
 from django_poolconf.health import check_health, runner
 from django_poolconf.health.capacity import ServerCapacity, plan_capacity
-from tests.test_health import TIMEOUT, extra_alias, use_health
+from tests.health.test_runner import TIMEOUT, extra_alias, use_health
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,12 +9,13 @@ import time
 from typing import Any
 
 import pytest
+import sqlalchemy
 from django.db import connection, connections, transaction
 from django.db.backends.signals import connection_created
 
 from django_poolconf import PoolTimeout, engines, get_engine, pool_stats
 from tests.conftest import server_pids, wsgi_get
-from tests.test_engines import _in_child
+from tests.pool.test_registry import _in_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,7 +61,7 @@ def test_request_end_parks_the_connection_and_the_next_request_takes_it_back():
     pool = get_engine().pool
     assert (pool.checkedout(), pool.checkedin()) == (0, 1)  # type: ignore[attr-defined]
     assert len(_lender().parked) == 1
-    assert pool._pool.qsize() == 0  # type: ignore[attr-defined]
+    assert not _lender().state.idle  # parked, not in the pool's idle records
     stats = pool_stats("default")
     assert (stats.checked_out, stats.checked_in, stats.checkouts) == (0, 1, 1)
 
@@ -155,9 +156,8 @@ def test_without_thread_affinity_request_end_checks_the_connection_in(pool_optio
     pool_options(thread_affinity=False)
     wsgi_get("/item/")
 
-    pool = get_engine().pool
     assert not _lender().parked
-    assert pool._pool.qsize() == 1  # type: ignore[attr-defined]
+    assert len(_lender().state.idle) == 1
     assert connection.connection is None
 
 
@@ -166,9 +166,8 @@ def test_close_checks_a_parked_connection_into_the_pool():
 
     connection.close()
 
-    pool = get_engine().pool
     assert not _lender().parked
-    assert pool._pool.qsize() == 1  # type: ignore[attr-defined]
+    assert len(_lender().state.idle) == 1
     assert wsgi_get("/item/").json()["pid"] == pid
 
 
@@ -248,7 +247,7 @@ def test_sqlalchemy_return_goes_straight_to_the_first_waiter(pool_options):
         sa_connection.close()
     # Handed to the waiter on return, not queued for the waiter to find later.
     assert not _lender().line
-    assert get_engine().pool._pool.qsize() == 0  # type: ignore[attr-defined]
+    assert not _lender().state.idle
     waiter.join(10)
 
 
@@ -335,3 +334,26 @@ def test_engine_dispose_closes_parked_connections_and_keeps_lending(
     assert pid not in server_pids(admin, test_db_name)
     assert get_engine().pool.lender is lender  # type: ignore[attr-defined]
     assert wsgi_get("/item/").status == 200
+
+
+def test_engine_dispose_keeps_the_budget_and_replaces_what_was_borrowed(
+    admin, test_db_name, pool_options
+):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=0.2, thread_affinity=False)
+    with connection.cursor() as cursor:  # the only connection, borrowed
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+
+    get_engine().dispose()
+
+    # Still borrowed, still counted: no connection beyond the budget.
+    with pytest.raises(sqlalchemy.exc.TimeoutError):
+        get_engine().connect()
+    connection.close()  # back in the pool, but opened before the dispose ...
+    with get_engine().connect() as sa_connection:  # ... so replaced at its checkout
+        new_pid = sa_connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    assert new_pid != pid
+    deadline = time.monotonic() + 5  # the server sees the close a moment later
+    while pid in server_pids(admin, test_db_name) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pid not in server_pids(admin, test_db_name)

@@ -1,14 +1,17 @@
-"""What a libpq error may say, and what of it django-poolconf passes on.
+"""What of a libpq error message django-poolconf passes on.
 
-A failed connect names the server tried, as Django's own backend does: an operator
-must see which one failed. Passwords never appear, nor the password of a URL; the
-health view's error text, which detail shows to staff or token holders, hides the
-host and port too.
+libpq names the server it could not reach (``connection to server at "db.internal"
+(10.0.0.5), port 5432 failed: ...``), psycopg lists every address it tried, and a
+server may even echo a parameter back. A failed connect names the server tried, as
+Django's own backend does: an operator must see which one failed. :func:`redact`
+takes out passwords, and the password of any URL; with ``hosts``, for the health
+view's error text (shown with detail only), the host and port too.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = ["describe_target", "redact"]
@@ -26,7 +29,7 @@ _PASSWORD_PARAMS: Final = ("password", "sslpassword")
 _HOST_PARAMS: Final = ("host", "hostaddr")
 
 
-def describe_target(conn_params: dict[str, Any]) -> str:
+def describe_target(conn_params: Mapping[str, Any]) -> str:
     """``host 'db', port 5432``: the server a connection was opened to, for messages."""
     host = conn_params.get("host")
     port = conn_params.get("port")
@@ -36,7 +39,7 @@ def describe_target(conn_params: dict[str, Any]) -> str:
     )
 
 
-def redact(message: str, conn_params: dict[str, Any], *, hosts: bool = False) -> str:
+def redact(message: str, conn_params: Mapping[str, Any], *, hosts: bool = False) -> str:
     """Drop the password (and with ``hosts``, the host and port) from a libpq error message.
 
     User and database names stay: they are no secret, and an operator needs them.

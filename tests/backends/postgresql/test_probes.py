@@ -29,7 +29,7 @@ def test_a_pooled_probe_never_borrows_past_its_deadline_nor_closes_a_healthy_con
 ):
     pool_options(pool_size=1, max_overflow=0, pool_timeout=10)
     connection.ensure_connection()  # the only connection: none idle
-    lender = engines._registry["default"].lender
+    lender = engines.lender_of("default")
     params = connections["default"].get_connection_params()
     deadline = time.monotonic() + 0.2
     results: list[ProbeResult] = []
@@ -63,7 +63,7 @@ def test_a_probe_past_its_deadline_closes_no_healthy_connection(pool_options):
         wrapper.ensure_connection()
     for wrapper in wrappers:
         wrapper.close()
-    lender = engines._registry["default"].lender
+    lender = engines.lender_of("default")
     pool = get_engine("default").pool
     invalidated_at = pool._invalidate_time
     params = connections["default"].get_connection_params()
@@ -85,7 +85,7 @@ def test_a_probe_does_not_reconnect_an_idle_connection_due_for_recycling(
         pool_options(pool_size=1, max_overflow=0, pool_recycle=1, connect_timeout=2)
         connection.ensure_connection()
         connection.close()
-        lender = engines._registry["default"].lender
+        lender = engines.lender_of("default")
         opened = lender.counters.connections_opened
         time.sleep(1.1)  # the idle connection is due for recycling
         proxy.stall()
