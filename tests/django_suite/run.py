@@ -168,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tests_dir = fetch_tests(django.__version__)
     add_stand_in_extensions()
-    print(f"Django {django.__version__}: {len(labels)} labels, --parallel {args.parallel}")
+    print(
+        f"Django {django.__version__}: {len(labels)} labels, --parallel {args.parallel}"
+    )
     cluster = EmbeddedCluster.start(replica=False)
     results: dict[str, Result] = {}
     try:

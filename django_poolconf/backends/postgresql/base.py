@@ -535,6 +535,14 @@ class _ApplicationName:
         return repr(str(self))
 
 
+def _configures_timezone(wrapper_class: type[Any]) -> bool:
+    """Whether ``wrapper_class`` sets the time zone as Django's wrapper does."""
+    return (
+        getattr(wrapper_class, "_configure_timezone", None)
+        is postgresql_base.DatabaseWrapper._configure_timezone  # type: ignore[attr-defined]
+    )
+
+
 class DatabaseCreation(postgresql_creation.DatabaseCreation):
     """Test database creation that disposes of the pool first.
 
@@ -569,7 +577,12 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     def get_connection_params(self) -> dict[str, Any]:
         if not self.is_pooled:
-            return super().get_connection_params()
+            params = super().get_connection_params()
+            if "pool" in params and not params["pool"]:
+                # Django before 5.1 hands OPTIONS["pool"] to psycopg: a plain
+                # connection is what False asks for.
+                del params["pool"]
+            return params
         settings_dict = self.settings_dict
         # Django rebuilds the parameters on every connect; they only change when these
         # do, so the steady state reuses them.
@@ -598,9 +611,10 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         options = [params["options"]] if params.get("options") else []
         if settings.statement_timeout is not None:
             options.append(f"-c statement_timeout={settings.statement_timeout}")
-        if self.timezone_name:
+        if self.timezone_name and _configures_timezone(type(self)):
             # Set at connect, Django finds the time zone right and needs no SET TIME
-            # ZONE, and DISCARD ALL keeps it.
+            # ZONE, and DISCARD ALL keeps it. Not when a subclass configures the
+            # time zone its own way (or not at all).
             options.append(f"-c TimeZone={_escape_option(self.timezone_name)}")
         if options:
             params["options"] = " ".join(options)
@@ -608,7 +622,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        if not self.is_pooled:
+        if not self.is_pooled or self._connecting_unpooled:
             return super().get_new_connection(conn_params)
         # Django's get_new_connection() also sets self.isolation_level; the pool's
         # hooks apply the level to each new driver connection.
@@ -634,6 +648,10 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             id(conn_params.get("context")),
             conn_params.get("cursor_factory"),
             self.settings_dict["OPTIONS"].get("isolation_level"),
+            # What Django's setup of a new connection reads besides the parameters.
+            self.settings_dict["OPTIONS"].get("assume_role"),
+            self.timezone_name,
+            type(self),
         )
 
     def make_pool_hooks(self, conn_params: dict[str, Any]) -> PostgresHooks:
@@ -678,7 +696,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)
-        if name and self.is_pooled:
+        if name and self._loan.record is not None:
             # A named cursor outside a transaction is declared WITH HOLD and outlives
             # it: if it is still open on return, the next borrower would inherit it.
             self.connection.named_cursors.append(cursor)
