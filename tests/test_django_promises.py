@@ -331,6 +331,24 @@ def test_conn_health_checks_replace_a_held_connection_the_server_closed(
     assert get_engine().pool.checkedout() == 1
 
 
+def test_conn_health_checks_close_a_held_connection_that_fails_them(
+    alias_settings, admin
+):
+    alias_settings(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
+    first = _query(connection, "SELECT pg_backend_pid()")
+    # Behind Django's back, as a driver-level user may: Django's "SELECT 1" fails.
+    connection.connection.execute("BEGIN")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        connection.connection.execute("SELECT 1 / 0")
+    connection.close_if_unusable_or_obsolete()  # a request's end: kept
+
+    second = _query(connection, "SELECT pg_backend_pid()")  # health-checked first
+
+    assert second != first
+    assert first not in server_pids(admin, connection.settings_dict["NAME"])
+    assert get_engine().pool.checkedout() == 1
+
+
 # A subclass's setup hooks
 
 

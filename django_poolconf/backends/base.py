@@ -8,8 +8,8 @@ every reset restores; ``init_connection_state()`` and ``connection_created`` run
 every checkout, as with Django's own pool, on a session reset to that baseline.
 
 A wrapper that asks for no pool (``OPTIONS["pool"]`` false), for Django's pool
-(``OPTIONS["pool"]`` true), or whose settings differ from those of its alias's pool
-(a copy with other ``OPTIONS``) gets what Django would give it, outside our pool.
+(``OPTIONS["pool"]`` true), or a ``copy()`` whose settings differ from its
+original's gets what Django would give it, outside our pool.
 
 A vendor module subclasses Django's wrapper with this mixin first and supplies
 :class:`~django_poolconf.pool.hooks.ConnectionHooks` and an error classifier.
@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 #: Error kinds returned by ``classify_error()``.
 DISCONNECT: Final = "disconnect"  # the connection is gone: replace older ones too
 READ_ONLY: Final = "read_only"  # a write reached a read-only server
+UNUSABLE: Final = "unusable"  # it failed Django's health check (CONN_HEALTH_CHECKS)
 
 
 class _PoolErrorWrapper(DatabaseErrorWrapper):
@@ -87,6 +88,8 @@ class PooledDatabaseWrapperMixin:
     close_at: float | None
     run_on_commit: list[Any]
     _thread_sharing_count: int
+    health_check_enabled: bool
+    health_check_done: bool
 
     _conn: Any = None  # the driver connection, borrowed or parked
     _parked = False  # returned to the pool at request end, but kept for this object
@@ -98,6 +101,7 @@ class PooledDatabaseWrapperMixin:
     poolconf_backend: Final = True
 
     _connecting_unpooled = False  # connect() is opening a connection outside our pool
+    _original: weakref.ref[PooledDatabaseWrapperMixin] | None = None  # of a copy
     _setting_up = False  # connect() is setting up a connection the pool has just opened
 
     # -- configuration ---------------------------------------------------------
@@ -149,35 +153,54 @@ class PooledDatabaseWrapperMixin:
         return result
 
     def close_if_health_check_failed(self) -> None:
-        # Django calls this before connecting: report a configuration error first.
-        if self.connection is None and self.is_pooled:
-            self.get_pool_settings()
-        super().close_if_health_check_failed()  # type: ignore[misc]
+        """Django's ``CONN_HEALTH_CHECKS``; a pooled connection that fails it is closed.
+
+        Given back, it would be the next one the pool lends.
+        """
+        connection = self.connection
+        if connection is None:
+            # Django calls this before connecting: report a configuration error first.
+            if self.is_pooled:
+                self.get_pool_settings()
+            return
+        loan = self._loan
+        if (
+            loan.record is None
+            or not self.health_check_enabled
+            or self.health_check_done
+        ):
+            super().close_if_health_check_failed()  # type: ignore[misc]
+            return
+        if not self.is_usable():  # type: ignore[attr-defined]
+            if loan.error is None:
+                loan.error = UNUSABLE
+            self.close()
+        self.health_check_done = True
+
+    def copy(self, alias: str | None = None) -> Any:
+        """Django's ``copy()``; the copy remembers its original, whose pool it may share."""
+        new = super().copy(alias)  # type: ignore[misc]
+        new._original = weakref.ref(self)
+        return new
 
     def shares_alias_pool(self, conn_params: dict[str, Any]) -> bool:
-        """Whether connections of the alias's pool are made with this wrapper's settings.
+        """Whether this wrapper borrows from its alias's pool.
 
-        The wrappers Django makes for an alias share its settings dict, and so its
-        pool: a change of those settings (the test runner's database name) replaces
-        the pool. Any other wrapper (``connection.copy()`` with other ``OPTIONS``, a
-        wrapper built by hand) shares the pool only when the connections it would
-        make are the same: never a connection made with other settings.
+        A wrapper Django's ``ConnectionHandler`` makes, or one built by hand, is the
+        alias's: a change of its settings (the test runner's database name)
+        replaces the pool. A ``copy()`` (Django's idiom for a second connection,
+        often with other ``OPTIONS``) shares its original's pool only when it has
+        the same alias and would make the same connections: never a connection
+        made with other settings.
         """
-        from django.db import connections
-
-        own = connections.settings.get(self.alias)
-        if own is self.settings_dict:
+        original_ref = self._original
+        if original_ref is None:
             return True
-        if own is None:
+        original = original_ref()
+        if original is None or original.alias != self.alias or not original.is_pooled:
             return False
-        wrapper: Any = connections[self.alias]
-        if wrapper is self or not isinstance(wrapper, PooledDatabaseWrapperMixin):
-            return False
-        if not wrapper.is_pooled:
-            return False
-        fingerprint = self._fingerprint(conn_params)[1]
-        theirs = wrapper._fingerprint(wrapper.get_connection_params())[1]  # type: ignore[attr-defined]
-        return bool(fingerprint == theirs)
+        theirs = original._fingerprint(original.get_connection_params())  # type: ignore[attr-defined]
+        return bool(self._fingerprint(conn_params) == theirs)
 
     # -- the connection, kept between requests -------------------------------------
     #
@@ -475,6 +498,8 @@ class PooledDatabaseWrapperMixin:
                 else "a write reached a read-only server",
                 older_too=True,
             )
+        elif error == UNUSABLE:
+            lender.discard(record, "it failed Django's health check")
         else:
             lender.discard(record, "it is broken")
 
