@@ -14,7 +14,7 @@ import pytest
 from django.db import OperationalError, connection, connections
 
 from django_poolconf import PoolTimeout, engines, get_engine
-from django_poolconf.backends.postgresql.base import _redact
+from django_poolconf.backends.postgresql.hooks import redact
 from django_poolconf.signals import physical_connection_created
 from tests.conftest import server_pids, wsgi_get
 
@@ -369,7 +369,7 @@ def test_read_only_transaction_of_the_application_keeps_the_pool(get):
     ],
 )
 def test_connect_errors_are_redacted(message, params, expected):
-    assert _redact(message, params) == expected
+    assert redact(message, params) == expected
 
 
 def test_connection_closed_in_atomic_is_never_reused_by_the_wrapper():

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import pq
 from sqlalchemy import exc as sa_exc
 
-from django_poolconf.backends.postgresql.base import _redact
+from django_poolconf.backends.postgresql.hooks import redact
 from django_poolconf.backends.postgresql.replication import STATUS_SQL
 from django_poolconf.backends.probes import Failure, ProbeResult, ServerView
 from django_poolconf.engines import Lender
@@ -233,7 +233,7 @@ def _failed(failure: Failure, error: str | None) -> ProbeResult:
 
 def _safe_error(error: BaseException, params: Mapping[str, Any]) -> str:
     """The error's text without the password, the user, the host or its address."""
-    text = _redact(str(error), dict(params))
+    text = redact(str(error), dict(params))
     user = params.get("user")
     if isinstance(user, str) and user:
         text = re.sub(rf"(?<![\w.-]){re.escape(user)}(?![\w.-])", "***", text)
