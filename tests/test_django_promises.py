@@ -349,6 +349,18 @@ def test_conn_health_checks_close_a_held_connection_that_fails_them(
     assert get_engine().pool.checkedout() == 1
 
 
+def test_is_usable_is_false_once_the_connection_went_back():
+    # Django's own test of #21553 closes the connection behind the wrapper's back
+    # with _close(); the pooled wrapper then holds no connection (Django 4.2's
+    # is_usable() did not expect None).
+    _query(connection, "SELECT 1")
+    connection._close()
+    try:
+        assert connection.is_usable() is False
+    finally:
+        connection.close()
+
+
 # A subclass's setup hooks
 
 

@@ -21,12 +21,22 @@ class DatabaseWrapper(base.DatabaseWrapper):
     roles_set: list[int] = []
     tenant: list[str | None] = [None]
 
+    # Django 5.1+ names the hooks _configure_timezone() and _configure_role(); 4.2
+    # ensure_timezone() and ensure_role().
+
     def _configure_timezone(self, connection: Any) -> bool:
+        return False
+
+    def ensure_timezone(self) -> bool:
         return False
 
     def _configure_role(self, connection: Any) -> bool:
         self.roles_set.append(connection.info.backend_pid)
         return bool(super()._configure_role(connection))
+
+    def ensure_role(self) -> bool:
+        self.roles_set.append(self.connection.info.backend_pid)
+        return bool(super().ensure_role())  # type: ignore[misc]
 
     def init_connection_state(self) -> None:
         super().init_connection_state()

@@ -320,7 +320,8 @@ def run_suite(
 ) -> Result:
     """Run ``runtests.py`` for ``labels`` with ``backend``; its output goes to a log."""
     module = write_settings(backend, cluster)
-    log = CACHE / f"{backend}-{log_name or f'parallel{parallel}'}.log"
+    name = log_name or f"parallel{parallel}"
+    log = CACHE / f"{backend}-django{django.__version__}-{name}.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(CACHE / "settings"), env.get("PYTHONPATH")])

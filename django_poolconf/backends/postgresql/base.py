@@ -223,6 +223,13 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             return DISCONNECT
         return None
 
+    def is_usable(self) -> bool:
+        # Django 4.2's does not expect None: a connection given back to the pool
+        # (by _close(), say) leaves the wrapper without one.
+        if self.connection is None:
+            return False
+        return bool(super().is_usable())
+
     def connection_is_broken(self, dbapi_connection: Any) -> bool:
         # Closed or lost connections report UNKNOWN; ACTIVE is mid-query.
         return dbapi_connection.pgconn.transaction_status in BAD_STATUS
