@@ -8,6 +8,7 @@ and ``CONN_HEALTH_CHECKS``, and a subclass's setup hooks. Against the real serve
 from __future__ import annotations
 
 import copy
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from django.db import connection, connections
 from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
 from django.db.backends.signals import connection_created
+from django.db.utils import DatabaseErrorWrapper
 
 from django_poolconf import engines, get_engine
 from django_poolconf.backends.postgresql.base import PooledConnection
@@ -359,6 +361,31 @@ def test_is_usable_is_false_once_the_connection_went_back():
         assert connection.is_usable() is False
     finally:
         connection.close()
+
+
+@pytest.mark.skipif(
+    "__del__" not in vars(DatabaseErrorWrapper),
+    reason="Django 6.0+ lets a dropped wrapper go without the garbage collector",
+)
+def test_dropped_copy_leaves_nothing_for_the_garbage_collector():
+    # Django's own test (backends.base.test_base), with the pooled wrapper.
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        copied = connection.copy()
+        with copied.wrap_database_errors:
+            assert copied.queries == []
+        copied.close()
+        del copied
+        gc.collect()
+        garbage = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+    assert garbage == []
 
 
 # A subclass's setup hooks

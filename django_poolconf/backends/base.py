@@ -57,17 +57,20 @@ UNUSABLE: Final = "unusable"  # it failed Django's health check (CONN_HEALTH_CHE
 
 
 class _PoolErrorWrapper(DatabaseErrorWrapper):
-    """Django's error wrapper that first tells the pool what kind of error it saw."""
+    """Django's error wrapper that first tells the pool what kind of error it saw.
 
-    def __init__(self, wrapper: PooledDatabaseWrapperMixin) -> None:
-        super().__init__(wrapper)
-        self.pooled = wrapper
+    It keeps no reference to the wrapper of its own: Django 6 drops its ``wrapper``
+    when the error wrapper is finalized, and a second reference would keep a dropped
+    copy of a connection for the garbage collector.
+    """
+
+    wrapper: PooledDatabaseWrapperMixin
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is None:
             return  # the common case, without a second call
         if exc_value is not None:
-            self.pooled.note_pool_error(exc_value)
+            self.wrapper.note_pool_error(exc_value)
         super().__exit__(exc_type, exc_value, traceback)
 
 
