@@ -81,3 +81,15 @@ def test_exceptions_file_is_test_id_colon_reason_with_comments(tmp_path):
 
 def test_the_shipped_exceptions_file_is_empty():
     assert read_exceptions(Path(__file__).with_name("exceptions.txt")) == {}
+
+
+def test_failures_of_machine_timed_tests_are_shown_not_counted(tmp_path, capsys):
+    test_id = "serializers.test_xml.XmlSerializerTestCase.test_crafted_xml_performance"
+    ours = Result("ours", 1, 1.0, tmp_path / "ours.log", ran=1)
+    ours.problems = {test_id: "FAIL"}
+    stock = Result("stock", 0, 1.0, tmp_path / "stock.log", ran=1)
+    results = {"ours": ours, "stock": stock}
+
+    assert ours_alone(results, {}) == set()
+    assert report(results, {}) == 0
+    assert "not counted" in capsys.readouterr().out
