@@ -9,6 +9,7 @@ repository (``.venv`` by default), installs what it needs, and runs.
     python3 dev.py lint      # ruff and mypy
     python3 dev.py docs      # the Sphinx docs, warnings as errors
     python3 dev.py bench     # the benchmark suite (not part of CI)
+    python3 dev.py django-tests  # Django's own database tests on the pooled backend
 
 ``--pin REQUIREMENT`` (repeatable) installs a version other than pip's choice, e.g. the
 lowest supported ones: ``python3 dev.py test --venv .venv-lowest --pin SQLAlchemy==2.0.0``.
@@ -36,6 +37,7 @@ EXTRAS = {
     "lint": "test,lint",
     "docs": "docs",
     "bench": "bench",
+    "django-tests": "test,django-suite",
 }
 
 
@@ -82,6 +84,9 @@ def main() -> int:
                 *rest,
             ]
         )
+    if args.command == "django-tests":
+        # tests/django_suite/run.py: fetches Django's tests, compares with Django's backend.
+        return _run([python, "-m", "tests.django_suite.run", *rest])
     if args.command == "bench":
         # -P: the benchmarks folder must not shadow the standard library.
         return _exec([python, "-P", "benchmarks/run.py", *rest])

@@ -18,6 +18,7 @@ __all__ = [
     "Invalidation",
     "connection_invalidated",
     "describe",
+    "physical_connection_created",
     "pool_exhausted",
     "send",
 ]
@@ -29,6 +30,12 @@ logger = logging.getLogger("django_poolconf.pool")
 pool_exhausted: Final = Signal()
 #: Sent when a pooled connection is closed as unusable: ``alias``, ``reason``.
 connection_invalidated: Final = Signal()
+#: Sent by the pooled backend once per physical connection, after Django's setup and
+#: before ``connection_created``, with Django's arguments: ``sender`` (the wrapper's
+#: class) and ``connection`` (the wrapper). What its receivers set in the session is
+#: kept for every borrower of that connection (each reset restores it), so setup
+#: that does not change per request costs no round trip per request.
+physical_connection_created: Final = Signal()
 
 
 def send(signal: Signal, **kwargs: Any) -> None:

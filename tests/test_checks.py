@@ -80,7 +80,7 @@ def test_good_configuration_has_no_messages(databases):
 def test_check_reads_connections_settings(databases):
     databases(default=alias_settings(CONN_MAX_AGE=60))
 
-    assert ids(check_pool_settings()) == ["django_poolconf.E005"]
+    assert ids(check_pool_settings()) == ["django_poolconf.W007"]
 
 
 def test_several_problems_are_all_reported(databases):
@@ -88,7 +88,7 @@ def test_several_problems_are_all_reported(databases):
 
     assert ids(check_pool_settings()) == [
         "django_poolconf.E002",
-        "django_poolconf.E005",
+        "django_poolconf.W007",
     ]
 
 
@@ -101,7 +101,7 @@ def test_problems_of_every_alias_are_reported_in_order(databases):
 
     assert ids(check_pool_settings()) == [
         "django_poolconf.E004",
-        "django_poolconf.E006",
+        "django_poolconf.W008",
         "django_poolconf.E009",
         "django_poolconf.W001",
     ]
@@ -236,17 +236,17 @@ def test_same_problem_on_two_aliases_is_reported_for_each(databases):
 
     messages = check_pool_settings()
 
-    assert ids(messages) == ["django_poolconf.E005", "django_poolconf.E005"]
-    assert [m.msg.split(" must ")[0] for m in messages] == [
+    assert ids(messages) == ["django_poolconf.W007", "django_poolconf.W007"]
+    assert [m.msg.split(" is ")[0] for m in messages] == [
         "DATABASES['default']['CONN_MAX_AGE']",
         "DATABASES['replica']['CONN_MAX_AGE']",
     ]
 
 
 def test_check_command_raises_on_error(databases):
-    databases(default=alias_settings(CONN_MAX_AGE=60))
+    databases(default=alias_settings(POOL={"pool_size": 0}))
 
-    with pytest.raises(SystemCheckError, match=r"django_poolconf\.E005"):
+    with pytest.raises(SystemCheckError, match=r"django_poolconf\.E004"):
         call_command("check", stdout=StringIO(), stderr=StringIO())
 
 
@@ -282,9 +282,9 @@ def test_check_command_prints_warning_without_failing(databases):
 
 
 def test_check_command_honours_silenced_ids(databases):
-    databases(default=alias_settings(CONN_MAX_AGE=60))
+    databases(default=alias_settings(POOL={"pool_size": 0}))
 
-    with override_settings(SILENCED_SYSTEM_CHECKS=["django_poolconf.E005"]):
+    with override_settings(SILENCED_SYSTEM_CHECKS=["django_poolconf.E004"]):
         call_command("check", stdout=StringIO(), stderr=StringIO())
 
 

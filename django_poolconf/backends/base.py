@@ -1,8 +1,15 @@
 """The mixin that makes a Django ``DatabaseWrapper`` borrow its connection from a pool.
 
 ``connect()`` checks a connection out of the alias's SQLAlchemy pool and ``close()``
-checks it back in. Django's per-connection setup (``init_connection_state()`` and the
-``connection_created`` signal) runs once per physical connection, not per checkout.
+checks it back in. Django's setup of a new connection (``_configure_connection()``:
+time zone, role) and :data:`~django_poolconf.signals.physical_connection_created`
+run once per physical connection, and what they set is the session's baseline, which
+every reset restores; ``init_connection_state()`` and ``connection_created`` run on
+every checkout, as with Django's own pool, on a session reset to that baseline.
+
+A wrapper that asks for no pool (``OPTIONS["pool"]`` false), for Django's pool
+(``OPTIONS["pool"]`` true), or a ``copy()`` whose settings differ from its
+original's gets what Django would give it, outside our pool.
 
 A vendor module subclasses Django's wrapper with this mixin first and supplies
 :class:`~django_poolconf.pool.hooks.ConnectionHooks` and an error classifier.
@@ -33,6 +40,7 @@ from django_poolconf.pool.hooks import INFO_NEW, ConnectionHooks
 from django_poolconf.pool.lender import Lender
 from django_poolconf.pool.orphans import ORPHANS, PARKED
 from django_poolconf.pool.ownership import INHERITED
+from django_poolconf.signals import physical_connection_created
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -45,20 +53,24 @@ logger = logging.getLogger(__name__)
 #: Error kinds returned by ``classify_error()``.
 DISCONNECT: Final = "disconnect"  # the connection is gone: replace older ones too
 READ_ONLY: Final = "read_only"  # a write reached a read-only server
+UNUSABLE: Final = "unusable"  # it failed Django's health check (CONN_HEALTH_CHECKS)
 
 
 class _PoolErrorWrapper(DatabaseErrorWrapper):
-    """Django's error wrapper that first tells the pool what kind of error it saw."""
+    """Django's error wrapper that first tells the pool what kind of error it saw.
 
-    def __init__(self, wrapper: PooledDatabaseWrapperMixin) -> None:
-        super().__init__(wrapper)
-        self.pooled = wrapper
+    It keeps no reference to the wrapper of its own: Django 6 drops its ``wrapper``
+    when the error wrapper is finalized, and a second reference would keep a dropped
+    copy of a connection for the garbage collector.
+    """
+
+    wrapper: PooledDatabaseWrapperMixin
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is None:
             return  # the common case, without a second call
         if exc_value is not None:
-            self.pooled.note_pool_error(exc_value)
+            self.wrapper.note_pool_error(exc_value)
         super().__exit__(exc_type, exc_value, traceback)
 
 
@@ -79,6 +91,8 @@ class PooledDatabaseWrapperMixin:
     close_at: float | None
     run_on_commit: list[Any]
     _thread_sharing_count: int
+    health_check_enabled: bool
+    health_check_done: bool
 
     _conn: Any = None  # the driver connection, borrowed or parked
     _parked = False  # returned to the pool at request end, but kept for this object
@@ -86,14 +100,30 @@ class PooledDatabaseWrapperMixin:
     _pool_settings_cache: tuple[tuple[object, ...], PoolSettings] | None = None
     _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None
 
+    #: Marks a backend as pooled for the settings checks, whatever its ENGINE path.
+    poolconf_backend: Final = True
+
+    _connecting_unpooled = False  # connect() is opening a connection outside our pool
+    _original: weakref.ref[PooledDatabaseWrapperMixin] | None = None  # of a copy
+    _setting_up = False  # connect() is setting up a connection the pool has just opened
+
     # -- configuration ---------------------------------------------------------
 
-    #: Whether this connection borrows from a pool (not the ``__no_db__`` one).
-    is_pooled: bool
+    @property
+    def is_pooled(self) -> bool:
+        """Whether this wrapper borrows from our pool.
+
+        Not the ``__no_db__`` connection Django opens to create and drop test
+        databases, nor one whose ``OPTIONS["pool"]`` is set: false asks Django for a
+        plain connection, true for Django's own pool.
+        """
+        if self.alias == NO_DB_ALIAS:
+            return False
+        options = self.settings_dict.get("OPTIONS")
+        return options is None or options.get("pool") is None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.is_pooled = self.alias != NO_DB_ALIAS
         self._loan = loan = _Loan()
         # A wrapper dropped with a connection still borrowed (its thread ended
         # without closing it) gives the connection back instead of leaking it.
@@ -127,11 +157,54 @@ class PooledDatabaseWrapperMixin:
         return result
 
     def close_if_health_check_failed(self) -> None:
-        # Django calls this before connecting, and its PostgreSQL wrapper then loads
-        # its own pool for OPTIONS["pool"]: report our configuration error first.
-        if self.connection is None and self.is_pooled:
-            self.get_pool_settings()
-        super().close_if_health_check_failed()  # type: ignore[misc]
+        """Django's ``CONN_HEALTH_CHECKS``; a pooled connection that fails it is closed.
+
+        Given back, it would be the next one the pool lends.
+        """
+        connection = self.connection
+        if connection is None:
+            # Django calls this before connecting: report a configuration error first.
+            if self.is_pooled:
+                self.get_pool_settings()
+            return
+        loan = self._loan
+        if (
+            loan.record is None
+            or not self.health_check_enabled
+            or self.health_check_done
+        ):
+            super().close_if_health_check_failed()  # type: ignore[misc]
+            return
+        if not self.is_usable():  # type: ignore[attr-defined]
+            if loan.error is None:
+                loan.error = UNUSABLE
+            self.close()
+        self.health_check_done = True
+
+    def copy(self, alias: str | None = None) -> Any:
+        """Django's ``copy()``; the copy remembers its original, whose pool it may share."""
+        new = super().copy(alias)  # type: ignore[misc]
+        new._original = weakref.ref(self)
+        return new
+
+    def shares_alias_pool(self, conn_params: dict[str, Any]) -> bool:
+        """Whether this wrapper borrows from its alias's pool.
+
+        A wrapper Django's ``ConnectionHandler`` makes, or one built by hand, is the
+        alias's: a change of its settings (the test runner's database name)
+        replaces the pool. A ``copy()`` (Django's idiom for a second connection,
+        often with other ``OPTIONS``) shares its original's pool only when it has
+        the same alias and would make the same connections: never a connection
+        made with other settings.
+        """
+        original_ref = self._original
+        if original_ref is None:
+            return True
+        original = original_ref()
+        if original is None or original.alias != self.alias or not original.is_pooled:
+            return False
+        theirs = original._fingerprint(original.get_connection_params())  # type: ignore[attr-defined]
+        return bool(self._fingerprint(conn_params) == theirs)
 
     # -- the connection, kept between requests -------------------------------------
     #
@@ -185,6 +258,7 @@ class PooledDatabaseWrapperMixin:
         loan.record = record
         lender.lent(loan, record, self._thread_sharing_count > 0)
         self._conn = connection
+        self._checked_out()
         return connection
 
     def close_if_unusable_or_obsolete(self) -> None:
@@ -260,16 +334,21 @@ class PooledDatabaseWrapperMixin:
         """
         return self._lender_for(self.get_connection_params()).engine  # type: ignore[attr-defined]
 
-    def _lender_for(self, conn_params: dict[str, Any]) -> Lender:
+    def _fingerprint(
+        self, conn_params: dict[str, Any]
+    ) -> tuple[PoolSettings, Hashable]:
         cached = self._fingerprint_cache
         # Backends hand back the same params dict while nothing changed, pool
         # settings included: fingerprint it once.
         if cached is not None and cached[0] is conn_params:
-            settings, fingerprint = cached[1], cached[2]
-        else:
-            settings = self.get_pool_settings()
-            fingerprint = (self.pool_fingerprint(conn_params), settings)
-            self._fingerprint_cache = (conn_params, settings, fingerprint)
+            return cached[1], cached[2]
+        settings = self.get_pool_settings()
+        fingerprint = (self.pool_fingerprint(conn_params), settings)
+        self._fingerprint_cache = (conn_params, settings, fingerprint)
+        return settings, fingerprint
+
+    def _lender_for(self, conn_params: dict[str, Any]) -> Lender:
+        settings, fingerprint = self._fingerprint(conn_params)
         return registry.lender_for(
             self.alias,
             fingerprint,
@@ -281,18 +360,29 @@ class PooledDatabaseWrapperMixin:
 
     @async_unsafe
     def connect(self) -> None:
-        """Borrow a connection from the pool (Django's ``connect()``, pooled)."""
-        if not self.is_pooled:
-            return super().connect()  # type: ignore[misc, no-any-return]
+        """Borrow a connection from the pool (Django's ``connect()``, pooled).
+
+        A wrapper that is not pooled (see :attr:`is_pooled`), or whose settings are
+        not those of its alias's pool (see :meth:`shares_alias_pool`), connects as
+        Django's wrapper does, outside the pool.
+        """
         if self._parked:  # called directly, not by ensure_connection()
             self.close()
         elif self._loan.record is not None:
             # Called again while holding a connection: give that one back first,
             # or it would stay checked out for the life of the process.
             self._close()
+        if not self.is_pooled or not self.shares_alias_pool(
+            self.get_connection_params()  # type: ignore[attr-defined]
+        ):
+            self._connecting_unpooled = True
+            try:
+                return super().connect()  # type: ignore[misc, no-any-return]
+            finally:
+                self._connecting_unpooled = False
         # What follows is Django's BaseDatabaseWrapper.connect() (unchanged from 4.2
-        # to 6.1), except that the per-connection setup runs only for a connection
-        # the pool has just opened or fully reset.
+        # to 6.1), except that Django's setup of the connection runs only for a
+        # connection the pool has just opened or fully reset (init_connection_state).
         if self.in_atomic_block and self.closed_in_transaction:
             # Django 5.1+ refuses this in ensure_connection(); 4.2 would connect anew
             # and carry on outside the transaction the block thinks it is in.
@@ -321,14 +411,39 @@ class PooledDatabaseWrapperMixin:
         self.autocommit = autocommit
         self.run_commit_hooks_on_set_autocommit_on = False
         record = self._loan.record
-        if record is not None and record.info.get(INFO_NEW):
-            self.init_connection_state()  # type: ignore[attr-defined]
-            connection_created.send(sender=self.__class__, connection=self)
-            # Whatever the setup did to the session is its baseline: each reset
-            # restores it, so the setup runs once per physical connection.
-            self.note_session_baseline(self.connection)
+        self._setting_up = record is not None and bool(record.info.get(INFO_NEW))
+        try:
+            self.init_connection_state()
+        finally:
+            self._setting_up = False
+        if record is not None:
             record.info.pop(INFO_NEW, None)
+        connection_created.send(sender=self.__class__, connection=self)
         self.run_on_commit = []
+
+    def _checked_out(self) -> None:
+        # A parked connection taken back is a checkout too, though Django's
+        # connect() does not run: what it would run on each checkout runs here. A
+        # receiver that sets something per request finds it reset, never another
+        # request's, as with Django's own pool.
+        self.init_connection_state()
+        connection_created.send(sender=self.__class__, connection=self)
+
+    def init_connection_state(self) -> None:
+        """Django's setup, in full for a connection the pool has just opened.
+
+        Then :data:`~django_poolconf.signals.physical_connection_created` is sent,
+        and the session as they leave it becomes the connection's baseline, which
+        every reset restores. A connection that comes back from the pool already has
+        its baseline: only a subclass's additions run (after ``super()``).
+        """
+        if not self._setting_up:
+            if self._loan.record is None:  # not ours: Django's setup in full
+                super().init_connection_state()  # type: ignore[misc]
+            return
+        super().init_connection_state()  # type: ignore[misc]
+        physical_connection_created.send(sender=self.__class__, connection=self)
+        self.note_session_baseline(self.connection)
 
     def checkout_connection(self, conn_params: dict[str, Any]) -> Any:
         """Check a driver connection out of the pool; vendors call it from ``get_new_connection()``.
@@ -387,6 +502,8 @@ class PooledDatabaseWrapperMixin:
                 else "a write reached a read-only server",
                 older_too=True,
             )
+        elif error == UNUSABLE:
+            lender.discard(record, "it failed Django's health check")
         else:
             lender.discard(record, "it is broken")
 

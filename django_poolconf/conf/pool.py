@@ -167,23 +167,38 @@ def validate_alias(
     if max_age != 0:
         problems.append(
             Problem(
-                "E005",
-                f"{where}['CONN_MAX_AGE'] must be 0 with a pooled ENGINE, got "
-                f"{show_value(max_age)}.",
-                hint="The pool keeps connections open; a persistent connection would "
-                "pin one to a thread outside the pool. Remove CONN_MAX_AGE.",
+                "W007",
+                f"{where}['CONN_MAX_AGE'] is {show_value(max_age)}: each thread keeps "
+                "its connection checked out of the pool between requests, so threads "
+                "beyond pool_size + max_overflow wait for one.",
+                hint="Remove CONN_MAX_AGE: with thread_affinity (the default) a "
+                "thread's next request takes its connection back at no cost, and "
+                "other threads may use it in between.",
             )
         )
     options = settings_dict.get("OPTIONS") or {}
-    if isinstance(options, Mapping) and options.get("pool"):
-        problems.append(
-            Problem(
-                "E006",
-                f"{where}['OPTIONS']['pool'] must not be set with a pooled ENGINE.",
-                hint="Django's own psycopg pool and django-poolconf's pool would pool "
-                "twice. Remove OPTIONS['pool'] and size the pool with POOL.",
+    django_pool = options.get("pool") if isinstance(options, Mapping) else None
+    if django_pool is not None:
+        if django_pool:
+            problems.append(
+                Problem(
+                    "W008",
+                    f"{where}['OPTIONS']['pool'] is set: Django's own pool serves "
+                    "this alias, and its POOL is ignored.",
+                    hint="Remove OPTIONS['pool'] to use django-poolconf's pool, sized "
+                    "with POOL; two pools would pool twice.",
+                )
             )
-        )
+        else:
+            problems.append(
+                Problem(
+                    "W009",
+                    f"{where}['OPTIONS']['pool'] is {show_value(django_pool)}: this "
+                    "alias opens a new connection per request, and its POOL is "
+                    "ignored.",
+                    hint="Remove OPTIONS['pool'] to use django-poolconf's pool.",
+                )
+            )
     if (
         isinstance(options, Mapping)
         and "connect_timeout" in options

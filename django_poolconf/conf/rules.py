@@ -11,6 +11,7 @@ the bad value, and give an example from :data:`EXAMPLES`.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Final
 
 from django.conf import settings
 from django.core.signals import setting_changed
+from django.db.utils import load_backend
 from django.dispatch import receiver
 
 __all__ = [
@@ -76,8 +78,24 @@ class Problem:
 
 
 def is_pooled(settings_dict: Mapping[str, Any]) -> bool:
-    """Whether an alias's ENGINE is one of django-poolconf's backends."""
-    return str(settings_dict.get("ENGINE", "")).startswith(POOLED_ENGINE_PREFIX)
+    """Whether an alias's ENGINE is one of django-poolconf's backends, or a subclass's.
+
+    A project's own backend (``ENGINE = "myproject.db"``) whose ``DatabaseWrapper``
+    subclasses ours is pooled too: it says so with ``poolconf_backend = True``.
+    """
+    engine = str(settings_dict.get("ENGINE", ""))
+    return engine.startswith(POOLED_ENGINE_PREFIX) or _subclasses_ours(engine)
+
+
+@functools.cache
+def _subclasses_ours(engine: str) -> bool:
+    if not engine:
+        return False
+    try:
+        wrapper = load_backend(engine).DatabaseWrapper
+    except Exception:  # noqa: BLE001 - not importable: not ours, and Django says why
+        return False
+    return getattr(wrapper, "poolconf_backend", False) is True
 
 
 _NO_POOLCONF: Final[Mapping[str, Any]] = MappingProxyType({})

@@ -514,24 +514,30 @@ def test_every_bad_key_is_reported():
     assert ids(problems) == ["E004", "E003", "E002", "E004"]
 
 
-# CONN_MAX_AGE, OPTIONS: E005, E006
+# CONN_MAX_AGE, OPTIONS["pool"]: W007, W008, W009 (E005 and E006 before issue 13)
+
+
+def only_warning(settings_dict):
+    result, problems = validate(settings_dict)
+    assert result is not None  # a warning never stops the alias
+    assert len(problems) == 1, problems
+    return problems[0]
 
 
 @pytest.mark.parametrize(
     ("max_age", "shown"), [(60, "60"), (None, "None"), (0.5, "0.5")]
 )
-def test_conn_max_age_other_than_zero_is_e005(max_age, shown):
+def test_conn_max_age_other_than_zero_is_w007_and_accepted(max_age, shown):
     message = (
-        f"DATABASES['default']['CONN_MAX_AGE'] must be 0 with a pooled ENGINE, got "
-        f"{shown}. The pool keeps connections open; a persistent connection would pin "
-        "one to a thread outside the pool. Remove CONN_MAX_AGE."
+        f"DATABASES['default']['CONN_MAX_AGE'] is {shown}: each thread keeps its "
+        "connection checked out of the pool between requests, so threads beyond "
+        "pool_size + max_overflow wait for one."
     )
 
-    problem = only_problem(pooled(CONN_MAX_AGE=max_age))
+    problem = only_warning(pooled(CONN_MAX_AGE=max_age))
 
-    assert problem.id == "E005"
-    with pytest.raises(ImproperlyConfigured, match=whole(message)):
-        pool_settings("default", pooled(CONN_MAX_AGE=max_age), poolconf={})
+    assert (problem.id, problem.msg) == ("W007", message)
+    assert pool_settings("default", pooled(CONN_MAX_AGE=max_age), poolconf={})
 
 
 def test_missing_conn_max_age_is_accepted():
@@ -542,22 +548,32 @@ def test_missing_conn_max_age_is_accepted():
 
 
 @pytest.mark.parametrize("pool", [True, {"min_size": 2}])
-def test_django_pool_option_is_e006(pool):
+def test_django_pool_option_is_w008_and_accepted(pool):
     message = (
-        "DATABASES['default']['OPTIONS']['pool'] must not be set with a pooled ENGINE. "
-        "Django's own psycopg pool and django-poolconf's pool would pool twice. "
-        "Remove OPTIONS['pool'] and size the pool with POOL."
+        "DATABASES['default']['OPTIONS']['pool'] is set: Django's own pool serves "
+        "this alias, and its POOL is ignored."
     )
 
-    problem = only_problem(pooled(OPTIONS={"pool": pool}))
+    problem = only_warning(pooled(OPTIONS={"pool": pool}))
 
-    assert problem.id == "E006"
-    with pytest.raises(ImproperlyConfigured, match=whole(message)):
-        pool_settings("default", pooled(OPTIONS={"pool": pool}), poolconf={})
+    assert (problem.id, problem.msg) == ("W008", message)
+    assert pool_settings("default", pooled(OPTIONS={"pool": pool}), poolconf={})
 
 
-def test_false_django_pool_option_is_accepted():
-    assert validate(pooled(OPTIONS={"pool": False}))[1] == []
+@pytest.mark.parametrize(("pool", "shown"), [(False, "False"), ({}, "{}")])
+def test_false_django_pool_option_is_w009_and_accepted(pool, shown):
+    message = (
+        f"DATABASES['default']['OPTIONS']['pool'] is {shown}: this alias opens a new "
+        "connection per request, and its POOL is ignored."
+    )
+
+    problem = only_warning(pooled(OPTIONS={"pool": pool}))
+
+    assert (problem.id, problem.msg) == ("W009", message)
+
+
+def test_none_django_pool_option_is_accepted():
+    assert validate(pooled(OPTIONS={"pool": None}))[1] == []
 
 
 def test_other_options_are_accepted():
@@ -863,7 +879,7 @@ def test_pool_settings_rejects_non_pooled_engine():
 def test_pool_settings_raises_first_error_as_str_of_problem():
     settings_dict = pooled(POOL={"pool_szie": 3, "pool_size": 0}, CONN_MAX_AGE=60)
     _, problems = validate(settings_dict)
-    assert ids(problems) == ["E002", "E004", "E005"]
+    assert ids(problems) == ["E002", "E004", "W007"]
 
     with pytest.raises(ImproperlyConfigured) as excinfo:
         pool_settings("default", settings_dict, poolconf={})

@@ -6,12 +6,8 @@ Requires psycopg 3.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import select
-import time
-import weakref
 from collections.abc import Hashable
 from typing import Any, Final
 
@@ -19,23 +15,26 @@ import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as postgresql_base
 from django.db.backends.postgresql import creation as postgresql_creation
-from psycopg import pq
-from psycopg._preparing import PrepareManager
-from psycopg.adapt import AdaptersMap
 
-from django_poolconf import process
 from django_poolconf.backends.base import (
     DISCONNECT,
     READ_ONLY,
     PooledDatabaseWrapperMixin,
 )
-from django_poolconf.backends.postgresql.redact import describe_target, redact
-from django_poolconf.backends.postgresql.waiting import wait_for_answer
-from django_poolconf.errors import ConnectionFailed
+from django_poolconf.backends.postgresql.hooks import PostgresHooks
+from django_poolconf.backends.postgresql.session import (
+    BAD_STATUS,
+    PooledConnection,
+    note_baseline,
+)
 from django_poolconf.pool import registry
-from django_poolconf.redaction import SECRET_PARAMS, Secret, fingerprint
+from django_poolconf.redaction import fingerprint
 
 __all__ = ["DatabaseCreation", "DatabaseWrapper", "PooledConnection"]
+
+#: The server ended this session for its own idleness (idle_in_transaction_session_timeout,
+#: idle_session_timeout): the other connections are not concerned.
+_SESSION_TIMEOUTS: Final = frozenset({"25P03", "57P05"})
 
 #: libpq options given to every pooled connection unless OPTIONS sets them. Without
 #: them, a connection whose peer vanished (a dropped packet, a stalled proxy) blocks
@@ -47,457 +46,6 @@ TCP_DEFAULTS: Final[dict[str, int]] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,  # milliseconds
 }
-
-#: What a returned connection gets under ``reset_on_return="auto"``, sent without
-#: waiting for the result, which the next checkout collects.
-RESET_SQL: Final = b"DISCARD ALL"
-#: The same when Django's setup left settings to restore afterwards: ``DISCARD ALL``'s
-#: parts, as it cannot run in the implicit transaction of a query of several
-#: statements. ``SET SESSION AUTHORIZATION DEFAULT`` resets the role too.
-RESET_PARTS_SQL: Final = (
-    b"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; "
-    b"UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; "
-    b"DISCARD SEQUENCES"
-)
-#: What Django's setup (``init_connection_state()``, ``connection_created``
-#: receivers) set in the session, as one statement that sets it again after
-#: ``RESET_PARTS_SQL``: the connection's baseline, restored without a round trip.
-_BASELINE_SQL: Final = b"""
-SELECT 'SELECT ' || string_agg(format('set_config(%L, %L, false)', name, value), ', ')
-FROM (
-    SELECT name, current_setting(name) AS value FROM pg_settings WHERE source = 'session'
-    UNION ALL
-    SELECT 'role', current_user::text WHERE current_user <> session_user
-) AS baseline
-"""
-
-#: The server ended this session for its own idleness (idle_in_transaction_session_timeout,
-#: idle_session_timeout): the other connections are not concerned.
-_SESSION_TIMEOUTS: Final = frozenset({"25P03", "57P05"})
-_IDLE: Final = pq.TransactionStatus.IDLE
-_CONNECTION_OK: Final = pq.ConnStatus.OK
-_BAD_STATUS: Final = frozenset(
-    {pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN}
-)
-#: How long a reset's result may take when something needs the connection before
-#: its next checkout (the checkout itself allows ``validation_timeout``).
-RESET_TIMEOUT: Final = 5.0
-_RESET_OK: Final = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK})
-
-
-class PooledConnection(psycopg.Connection[Any]):
-    """A psycopg connection owned by a pool.
-
-    Its repr names no host, user or database, so pool logs never carry them.
-    """
-
-    # psycopg skips its "deleted while still open" warning for pool-owned connections.
-    _pool = None
-    isolation_default: Any = None
-    named_cursors: list[Any]  # named cursors made by the current borrower
-    server_ended_session: bool = False  # a FATAL error arrived while idle
-    session_timed_out: bool = False  # the server ended it for idleness (25P03, 57P05)
-    reset_pending: bool = False  # the reset sent on return, its result not read yet
-    reset_failed: bool = False  # a result of the pending reset reported an error
-    generation: int = 0  # process.GENERATION.value when it was opened
-    read_timeout: float | None = None  # POOL["read_timeout"]: see waiting.py
-    #: What the connection had after it was opened and set up, restored on return:
-    baseline_sql: bytes = RESET_SQL  # or RESET_PARTS_SQL and the setup's settings
-    baseline: _ClientBaseline
-
-    def _set_autocommit(self, value: bool) -> None:
-        # Django sets autocommit on every checkout; it is usually what it was.
-        if bool(value) is not self._autocommit:
-            super()._set_autocommit(value)
-
-    def wait(self, *args: Any, **kwargs: Any) -> Any:
-        # Everything psycopg sends goes through here.
-        if self.generation != process.GENERATION.value:
-            # A forked child using what its parent opened (a SQLAlchemy connection
-            # the forking thread held, left as the child leaves its block): the
-            # parent's session must see nothing, not a COMMIT nor a ROLLBACK.
-            raise psycopg.OperationalError(
-                "this connection belongs to the parent process; a forked child "
-                "must open its own"
-            )
-        # A reset still on its way is collected first: SQLAlchemy, for one, restores
-        # an isolation level after its reset event, before the pool's next checkout.
-        if self.reset_pending and not _collect_reset(self, RESET_TIMEOUT):
-            raise psycopg.OperationalError("the connection's reset failed")
-        if self.read_timeout is not None and len(args) == 1 and not kwargs:
-            return wait_for_answer(self, args[0], self.read_timeout)
-        return super().wait(*args, **kwargs)
-
-    def close(self) -> None:
-        if self.generation != process.GENERATION.value:
-            # The parent's socket: closing it here would send Terminate on it.
-            # psycopg's own finalizer leaves another process's connection alone.
-            return
-        super().close()
-
-    def __repr__(self) -> str:
-        status = pq.TransactionStatus(self.pgconn.transaction_status).name
-        return f"<{type(self).__qualname__} [{status}] at 0x{id(self):x}>"
-
-
-class _ClientBaseline:
-    """The client side of a connection as its setup left it: what a borrower may change.
-
-    psycopg keeps these on the connection object, not on the server, so no reset
-    statement touches them: a row factory, a notice handler or a loader one borrower
-    set would reach the next one.
-    """
-
-    __slots__ = (
-        "adapters",
-        "cursor_factory",
-        "notice_handlers",
-        "notify_handlers",
-        "prepare_threshold",
-        "prepared_max",
-        "row_factory",
-        "server_cursor_factory",
-    )
-
-    def __init__(self, connection: PooledConnection) -> None:
-        """Take the connection's state as the baseline; its adapters become a child map."""
-        self.row_factory = connection.row_factory
-        self.cursor_factory = connection.cursor_factory
-        self.server_cursor_factory = connection.server_cursor_factory
-        self.notice_handlers = list(connection._notice_handlers)
-        self.notify_handlers = list(connection._notify_handlers)
-        self.prepare_threshold = connection._prepared.prepare_threshold
-        self.prepared_max = connection._prepared.prepared_max
-        # The connection gets a copy-on-write child of its adapters: a borrower that
-        # registers a dumper or loader changes the child, which is then replaced.
-        self.adapters = connection.adapters
-        connection._adapters = AdaptersMap(self.adapters)
-
-    def restore(self, connection: PooledConnection) -> None:
-        """Put back what a borrower changed; no round trip, a few comparisons when nothing did."""
-        if connection.row_factory is not self.row_factory:
-            connection.row_factory = self.row_factory
-        if connection.cursor_factory is not self.cursor_factory:
-            connection.cursor_factory = self.cursor_factory
-        if connection.server_cursor_factory is not self.server_cursor_factory:
-            connection.server_cursor_factory = self.server_cursor_factory
-        if connection._notice_handlers != self.notice_handlers:
-            connection._notice_handlers[:] = self.notice_handlers
-        if connection._notify_handlers != self.notify_handlers:
-            connection._notify_handlers[:] = self.notify_handlers
-        prepared = connection._prepared
-        if (
-            prepared.prepare_threshold != self.prepare_threshold
-            or prepared.prepared_max != self.prepared_max
-        ):
-            prepared.prepare_threshold = self.prepare_threshold
-            prepared.prepared_max = self.prepared_max
-        adapters = connection._adapters
-        if adapters is not None and _changed(adapters, self.adapters):
-            connection._adapters = AdaptersMap(self.adapters)
-        # Notifications psycopg received for a borrower that had no handler for them
-        # (psycopg 3.2+ keeps them for its notifies() generator).
-        backlog = getattr(connection, "_notifies_backlog", None)
-        if backlog:
-            backlog.clear()
-
-
-def _changed(adapters: AdaptersMap, baseline: AdaptersMap) -> bool:
-    # A child map shares its template's tables until a registration copies the one
-    # it changes: a table that is not the template's has been changed.
-    return (
-        adapters._loaders[0] is not baseline._loaders[0]
-        or adapters._loaders[1] is not baseline._loaders[1]
-        or adapters._dumpers_by_oid[0] is not baseline._dumpers_by_oid[0]
-        or adapters._dumpers_by_oid[1] is not baseline._dumpers_by_oid[1]
-        or any(
-            table is not baseline._dumpers[key]
-            for key, table in adapters._dumpers.items()
-        )
-        or adapters.types._registry is not baseline.types._registry
-    )
-
-
-def _collect_reset(connection: PooledConnection, timeout: float) -> bool | None:
-    """Read the results of the reset sent on return, for at most ``timeout`` seconds.
-
-    True when it is done, False when it failed, None when it has not finished in time
-    (it stays pending: a later call reads on). A connection the server closed
-    meanwhile counts as done: nothing is left of its session, and the liveness check
-    that follows the collection finds it closed.
-    """
-    pgconn = connection.pgconn
-    deadline = time.monotonic() + timeout
-    try:
-        while pgconn.flush():
-            if not _wait(pgconn.socket, deadline, write=True):
-                return None
-        while True:
-            pgconn.consume_input()
-            while pgconn.is_busy():
-                if not _wait(pgconn.socket, deadline, write=False):
-                    return None
-                pgconn.consume_input()
-            result = pgconn.get_result()
-            if result is None:
-                break
-            if result.status not in _RESET_OK:
-                connection.reset_failed = True
-        # Notifications that reached libpq before the reset's UNLISTEN are the last
-        # borrower's: psycopg would hand them to the next one's handlers.
-        while pgconn.notifies() is not None:
-            pass
-    except (psycopg.Error, OSError):
-        connection.reset_pending = connection.reset_failed = False
-        return True
-    connection.reset_pending = False
-    failed, connection.reset_failed = connection.reset_failed, False
-    if pgconn.status != _CONNECTION_OK:
-        return True
-    return not failed and pgconn.transaction_status == _IDLE
-
-
-def note_baseline(connection: PooledConnection, *, server: bool) -> None:
-    """Remember the connection as Django's setup left it, to restore after each reset.
-
-    Runs once per physical connection. With ``server``, for the ``"auto"`` policy,
-    also reads what the setup set in the session: one round trip.
-    """
-    connection.baseline = _ClientBaseline(connection)
-    if not server:
-        return
-    result = connection.pgconn.exec_(_BASELINE_SQL)
-    if result.status != pq.ExecStatus.TUPLES_OK:
-        raise psycopg.OperationalError(
-            "could not read the session's settings after Django's setup"
-        )
-    restore = result.get_value(0, 0)
-    connection.baseline_sql = (
-        RESET_SQL if restore is None else RESET_PARTS_SQL + b"; " + bytes(restore)
-    )
-
-
-def _forget_prepared(connection: PooledConnection) -> None:
-    """Empty psycopg's cache of prepared statements, after the server deallocated them.
-
-    psycopg notices a ``DISCARD ALL`` or ``DEALLOCATE ALL`` only the first time it sees
-    that text on a connection; afterwards its cache names statements the server has
-    forgotten, and every borrower's prepared query fails. A new manager with the same
-    limits keeps the two in step, and sends nothing.
-    """
-    prepared = connection._prepared
-    if prepared._names or prepared._counts:
-        fresh = PrepareManager()
-        fresh.prepare_threshold = prepared.prepare_threshold
-        fresh.prepared_max = prepared.prepared_max
-        connection._prepared = fresh
-
-
-class _FatalNotice:
-    """Notes on its connection a FATAL error that arrived while the connection was idle."""
-
-    __slots__ = ("connection",)
-
-    def __init__(self, connection: PooledConnection) -> None:
-        self.connection = weakref.ref(connection)
-
-    def __call__(self, diagnostic: psycopg.errors.Diagnostic) -> None:
-        if diagnostic.severity_nonlocalized in ("FATAL", "PANIC"):
-            connection = self.connection()
-            if connection is not None:
-                connection.server_ended_session = True
-
-
-class PostgresHooks:
-    """How the pool opens, checks and resets psycopg connections."""
-
-    dialect_url = "postgresql+psycopg://"
-
-    def __init__(
-        self,
-        alias: str,
-        conn_params: dict[str, Any],
-        isolation_level: Any,
-        *,
-        read_timeout: float | None = None,
-    ) -> None:
-        self.alias = alias
-        self.read_timeout = read_timeout
-        params = dict(conn_params)
-        # Kept apart, in a form no repr shows; revealed only to connect.
-        self.secrets = {
-            key: Secret(str(params.pop(key)))
-            for key in SECRET_PARAMS.intersection(params)
-            if params[key] is not None
-        }
-        self.conn_params = params
-        self.isolation_level = isolation_level
-
-    def _revealed(self) -> dict[str, Any]:
-        return {key: secret.reveal() for key, secret in self.secrets.items()}
-
-    def connect(self) -> PooledConnection:
-        try:
-            connection = PooledConnection.connect(
-                **self.conn_params, **self._revealed()
-            )
-        except psycopg.OperationalError as error:
-            failure = str(error)
-        else:
-            connection.named_cursors = []
-            connection.generation = process.GENERATION.value
-            connection.read_timeout = self.read_timeout
-            connection.add_notice_handler(_FatalNotice(connection))
-            if self.isolation_level is not None:
-                connection.isolation_level = self.isolation_level
-            connection.isolation_default = connection.isolation_level
-            connection.baseline = _ClientBaseline(connection)
-            connection.baseline_sql = RESET_SQL
-            return connection
-        # Raised outside the except block, so that the driver's message (which names
-        # the host and port) is not kept as the exception's __context__ either.
-        raise self._connect_failed(failure)
-
-    def _connect_failed(self, failure: str) -> ConnectionFailed:
-        # As Django's own backend does, the error names the server tried: an operator
-        # must see which one failed. Only the password is taken out.
-        return ConnectionFailed(
-            f"Could not open a connection for {self.alias!r} "
-            f"({describe_target(self.conn_params)}): {redact(failure, self._revealed())}"
-        )
-
-    def closed_while_idle(self, dbapi_connection: PooledConnection) -> bool:
-        # A server that ends a session (pg_terminate_backend, a restart, a crash)
-        # sends a FATAL error and closes the socket. libpq reads what has arrived
-        # without waiting: a read that meets the end of the stream marks the
-        # connection bad; if only the error has arrived yet, parsing it while idle
-        # hands it to the notice handler as a notice. Unlike poll(), none of these
-        # calls lets go of the GIL, which under threads costs a context switch.
-        pgconn = dbapi_connection.pgconn
-        try:
-            pgconn.consume_input()
-            pgconn.consume_input()
-        except psycopg.OperationalError:
-            return True
-        if pgconn.status != _CONNECTION_OK:
-            return True
-        pgconn.get_result()  # idle: parses what arrived, returns None
-        return dbapi_connection.server_ended_session
-
-    def ping(self, dbapi_connection: PooledConnection, timeout: float) -> bool:
-        # SQLAlchemy's pre-ping has no deadline; this one is bounded by select().
-        pgconn = dbapi_connection.pgconn
-        deadline = time.monotonic() + timeout
-        try:
-            pgconn.send_query(b"SELECT 1")
-            while pgconn.flush():
-                if not _wait(pgconn.socket, deadline, write=True):
-                    return False
-            ok = False
-            while True:
-                while pgconn.is_busy():
-                    if not _wait(pgconn.socket, deadline, write=False):
-                        return False
-                    pgconn.consume_input()
-                result = pgconn.get_result()
-                if result is None:
-                    return ok
-                ok = result.status == pq.ExecStatus.TUPLES_OK
-        except (psycopg.Error, OSError):
-            return False
-
-    def reset(self, dbapi_connection: PooledConnection, policy: str) -> bool:
-        pgconn = dbapi_connection.pgconn
-        status = pgconn.transaction_status
-        if status in _BAD_STATUS:
-            raise psycopg.OperationalError(
-                "connection returned in the middle of a query"
-            )
-        named = dbapi_connection.named_cursors
-        if named:
-            # Named cursors are WITH HOLD outside a transaction and outlive it: close
-            # what the borrower left open, so that psycopg's cursor objects agree with
-            # the server (Django closes what it exhausts: usually nothing is left).
-            dbapi_connection.named_cursors = []
-            for cursor in named:
-                if not cursor.closed:
-                    # If it fails, the reset's CLOSE ALL closes it on the server.
-                    with contextlib.suppress(psycopg.Error):
-                        cursor.close()
-            status = pgconn.transaction_status
-        if status != _IDLE:
-            dbapi_connection.rollback()
-        dbapi_connection.baseline.restore(dbapi_connection)
-        # What fast paths read: psycopg's own fields, a property costs a call each.
-        if (
-            dbapi_connection._isolation_level is not dbapi_connection.isolation_default
-            or dbapi_connection._read_only is not None
-            or dbapi_connection._deferrable is not None
-        ):
-            self._restore_attributes(dbapi_connection)
-        if policy == "rollback":
-            return False
-        if policy == "full":
-            dbapi_connection.autocommit = True
-            dbapi_connection.execute("DISCARD ALL")
-            _forget_prepared(dbapi_connection)
-            backlog = getattr(dbapi_connection, "_notifies_backlog", None)
-            if backlog:
-                backlog.clear()
-            return True
-        # "auto": send the reset and go; the next checkout collects its result (see
-        # complete_reset), by when it has arrived: no borrower waits for it.
-        _forget_prepared(dbapi_connection)
-        pgconn.send_query(dbapi_connection.baseline_sql)
-        dbapi_connection.reset_pending = True
-        return False
-
-    def complete_reset(
-        self, dbapi_connection: PooledConnection, timeout: float
-    ) -> bool | None:
-        if not dbapi_connection.reset_pending:
-            return True
-        return _collect_reset(dbapi_connection, timeout)
-
-    @staticmethod
-    def _restore_attributes(dbapi_connection: PooledConnection) -> None:
-        # What a fresh connection has, for the next borrower. These are client-side
-        # attributes: setting them costs no round trip. Autocommit is left as it is:
-        # Django sets it on every checkout, and for_sqlalchemy() for SQLAlchemy.
-        if dbapi_connection.isolation_level != dbapi_connection.isolation_default:
-            dbapi_connection.isolation_level = dbapi_connection.isolation_default
-        if dbapi_connection.read_only is not None:
-            dbapi_connection.read_only = None
-        if dbapi_connection.deferrable is not None:
-            dbapi_connection.deferrable = None
-
-    def for_sqlalchemy(self, dbapi_connection: PooledConnection) -> None:
-        # SQLAlchemy begins transactions itself, on a non-autocommit connection; its
-        # AUTOCOMMIT isolation level is applied after the checkout.
-        if dbapi_connection._autocommit:
-            dbapi_connection.autocommit = False
-
-    async def async_connect(self) -> psycopg.AsyncConnection[Any]:
-        # Django's adapters and cursor classes are for synchronous connections.
-        params = {
-            key: value
-            for key, value in self.conn_params.items()
-            if key not in {"context", "cursor_factory"}
-        }
-        try:
-            return await psycopg.AsyncConnection.connect(**params, **self._revealed())
-        except psycopg.OperationalError as error:
-            failure = str(error)
-        raise self._connect_failed(failure)
-
-
-def _wait(fileno: int, deadline: float, *, write: bool) -> bool:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return False
-    poller = select.poll()
-    poller.register(fileno, select.POLLOUT if write else select.POLLIN)
-    return bool(poller.poll(remaining * 1000))
 
 
 def _escape_option(value: str) -> str:
@@ -523,6 +71,19 @@ class _ApplicationName:
 
     def __repr__(self) -> str:
         return repr(str(self))
+
+
+#: The hooks in which Django's wrapper sets the time zone (Django 5.1+ and before).
+_TIMEZONE_HOOKS: Final = ("_configure_timezone", "ensure_timezone")
+
+
+def _configures_timezone(wrapper_class: type[Any]) -> bool:
+    """Whether ``wrapper_class`` sets the time zone as Django's wrapper does."""
+    return all(
+        getattr(wrapper_class, name, None)
+        is getattr(postgresql_base.DatabaseWrapper, name, None)
+        for name in _TIMEZONE_HOOKS
+    )
 
 
 class DatabaseCreation(postgresql_creation.DatabaseCreation):
@@ -559,7 +120,12 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     def get_connection_params(self) -> dict[str, Any]:
         if not self.is_pooled:
-            return super().get_connection_params()
+            params = super().get_connection_params()
+            if "pool" in params and not params["pool"]:
+                # Django before 5.1 hands OPTIONS["pool"] to psycopg: a plain
+                # connection is what False asks for.
+                del params["pool"]
+            return params
         settings_dict = self.settings_dict
         # Django rebuilds the parameters on every connect; they only change when these
         # do, so the steady state reuses them.
@@ -588,9 +154,10 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         options = [params["options"]] if params.get("options") else []
         if settings.statement_timeout is not None:
             options.append(f"-c statement_timeout={settings.statement_timeout}")
-        if self.timezone_name:
+        if self.timezone_name and _configures_timezone(type(self)):
             # Set at connect, Django finds the time zone right and needs no SET TIME
-            # ZONE, and DISCARD ALL keeps it.
+            # ZONE, and DISCARD ALL keeps it. Not when a subclass configures the
+            # time zone its own way (or not at all).
             options.append(f"-c TimeZone={_escape_option(self.timezone_name)}")
         if options:
             params["options"] = " ".join(options)
@@ -598,7 +165,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        if not self.is_pooled:
+        if not self.is_pooled or self._connecting_unpooled:
             return super().get_new_connection(conn_params)
         # Django's get_new_connection() also sets self.isolation_level; the pool's
         # hooks apply the level to each new driver connection.
@@ -624,6 +191,10 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             id(conn_params.get("context")),
             conn_params.get("cursor_factory"),
             self.settings_dict["OPTIONS"].get("isolation_level"),
+            # What Django's setup of a new connection reads besides the parameters.
+            self.settings_dict["OPTIONS"].get("assume_role"),
+            self.timezone_name,
+            type(self),
         )
 
     def make_pool_hooks(self, conn_params: dict[str, Any]) -> PostgresHooks:
@@ -667,9 +238,16 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             return DISCONNECT
         return None
 
+    def is_usable(self) -> bool:
+        # Django 4.2's does not expect None: a connection given back to the pool
+        # (by _close(), say) leaves the wrapper without one.
+        if self.connection is None:
+            return False
+        return bool(super().is_usable())
+
     def connection_is_broken(self, dbapi_connection: Any) -> bool:
         # Closed or lost connections report UNKNOWN; ACTIVE is mid-query.
-        return dbapi_connection.pgconn.transaction_status in _BAD_STATUS
+        return dbapi_connection.pgconn.transaction_status in BAD_STATUS
 
     def note_session_baseline(self, dbapi_connection: Any) -> None:
         note_baseline(
@@ -679,7 +257,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)
-        if name and self.is_pooled:
+        if name and self._loan.record is not None:
             # A named cursor outside a transaction is declared WITH HOLD and outlives
             # it: if it is still open on return, the next borrower would inherit it.
             self.connection.named_cursors.append(cursor)

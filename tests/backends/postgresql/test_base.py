@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import OperationalError, connection, connections
-from django.db.backends.signals import connection_created
 
 from django_poolconf import PoolTimeout, engines, get_engine
 from django_poolconf.backends.postgresql.redact import redact
+from django_poolconf.signals import physical_connection_created
 from tests.conftest import server_pids, wsgi_get
 from tests.measure import measured
 
@@ -50,17 +50,17 @@ def test_request_reuses_one_pooled_connection(get):
     assert (pool.checkedout(), pool.checkedin()) == (0, 1)  # idle at request end
 
 
-def test_connection_created_is_sent_once_per_physical_connection(get):
+def test_physical_connection_created_is_sent_once_per_physical_connection(get):
     seen: list[int] = []
 
     def receiver(sender: Any, connection: Any, **kwargs: Any) -> None:
         seen.append(connection.connection.info.backend_pid)
 
-    connection_created.connect(receiver)
+    physical_connection_created.connect(receiver)
     try:
         pids = {get("/item/").json()["pid"] for _ in range(30)}
     finally:
-        connection_created.disconnect(receiver)
+        physical_connection_created.disconnect(receiver)
 
     assert len(seen) == len(pids) <= 1
 
@@ -569,25 +569,6 @@ def test_test_database_can_be_cloned_and_dropped_with_idle_pooled_connections(
     assert get("/item/").status == 200
 
 
-def test_django_pool_option_is_reported_before_django_loads_its_pool():
-    from django.core.exceptions import ImproperlyConfigured
-
-    settings_dict = connections.settings["default"]
-    original = settings_dict["OPTIONS"]
-    settings_dict["OPTIONS"] = {**original, "pool": True}
-    connections["default"].close()
-    try:
-        with (
-            pytest.raises(
-                ImproperlyConfigured, match=r"\['OPTIONS'\]\['pool'\] must not"
-            ),
-            connection.cursor() as cursor,
-        ):
-            cursor.execute("SELECT 1")
-    finally:
-        settings_dict["OPTIONS"] = original
-
-
 def test_connection_closed_inside_atomic_is_rolled_back_for_the_next_borrower(get):
     from django.db import transaction
 
@@ -620,14 +601,14 @@ def test_read_only_flag_set_by_a_borrower_is_not_inherited(get):
     connection.close()
 
 
-def test_session_set_up_on_connection_created_is_kept_and_costs_no_reset(
+def test_session_set_up_on_physical_connection_created_is_kept_and_costs_no_reset(
     get, admin, test_db_name
 ):
     def set_up(sender: Any, connection: Any, **kwargs: Any) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SET application_name = 'set-up-by-receiver'")
 
-    connection_created.connect(set_up)
+    physical_connection_created.connect(set_up)
     try:
         get("/item/")
         _reset_statements(admin)
@@ -635,7 +616,7 @@ def test_session_set_up_on_connection_created_is_kept_and_costs_no_reset(
             get("/item/")
         name = get("/sql/", q="SHOW application_name").json()["row"]
     finally:
-        connection_created.disconnect(set_up)
+        physical_connection_created.disconnect(set_up)
 
     assert "DISCARD ALL" not in _statements(admin, test_db_name)
     assert name == ["set-up-by-receiver"]
@@ -648,12 +629,12 @@ def test_fully_reset_connection_is_set_up_again(get, pool_options):
     def count(sender: Any, connection: Any, **kwargs: Any) -> None:
         created.append(connection.connection.info.backend_pid)
 
-    connection_created.connect(count)
+    physical_connection_created.connect(count)
     try:
         first = get("/change-session/").json()["pid"]
         second = get("/item/").json()["pid"]
     finally:
-        connection_created.disconnect(count)
+        physical_connection_created.disconnect(count)
 
     assert first == second
     assert created == [first, first]  # once when opened, once after DISCARD ALL
