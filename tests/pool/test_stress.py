@@ -574,19 +574,21 @@ def test_timeouts_racing_hand_overs_lose_no_connection(pool_options):
     timeouts: list[int] = []
 
     def work() -> None:
-        for i in range(40):
+        for i in range(30):
             try:
                 if i % 2:
                     with engine.connect() as conn:
-                        conn.exec_driver_sql("SELECT pg_sleep(0.003)")
+                        conn.exec_driver_sql("SELECT pg_sleep(0.01)")
                 else:
                     with connection.cursor() as cursor:
-                        cursor.execute("SELECT pg_sleep(0.003)")
+                        cursor.execute("SELECT pg_sleep(0.01)")
                     connection.close()
             except (PoolTimeout, sqlalchemy.exc.TimeoutError):
                 timeouts.append(1)
 
-    errors = _run([work] * 6)
+    # Eight borrowers holding one of two connections for 10 ms each: waits of 20 ms
+    # time out on any machine, while hand-overs go on.
+    errors = _run([work] * 8)
     assert not errors, errors[:3]
     assert timeouts  # the race did happen
     _assert_at_rest(lender)
