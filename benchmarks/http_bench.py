@@ -323,7 +323,7 @@ def _measure(
         database_port = None
         if strategy == "pgbouncer":
             assert pgbouncer is not None
-            database_port = stack.enter_context(_pgbouncer(pgbouncer, server))
+            database_port = stack.enter_context(pgbouncer_in_front(pgbouncer, server))
         env = _environ(server, strategy, database_port)
         stack.enter_context(_gunicorn(port, env))
         url = f"http://127.0.0.1:{port}{PATH}"
@@ -537,7 +537,13 @@ def _warm_up(url: str) -> None:
 
 
 @contextlib.contextmanager
-def _pgbouncer(pgbouncer: str, server: EmbeddedServer) -> Iterator[int]:
+def pgbouncer_in_front(
+    pgbouncer: str,
+    server: EmbeddedServer,
+    *,
+    database: str = DATABASE,
+    pool_size: int = POOL_CAPACITY,
+) -> Iterator[int]:
     """Run PgBouncer in transaction mode in front of ``server``; yield its port."""
     port = _free_port()
     directory = Path(tempfile.mkdtemp(prefix="poolconf-pgbouncer-"))
@@ -555,12 +561,12 @@ def _pgbouncer(pgbouncer: str, server: EmbeddedServer) -> Iterator[int]:
     ini = directory / "pgbouncer.ini"
     ini.write_text(
         "[databases]\n"
-        f"{DATABASE} = host={server.host} port={server.port} dbname={DATABASE}"
+        f"{database} = host={server.host} port={server.port} dbname={database}"
         f" user={server.user}\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {directory / 'userlist.txt'}\n"
-        f"pool_mode = transaction\ndefault_pool_size = {POOL_CAPACITY}\n"
+        f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
         "min_pool_size = 0\nreserve_pool_size = 0\nmax_client_conn = 1000\n"
         "ignore_startup_parameters = extra_float_digits,options\n"
     )

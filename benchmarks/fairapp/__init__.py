@@ -1,0 +1,1 @@
+"""The model of benchmarks/fair.py: one table, read by primary key."""
