@@ -274,15 +274,17 @@ def cycle_table(
     lines = [
         f"### {threads} thread(s): one ORM get per request",
         "",
-        "| strategy | us/request | x persistent | x native_pool | requests/s | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| strategy | us/request | x persistent | x native_pool | x poolconf "
+        "| requests/s | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in sorted(per, key=lambda n: statistics.median(per[n])):
         median = statistics.median(per[name])
         errors = sum(row[1] for row in results[name])
         lines.append(
             f"| {name} | {median:.1f} | {ratio(name, 'persistent')} "
-            f"| {ratio(name, 'native_pool')} | {threads / median * 1e6:,.0f} | {errors} |"
+            f"| {ratio(name, 'native_pool')} | {ratio(name, 'poolconf')} "
+            f"| {threads / median * 1e6:,.0f} | {errors} |"
         )
     if "poolconf_baseline" in per:
         each = ", ".join(
