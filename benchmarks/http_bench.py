@@ -66,8 +66,10 @@ DEFAULT_ROUNDS: Final = 5
 DEFAULT_DURATION_S: Final = 5
 QUICK_DURATION_S: Final = 2
 DATABASE: Final = "bench"
-PATH: Final = "/api/notes"
-GUNICORN_THREADS: Final = 8
+PATH = "/api/notes"  # --io: IO_PATH
+GUNICORN_THREADS = 8  # --io: IO_THREADS
+IO_PATH: Final = "/api/notes/wait"  # read, 50 ms of waiting, read
+IO_THREADS: Final = 64
 POOL_CAPACITY: Final = 8  # as in http_settings.py, and PgBouncer's default_pool_size
 WRK_THREADS: Final = 2
 WARMUP_REQUESTS: Final = 48  # spread over GUNICORN_THREADS client threads
@@ -190,8 +192,13 @@ def run(
             sampler_connection.close()
     elapsed = time.monotonic() - started
     settings = (
-        f"gunicorn gthread, 1 worker x {GUNICORN_THREADS} threads; `GET {PATH}` (a one-row"
-        f" ORM read); wrk `-t{WRK_THREADS} -d{duration}s`; {rounds} round(s), strategies"
+        f"gunicorn gthread, 1 worker x {GUNICORN_THREADS} threads; `GET {PATH}` "
+        + (
+            "(read, 50 ms of waiting, read)"
+            if PATH == IO_PATH
+            else "(a one-row ORM read)"
+        )
+        + f"; wrk `-t{WRK_THREADS} -d{duration}s`; {rounds} round(s), strategies"
         f" interleaved; pool capacity {POOL_CAPACITY}; {elapsed:.0f} s in all."
     )
     return _report(header, settings, strategies, concurrencies, results, ratios)
@@ -228,8 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pgbouncer",
             "poolconf_baseline",
             "poolconf_rollback_reset",
+            "poolconf_transaction",
         ),
         help="measure only these; repeat for several (persistent, the floor, always runs)",
+    )
+    parser.add_argument(
+        "--io",
+        action="store_true",
+        help=f"time GET {IO_PATH} (read, 50 ms of waiting, read) on {IO_THREADS} "
+        f"gunicorn threads and pools of {POOL_CAPACITY} (default concurrency: "
+        f"{IO_THREADS})",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report to PATH")
     parser.add_argument(
@@ -238,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also measure the package at this git revision (poolconf_baseline)",
     )
     args = parser.parse_args(argv)
-    global _BASELINE_PATH
+    global _BASELINE_PATH, PATH, GUNICORN_THREADS
+    if args.io:
+        PATH, GUNICORN_THREADS = IO_PATH, IO_THREADS
+        args.concurrency = args.concurrency or [IO_THREADS]
     if args.baseline:
         import baseline
 

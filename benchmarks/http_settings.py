@@ -4,8 +4,7 @@ Everything comes from ``example_project.settings`` except ``DATABASES``, which h
 only ``"default"``, configured for one connection strategy named by environment
 variables (``benchmarks/http_bench.py`` sets them for each gunicorn it starts):
 
-* ``POOLCONF_BENCH_STRATEGY``: ``new_per_request``, ``persistent``, ``native_pool``,
-  ``poolconf`` or ``pgbouncer``;
+* ``POOLCONF_BENCH_STRATEGY``: one of ``STRATEGIES`` below;
 * ``POOLCONF_BENCH_HOST``, ``POOLCONF_BENCH_PORT``, ``POOLCONF_BENCH_NAME``,
   ``POOLCONF_BENCH_USER``: where the database is (for ``pgbouncer``, where PgBouncer is).
 """
@@ -39,6 +38,7 @@ STRATEGIES: Final = (
     "pgbouncer",
     "poolconf_baseline",  # benchmarks/baseline.py, with http_bench.py --baseline
     "poolconf_rollback_reset",  # what the default reset costs is the difference
+    "poolconf_transaction",  # checkout_scope = "transaction"
 )
 
 
@@ -57,7 +57,12 @@ def _database(strategy: str) -> dict[str, Any]:
     elif strategy == "native_pool":
         pool = {"min_size": POOL_CAPACITY, "max_size": POOL_CAPACITY}
         database["OPTIONS"] = {"pool": pool}
-    elif strategy in ("poolconf", "poolconf_baseline", "poolconf_rollback_reset"):
+    elif strategy in (
+        "poolconf",
+        "poolconf_baseline",
+        "poolconf_rollback_reset",
+        "poolconf_transaction",
+    ):
         database["ENGINE"] = (
             "django_poolconf_baseline.backends.postgresql"
             if strategy == "poolconf_baseline"
@@ -66,6 +71,8 @@ def _database(strategy: str) -> dict[str, Any]:
         database["POOL"] = {"pool_size": POOL_CAPACITY, "max_overflow": 0}
         if strategy == "poolconf_rollback_reset":
             database["POOL"]["reset_on_return"] = "rollback"
+        if strategy == "poolconf_transaction":
+            database["POOL"]["checkout_scope"] = "transaction"
     elif strategy == "pgbouncer":
         # Persistent client connections to PgBouncer, which shares POOL_CAPACITY server
         # connections per transaction. Transaction pooling rules out server-side cursors

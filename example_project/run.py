@@ -41,6 +41,10 @@ PAGES = (
     ("/", "the notes, with a form to add one, and which server answered"),
     ("/pool", "the pools, live: a chart per alias, the router, a burst of load"),
     ("/api/notes", "the notes as JSON"),
+    (
+        "/api/notes/wait",
+        "read, wait 50 ms (another service), read: the I/O benchmark's page",
+    ),
     ("/api/pool", "the pools' numbers and which server answered, as JSON"),
     (
         "/health/db",
@@ -250,6 +254,9 @@ def _smoke() -> int:
         "notes"
     ]
     check(notes[0]["text"] == text, "the new note is not the first in /api/notes")
+
+    waited = request("GET", "/api/notes/wait", 200).json()
+    check(waited["count"] >= 1, "/api/notes/wait did not read the notes")
 
     live = request("GET", "/pool", 200)
     check("Pools, live" in live.text, "/pool is not the live pool page")

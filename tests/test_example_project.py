@@ -39,6 +39,7 @@ def test_example_project_smoke_run_serves_every_page(
         "GET  /           200",
         "POST /           302",
         "GET  /api/notes  200",
+        "GET  /api/notes/wait 200",
         "GET  /pool       200",
         "GET  /api/pool   200",
         "GET  /health/db  200",

@@ -12,5 +12,6 @@ urlpatterns = [
     path("pool/burst", views.burst, name="burst"),
     path("pool/work", views.work, name="work"),
     path("api/notes", views.api_notes, name="api_notes"),
+    path("api/notes/wait", views.api_notes_wait, name="api_notes_wait"),
     path("api/pool", views.api_pool, name="api_pool"),
 ]

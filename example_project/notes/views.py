@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -21,6 +22,7 @@ from example_project.notes.forms import NoteForm
 from example_project.notes.models import Note
 
 LATEST_NOTES = 50
+WAIT_S = 0.05  # api_notes_wait's stand-in for a call to another service
 #: The longest a request of a burst may hold its connection (``?hold=``), in seconds.
 MAX_HOLD_S = 2.0
 
@@ -78,6 +80,18 @@ def api_notes(request: HttpRequest) -> JsonResponse:
         for note in Note.objects.all()[:LATEST_NOTES]
     ]
     return JsonResponse({"notes": notes})
+
+
+def api_notes_wait(request: HttpRequest) -> JsonResponse:
+    """Read, wait 50 ms on something that is not the database, read again.
+
+    A stand-in for a view that calls another service between two queries: the page
+    ``benchmarks/http_bench.py --io`` times, to compare the checkout scopes.
+    """
+    first = Note.objects.order_by("-pk").values_list("pk", flat=True).first()
+    time.sleep(WAIT_S)
+    count = Note.objects.count()
+    return JsonResponse({"latest": first, "count": count, "waited_ms": WAIT_S * 1000})
 
 
 def _pools() -> dict[str, Any]:
