@@ -32,6 +32,7 @@ from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 from sqlalchemy import exc as sa_exc
 
+from django_poolconf.backends.scope import CheckoutScopeMixin
 from django_poolconf.conf.pool import PoolSettings, pool_settings
 from django_poolconf.conf.rules import get_poolconf
 from django_poolconf.errors import ConnectionFailed, PoolTimeout
@@ -74,7 +75,7 @@ class _PoolErrorWrapper(DatabaseErrorWrapper):
         super().__exit__(exc_type, exc_value, traceback)
 
 
-class PooledDatabaseWrapperMixin:
+class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
     """Check connections out of the alias's pool on connect, and in on close.
 
     Put it before Django's ``DatabaseWrapper`` in the bases. The ``__no_db__``
@@ -263,9 +264,13 @@ class PooledDatabaseWrapperMixin:
 
     def close_if_unusable_or_obsolete(self) -> None:
         """At a request's start and end: park the connection, or Django's own checks."""
-        if self._parked:
-            return  # reset when parked, checked when taken back
         loan = self._loan
+        if self._parked:
+            # Reset when parked, checked when taken back. Parked between statements
+            # (transaction scope) without thread affinity: checked in at the end.
+            if loan.lender is not None and not loan.lender.affinity:
+                self.close()
+            return
         if (
             loan.record is not None
             and loan.error is None
@@ -278,16 +283,24 @@ class PooledDatabaseWrapperMixin:
             and loan.lender.affinity
             and not self.connection_is_broken(self._conn)
         ):
-            self.run_on_commit = []
-            record, loan.record = loan.record, None
-            connection, self._conn = self._conn, None
-            if loan.lender.borrowed.pop(loan, None) is None:
-                return  # returned by the reaper: no longer this object's
-            if loan.lender.give_back(record, park=loan):
-                self._conn = connection
-                self._parked = True
+            self._park(loan)
             return
         super().close_if_unusable_or_obsolete()  # type: ignore[misc]
+
+    def _park(self, loan: _Loan) -> None:
+        # Reset the connection and park it for this object (given to the first
+        # waiter instead, if any).
+        lender = loan.lender
+        assert lender is not None and loan.record is not None
+        self.run_on_commit = []
+        self._end_scope()
+        record, loan.record = loan.record, None
+        connection, self._conn = self._conn, None
+        if lender.borrowed.pop(loan, None) is None:
+            return  # returned by the reaper: no longer this object's
+        if lender.give_back(record, park=loan):
+            self._conn = connection
+            self._parked = True
 
     def inc_thread_sharing(self) -> None:
         """Django's, and the borrowed connection is never taken for an ended thread's."""
@@ -479,6 +492,7 @@ class PooledDatabaseWrapperMixin:
         record = loan.record
         if record is None:
             return super()._close()  # type: ignore[misc, no-any-return]
+        self._end_scope()
         loan.record = None
         lender = loan.lender
         assert lender is not None

@@ -44,7 +44,9 @@ __all__ = [
     "POOLCONF_KEYS",
     "POOL_KEYS",
     "RESET_CHOICES",
+    "SCOPE_CHOICES",
     "PoolSettings",
+    "CheckoutScope",
     "ResetOnReturn",
     "pool_settings",
     "validate_alias",
@@ -52,6 +54,8 @@ __all__ = [
 ]
 
 ResetOnReturn = Literal["auto", "rollback", "full"]
+CheckoutScope = Literal["request", "transaction"]
+SCOPE_CHOICES: Final[tuple[str, ...]] = ("request", "transaction")
 RESET_CHOICES: Final[tuple[str, ...]] = ("auto", "rollback", "full")
 
 
@@ -78,6 +82,7 @@ class PoolSettings:
     )
     reset_on_return: ResetOnReturn = "auto"
     thread_affinity: bool = True  # a thread keeps its connection between requests
+    checkout_scope: CheckoutScope = "request"  # or held only while it works
     leak_detection_threshold: float | None = None  # seconds held before a warning
     slow_checkout_ms: float | None = None  # milliseconds waited before a warning
     replica_of: str | None = field(default=None)
@@ -176,6 +181,17 @@ def validate_alias(
                 "other threads may use it in between.",
             )
         )
+        if values.get("checkout_scope") == "transaction":
+            problems.append(
+                Problem(
+                    "W010",
+                    f"{where}['POOL']['checkout_scope'] is 'transaction', but "
+                    f"{where}['CONN_MAX_AGE'] is {show_value(max_age)}, which keeps "
+                    "each thread's connection checked out: it is held through "
+                    "requests, not only while it works.",
+                    hint="Remove CONN_MAX_AGE, or the checkout_scope.",
+                )
+            )
     options = settings_dict.get("OPTIONS") or {}
     django_pool = options.get("pool") if isinstance(options, Mapping) else None
     if django_pool is not None:
@@ -337,6 +353,7 @@ _RULES: Final[Mapping[str, Rule]] = {
     "read_timeout": number(1, DAY_S, optional=True),
     "reset_on_return": choice(RESET_CHOICES),
     "thread_affinity": boolean,
+    "checkout_scope": choice(SCOPE_CHOICES),
     "leak_detection_threshold": number(SHORTEST_S, YEAR_S, optional=True),
     "slow_checkout_ms": number(
         0, LONGEST_WAIT_S * 1000, optional=True, unit="milliseconds"

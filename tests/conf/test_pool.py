@@ -32,7 +32,7 @@ VALID_KEYS = (
     "Valid keys are 'pool_size', 'max_overflow', 'pool_timeout', 'pool_recycle', "
     "'pool_pre_ping', 'pre_ping_threshold', 'validation_timeout', 'connect_timeout', "
     "'statement_timeout', 'read_timeout', 'reset_on_return', 'thread_affinity', "
-    "'leak_detection_threshold', 'slow_checkout_ms'."
+    "'checkout_scope', 'leak_detection_threshold', 'slow_checkout_ms'."
 )
 PRESET_CHOICES = (
     "'development', 'small_api', 'high_traffic', 'background_worker', 'auto'"
@@ -119,6 +119,7 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         "read_timeout",
         "reset_on_return",
         "thread_affinity",
+        "checkout_scope",
         "leak_detection_threshold",
         "slow_checkout_ms",
     )

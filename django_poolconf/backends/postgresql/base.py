@@ -25,6 +25,7 @@ from django_poolconf.backends.postgresql.hooks import PostgresHooks
 from django_poolconf.backends.postgresql.session import (
     BAD_STATUS,
     PooledConnection,
+    changes_session,
     note_baseline,
 )
 from django_poolconf.pool import registry
@@ -248,6 +249,9 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
     def connection_is_broken(self, dbapi_connection: Any) -> bool:
         # Closed or lost connections report UNKNOWN; ACTIVE is mid-query.
         return dbapi_connection.pgconn.transaction_status in BAD_STATUS
+
+    def statement_changes_session(self, sql: Any) -> bool:
+        return changes_session(sql)
 
     def note_session_baseline(self, dbapi_connection: Any) -> None:
         note_baseline(

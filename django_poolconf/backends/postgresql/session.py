@@ -8,6 +8,7 @@ read at the next checkout (:func:`collect_reset`).
 
 from __future__ import annotations
 
+import re
 import select
 import time
 import weakref
@@ -31,6 +32,7 @@ __all__ = [
     "ClientBaseline",
     "FatalNotice",
     "PooledConnection",
+    "changes_session",
     "collect_reset",
     "forget_prepared",
     "note_baseline",
@@ -301,3 +303,34 @@ def wait_for_socket(fileno: int, deadline: float, *, write: bool) -> bool:
     poller = select.poll()
     poller.register(fileno, select.POLLOUT if write else select.POLLIN)
     return bool(poller.poll(remaining * 1000))
+
+
+# Statements whose effect outlasts them in the session, by their first word (after
+# comments): SET (but not SET LOCAL, SET TRANSACTION, SET CONSTRAINTS), RESET, LISTEN,
+# PREPARE, DECLARE (a cursor WITH HOLD), LOAD, DISCARD, DO and CALL (whose bodies
+# may set anything), and temporary tables.
+_SESSION_STATEMENT: Final = re.compile(
+    r"(?:\s|/\*.*?\*/|--[^\n]*\n)*"
+    r"(?:set\s+(?!local\b|transaction\b|constraints\b)|reset\b|listen\b|prepare\b"
+    r"|declare\b|load\b|discard\b|do\b|call\b"
+    r"|create\s+(?:(?:global|local)\s+)?temp|create\s+(?:unlogged\s+)?table\s+pg_temp)",
+    re.DOTALL,
+)
+# Functions with the same effect, anywhere in a statement.
+_SESSION_FUNCTIONS: Final = ("set_config", "advisory_lock", "pg_temp")
+
+
+def changes_session(sql: object) -> bool:
+    """Whether a statement may leave state in the session that later ones would see.
+
+    What the SQL text shows: a function that sets state inside its body is not seen.
+    ``checkout_scope = "transaction"`` keeps the connection for the rest of the
+    request after such a statement; nothing depends on it for the reset, which
+    every return sends whatever the text.
+    """
+    if not isinstance(sql, str):
+        return True  # composed SQL: not read here
+    lowered = sql.lower()
+    if _SESSION_STATEMENT.match(lowered):
+        return True
+    return any(name in lowered for name in _SESSION_FUNCTIONS)

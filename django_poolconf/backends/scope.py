@@ -1,0 +1,170 @@
+"""``checkout_scope = "transaction"``: hold a connection only while it works.
+
+In transaction scope a Django connection object holds a pooled connection only while
+it works: while a cursor is open, a transaction is open or the session holds state a
+statement set. Django's cursor wrappers are given :class:`ScopedCursor` as a base, whose
+``close()`` tells the connection object; the connection object decides (see
+``PooledDatabaseWrapperMixin.release_if_idle``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CheckoutScopeMixin", "ScopedCursor", "scoped_class"]
+
+
+class ScopedCursor:
+    """A cursor of a connection in transaction scope.
+
+    Counted open from its creation to its ``close()`` (Django closes the cursors of
+    the ORM's queries once it has read their rows); a statement that may set state
+    for the rest of the session pins the connection to its borrower until the
+    request ends.
+    """
+
+    db: Any
+    cursor: Any
+    scope_epoch: int = -1  # the borrowing it was opened in; -1 once closed
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        db = self.db
+        if not db.session_pinned and db.statement_changes_session(sql):
+            db.session_pinned = True
+        return super().execute(sql, params)  # type: ignore[misc]
+
+    def executemany(self, sql: Any, param_list: Any) -> Any:
+        db = self.db
+        if not db.session_pinned and db.statement_changes_session(sql):
+            db.session_pinned = True
+        return super().executemany(sql, param_list)  # type: ignore[misc]
+
+    def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
+        # A procedure's body is not visible here: it may set anything.
+        self.db.session_pinned = True
+        return super().callproc(procname, params, kparams)  # type: ignore[misc]
+
+    def close(self) -> None:
+        try:
+            self.cursor.close()
+        finally:
+            epoch, self.scope_epoch = self.scope_epoch, -1
+            if epoch >= 0:
+                self.db.cursor_closed(epoch)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def scoped_class(cls: type) -> type:
+    """``cls`` (a Django cursor wrapper class) with :class:`ScopedCursor` in front."""
+    scoped = _CLASSES.get(cls)
+    if scoped is None:
+        scoped = _CLASSES[cls] = type(f"Scoped{cls.__name__}", (ScopedCursor, cls), {})
+    return scoped
+
+
+class CheckoutScopeMixin:
+    """``checkout_scope = "transaction"`` for ``PooledDatabaseWrapperMixin``."""
+
+    # The connection is parked (reset, kept for this object unless someone waits)
+    # whenever it is idle: no cursor open, no transaction, no session state a
+    # statement set. The next statement takes it back as a request's first does.
+
+    # Declared for type checkers: Django's DatabaseWrapper and
+    # PooledDatabaseWrapperMixin define them.
+    settings_dict: dict[str, Any]
+    in_atomic_block: bool
+    autocommit: bool
+    errors_occurred: bool
+    _thread_sharing_count: int
+    _loan: Any
+    _parked: bool
+    _conn: Any
+
+    def _park(self, loan: Any) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    def connection_is_broken(self, dbapi_connection: Any) -> bool:
+        raise NotImplementedError  # pragma: no cover
+
+    _open_cursors = 0  # cursors of this borrowing not closed yet
+    _scope_epoch = 0  # which borrowing: a cursor of an earlier one counts no more
+    session_pinned = False  # a statement may have set session state: hold till the end
+
+    def make_cursor(self, cursor: Any) -> Any:
+        """Django's; in transaction scope, a cursor whose close may release the connection."""
+        return self._scoped(super().make_cursor(cursor))  # type: ignore[misc]
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        """Django's; in transaction scope, a cursor whose close may release the connection."""
+        return self._scoped(super().make_debug_cursor(cursor))  # type: ignore[misc]
+
+    def _scoped(self, wrapped: Any) -> Any:
+        lender = self._loan.lender
+        if (
+            lender is None
+            or lender.settings.checkout_scope != "transaction"
+            or self._loan.record is None
+        ):
+            return wrapped
+        wrapped.__class__ = scoped_class(type(wrapped))
+        wrapped.scope_epoch = self._scope_epoch
+        self._open_cursors += 1
+        return wrapped
+
+    def cursor_closed(self, epoch: int) -> None:
+        """A cursor of this connection closed: release the connection if it is idle."""
+        if epoch != self._scope_epoch:
+            return
+        self._open_cursors -= 1
+        if self._open_cursors == 0:
+            self.release_if_idle()
+
+    def set_autocommit(
+        self,
+        autocommit: bool,
+        force_begin_transaction_with_broken_autocommit: bool = False,
+    ) -> None:
+        """Django's; the end of a transaction may release the connection."""
+        super().set_autocommit(  # type: ignore[misc]
+            autocommit, force_begin_transaction_with_broken_autocommit
+        )
+        if autocommit and self._open_cursors == 0:
+            self.release_if_idle()
+
+    def release_if_idle(self) -> None:
+        """In transaction scope, park the connection unless something holds it.
+
+        Held while a cursor is open, in a transaction or an atomic block, after a
+        statement that may have set session state (until the request ends), after
+        an error, while the connection object is shared between threads, and with
+        a non-zero ``CONN_MAX_AGE``.
+        """
+        loan = self._loan
+        lender = loan.lender
+        if (
+            lender is None
+            or loan.record is None
+            or lender.settings.checkout_scope != "transaction"
+            or self.session_pinned
+            or self.in_atomic_block
+            or not self.autocommit
+            or loan.error is not None
+            or self.errors_occurred
+            or self._thread_sharing_count
+            or self._parked
+            or self.settings_dict["CONN_MAX_AGE"] != 0  # W010: held, as it asks
+            or self.connection_is_broken(self._conn)
+        ):
+            return
+        self._park(loan)
+
+    def _end_scope(self) -> None:
+        self._open_cursors = 0
+        self._scope_epoch += 1
+        self.session_pinned = False
+
+    def statement_changes_session(self, sql: Any) -> bool:
+        """Whether a statement may set state that lasts beyond it in the session (vendors)."""
+        raise NotImplementedError  # pragma: no cover
