@@ -377,6 +377,12 @@ def test_read_only_transaction_of_the_application_keeps_the_pool(get):
             {"dbname": "shopdb", "host": "shop", "user": "db"},
             'FATAL:  database "shopdb" does not exist',
         ),
+        (
+            # libpq's multi-host HOST: each host is hidden.
+            "failed to resolve host 'db2.internal': [Errno -2] Name or service not known",
+            {"host": "db1.internal,db2.internal", "port": "5432,5433"},
+            "failed to resolve host '***': [Errno -2] Name or service not known",
+        ),
     ],
 )
 def test_health_errors_hide_hosts_and_passwords(message, params, expected):
