@@ -56,7 +56,15 @@ class Target:
     has_password: bool = field(default=False)
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}/{self.dbname}"
+        # libpq's multi-host HOST and PORT are comma lists, a single port applying
+        # to every host: show each server as host:port.
+        hosts, ports = self.host.split(","), self.port.split(",")
+        if len(ports) == 1:
+            ports *= len(hosts)
+        if len(hosts) != len(ports):
+            return f"{self.host}:{self.port}/{self.dbname}"
+        servers = ",".join(f"{host}:{port}" for host, port in zip(hosts, ports, strict=True))
+        return f"{servers}/{self.dbname}"
 
     def masked(self) -> str:
         """``user:***@host:port/dbname``: the password, if any, as ``***``."""
