@@ -63,7 +63,9 @@ class Target:
             ports *= len(hosts)
         if len(hosts) != len(ports):
             return f"{self.host}:{self.port}/{self.dbname}"
-        servers = ",".join(f"{host}:{port}" for host, port in zip(hosts, ports, strict=True))
+        servers = ",".join(
+            f"{host}:{port}" for host, port in zip(hosts, ports, strict=True)
+        )
         return f"{servers}/{self.dbname}"
 
     def masked(self) -> str:

@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import OperationalError, connection, connections
+from django.db import InternalError, OperationalError, connection, connections
 
-from django_poolconf import PoolTimeout, engines, get_engine
+from django_poolconf import PoolTimeout, ReadOnlyServer, engines, get_engine
 from django_poolconf.backends.postgresql.redact import redact
 from django_poolconf.signals import physical_connection_created
 from tests.conftest import server_pids, wsgi_get
@@ -347,6 +347,15 @@ def test_read_only_transaction_of_the_application_keeps_the_pool(get):
 
     assert failed.status == 500
     assert get("/item/").json()["pid"] == before
+
+
+def test_read_only_transaction_of_the_application_is_not_a_read_only_server():
+    with pytest.raises(InternalError) as failed, connection.cursor() as cursor:
+        cursor.execute(
+            "SET TRANSACTION READ ONLY; INSERT INTO testapp_item (name) VALUES ('x')"
+        )
+
+    assert not isinstance(failed.value, ReadOnlyServer)
 
 
 @pytest.mark.parametrize(
