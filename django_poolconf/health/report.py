@@ -35,6 +35,7 @@ Reason = Literal[
     "timeout",
     "pool_saturated",
     "replica_lagging",
+    "replica_promoted",
     "read_only_primary",
     "misconfigured",
 ]
