@@ -7,6 +7,7 @@ it, and stops it at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import OperationalError, connection, connections
+from django.test import override_settings
 
 from django_poolconf import ConnectionFailed, ReadOnlyServer, engines
 from django_poolconf.embedded import EmbeddedCluster, EmbeddedServer
@@ -182,3 +184,54 @@ def test_multi_host_settings_pass_the_checks_and_poolstatus_shows_each_server(
     assert (shown["status"], shown["role"]) == ("healthy", "primary")
     assert shown["server"] == f"{servers}/{test_db_name}"
     assert f"postgres@{servers}/{test_db_name}" in text_out.getvalue()
+
+
+@pytest.fixture
+def pair_replica(pair: EmbeddedCluster) -> Iterator[str]:
+    """A replica alias of ``default`` on the pair's replica."""
+    base = connections.settings["default"]
+    connections.settings["pair_replica"] = {
+        **base,
+        "HOST": pair.replica.host,
+        "PORT": str(pair.replica.port),
+        "OPTIONS": {},
+        "TEST": dict(base["TEST"]),
+        "REPLICA_OF": "default",
+    }
+    yield "pair_replica"
+    with contextlib.suppress(AttributeError):
+        del connections["pair_replica"]
+    del connections.settings["pair_replica"]
+    engines.dispose("pair_replica")
+    runner._probes.pop("pair_replica", None)
+
+
+def test_a_promoted_replica_alias_serves_fresh_reads_and_health_says_promoted(
+    get, pair, point_default, pair_replica
+):
+    point_default([pair.primary, pair.replica], **READ_WRITE)
+    assert _health(get)[pair_replica]["status"] == "healthy"
+
+    pair.primary.stop("fast")
+    pair.replica.promote()
+    written = _write(get)
+    with engines.get_engine(pair_replica).connect() as conn:
+        read = conn.exec_driver_sql(
+            f"SELECT count(*), inet_server_port() FROM {TABLE}"
+        ).one()
+    health = _health(get)
+
+    assert written == pair.replica.port
+    assert read == (1, pair.replica.port)  # the write made after the failover
+    assert (health["default"]["status"], health["default"]["reason"]) == (
+        "healthy",
+        None,
+    )
+    shown = health[pair_replica]
+    assert (shown["status"], shown["reason"]) == ("degraded", "replica_promoted")
+
+
+def _health(get: Callable[..., Any]) -> dict[str, Any]:
+    with override_settings(POOLCONF={"HEALTH": {"CACHE": 0, "TIMEOUT": 5}}):
+        databases: dict[str, Any] = get("/health/db").json()["databases"]
+    return databases
