@@ -358,6 +358,18 @@ def test_read_only_transaction_of_the_application_is_not_a_read_only_server():
     assert not isinstance(failed.value, ReadOnlyServer)
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_a_write_on_a_replica_alias_is_not_a_read_only_server():
+    replica = connections["replica"]
+    try:
+        with pytest.raises(InternalError) as failed, replica.cursor() as cursor:
+            cursor.execute("INSERT INTO testapp_item (name) VALUES ('x')")
+    finally:
+        replica.close()
+
+    assert not isinstance(failed.value, ReadOnlyServer)
+
+
 @pytest.mark.parametrize(
     ("message", "params", "expected"),
     [
