@@ -11,6 +11,7 @@ __all__ = [
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "ReadOnlyServer",
     "database_from_url",
     "databases_from_env",
     "dispose_all",
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         PoolClosed,
         PoolError,
         PoolTimeout,
+        ReadOnlyServer,
     )
     from django_poolconf.monitoring import pool_stats, pool_stats_all
     from django_poolconf.pool.registry import dispose_all, get_async_engine, get_engine
@@ -43,6 +45,7 @@ _LAZY = {
     "PoolClosed": "django_poolconf.errors",
     "PoolError": "django_poolconf.errors",
     "PoolTimeout": "django_poolconf.errors",
+    "ReadOnlyServer": "django_poolconf.errors",
     "pool_stats": "django_poolconf.monitoring",
     "pool_stats_all": "django_poolconf.monitoring",
 }

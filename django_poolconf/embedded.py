@@ -334,6 +334,46 @@ class EmbeddedServer:
         self.stop(mode, timeout)
         self.start(timeout)
 
+    def promote(self, timeout: float = 60.0) -> None:
+        """Promote a standby to a primary (``pg_ctl -w promote``), as a failover does.
+
+        It returns when the server accepts writes.
+
+        :raises RuntimeError: if the server is not a running standby, or the promotion
+            does not finish within ``timeout`` seconds.
+        """
+        self._pg_ctl("promote", [], timeout)
+        _wait(
+            lambda: self._query("SELECT pg_is_in_recovery()") is False,
+            f"Embedded PostgreSQL {self.name!r} did not leave recovery",
+            timeout,
+        )
+        logger.info("promoted embedded PostgreSQL %r on port %d", self.name, self.port)
+
+    def follow(self, primary: EmbeddedServer, timeout: float = 60.0) -> None:
+        """Start this stopped server as a streaming standby of ``primary``.
+
+        This is how a former primary rejoins after a failover. It needs no rewind
+        only if the server was stopped cleanly (``"fast"`` or ``"smart"``) before
+        ``primary`` was promoted, so that ``primary`` had received all of its WAL.
+
+        :raises RuntimeError: if the server is running, or does not start.
+        """
+        if self.is_running():
+            raise RuntimeError(f"Stop embedded PostgreSQL {self.name!r} first.")
+        conninfo = f"host={primary.host} port={primary.port} user={primary.user}"
+        self._settings.update(
+            primary_conninfo=f"{conninfo} application_name={self.name}",
+            recovery_target_timeline="latest",
+        )
+        _write(self.data_dir / "standby.signal", "")
+        self.start(timeout)
+        _wait(
+            lambda: self._query("SELECT pg_is_in_recovery()") is True,
+            f"Embedded PostgreSQL {self.name!r} is not in recovery",
+            timeout,
+        )
+
     def pid(self) -> int | None:
         """Return the postmaster's pid, or ``None`` when the server is not running."""
         try:

@@ -6,9 +6,15 @@ handles database errors handles these too.
 
 from __future__ import annotations
 
-from django.db.utils import OperationalError
+from django.db.utils import InternalError, OperationalError
 
-__all__ = ["ConnectionFailed", "PoolClosed", "PoolError", "PoolTimeout"]
+__all__ = [
+    "ConnectionFailed",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "ReadOnlyServer",
+]
 
 
 class PoolError(OperationalError):
@@ -31,5 +37,16 @@ class ConnectionFailed(PoolError):
 
 class PoolClosed(PoolError):
     """The engine's pool was disposed; get the current one from ``get_engine()``."""
+
+    __module__ = "django_poolconf"
+
+
+class ReadOnlyServer(PoolError, InternalError):
+    """A write on a primary alias reached a standby: the primary moved (a failover).
+
+    The alias's pool has replaced its connections when this is raised. It is also a
+    :class:`django.db.utils.InternalError`, what Django raises for the driver's error
+    (SQLSTATE ``25006``), so that code catching that goes on working.
+    """
 
     __module__ = "django_poolconf"

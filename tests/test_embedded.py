@@ -268,3 +268,42 @@ def test_servers_stop_when_owner_exits_without_stopping_them():
             "the watchdog did not stop the orphaned server"
         )
         time.sleep(0.1)
+
+
+def test_promoted_replica_takes_writes_and_the_stopped_primary_follows_it():
+    pair = EmbeddedCluster.start()
+    try:
+        pair.primary.stop()
+        pair.replica.promote()
+        assert query(pair.replica, "SELECT pg_is_in_recovery()") is False
+        with psycopg.connect(pair.replica.url(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE after_failover (id int)")
+            conn.execute("INSERT INTO after_failover VALUES (7)")
+
+        pair.primary.follow(pair.replica)
+
+        assert query(pair.primary, "SELECT pg_is_in_recovery()") is True
+        assert wait_for(lambda: _replayed(pair.primary, "after_failover") == 7)
+    finally:
+        pair.stop()
+
+
+def test_follow_refuses_a_running_server(cluster):
+    with pytest.raises(RuntimeError, match="Stop embedded PostgreSQL 'primary' first."):
+        cluster.primary.follow(cluster.replica)
+
+
+def _replayed(server, table):
+    try:
+        return query(server, f"SELECT id FROM {table}")
+    except psycopg.errors.UndefinedTable:
+        return None
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

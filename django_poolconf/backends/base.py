@@ -35,7 +35,7 @@ from sqlalchemy import exc as sa_exc
 from django_poolconf.backends.scope import CheckoutScopeMixin
 from django_poolconf.conf.pool import PoolSettings, pool_settings
 from django_poolconf.conf.rules import get_poolconf
-from django_poolconf.errors import ConnectionFailed, PoolTimeout
+from django_poolconf.errors import ConnectionFailed, PoolTimeout, ReadOnlyServer
 from django_poolconf.pool import registry
 from django_poolconf.pool.hooks import INFO_NEW, ConnectionHooks
 from django_poolconf.pool.lender import Lender
@@ -70,9 +70,20 @@ class _PoolErrorWrapper(DatabaseErrorWrapper):
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is None:
             return  # the common case, without a second call
-        if exc_value is not None:
-            self.wrapper.note_pool_error(exc_value)
-        super().__exit__(exc_type, exc_value, traceback)
+        kind = None if exc_value is None else self.wrapper.note_pool_error(exc_value)
+        if kind != READ_ONLY:
+            super().__exit__(exc_type, exc_value, traceback)
+            return
+        try:
+            super().__exit__(exc_type, exc_value, traceback)  # marks errors_occurred
+        except Exception:
+            alias = self.wrapper.alias
+            raise ReadOnlyServer(
+                f"A write on {alias!r} reached a read-only server (a standby: the "
+                "primary moved?); the pool's connections are replaced. Point "
+                f"DATABASES[{alias!r}]['HOST'] at the primary, or list every server "
+                "in HOST with OPTIONS['target_session_attrs'] = 'read-write'."
+            ).with_traceback(traceback) from exc_value
 
 
 class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
@@ -521,15 +532,19 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         else:
             lender.discard(record, "it is broken")
 
-    def note_pool_error(self, error: BaseException) -> None:
-        """Remember how a driver error affects the borrowed connection (called by Django's error wrapper)."""
+    def note_pool_error(self, error: BaseException) -> str | None:
+        """Remember how a driver error affects the borrowed connection (called by Django's error wrapper).
+
+        Return the error's kind (:data:`DISCONNECT`, :data:`READ_ONLY`) or ``None``.
+        """
         if self._loan.record is None:
-            return
+            return None
         kind = self.classify_error(error)
         if kind == READ_ONLY and self.get_pool_settings().replica_of is not None:
             kind = None  # a replica is read-only by design
         if kind is not None and self._loan.error != DISCONNECT:
             self._loan.error = kind
+        return kind
 
     @cached_property
     def wrap_database_errors(self) -> DatabaseErrorWrapper:

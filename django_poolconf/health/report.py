@@ -35,6 +35,7 @@ Reason = Literal[
     "timeout",
     "pool_saturated",
     "replica_lagging",
+    "replica_promoted",
     "read_only_primary",
     "misconfigured",
 ]
@@ -56,7 +57,17 @@ class Target:
     has_password: bool = field(default=False)
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}/{self.dbname}"
+        # libpq's multi-host HOST and PORT are comma lists, a single port applying
+        # to every host: show each server as host:port.
+        hosts, ports = self.host.split(","), self.port.split(",")
+        if len(ports) == 1:
+            ports *= len(hosts)
+        if len(hosts) != len(ports):
+            return f"{self.host}:{self.port}/{self.dbname}"
+        servers = ",".join(
+            f"{host}:{port}" for host, port in zip(hosts, ports, strict=True)
+        )
+        return f"{servers}/{self.dbname}"
 
     def masked(self) -> str:
         """``user:***@host:port/dbname``: the password, if any, as ``***``."""

@@ -191,6 +191,11 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
         reason = probe.failure
     elif check.role == "primary" and (probe.in_recovery or probe.read_only):
         reason = "read_only_primary"
+    elif check.role == "replica" and probe.in_recovery is False:
+        # Promoted (a failover): it takes writes and replays nothing. Its reads are
+        # fresh if the primary alias follows it, stale in a split brain; either
+        # way the alias no longer has a replica behind it.
+        reason = "replica_promoted"
     elif (
         check.role == "replica"
         and (max_lag := _max_replica_lag(options)) is not None
@@ -206,7 +211,7 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
     elif saturated:
         reason = "pool_saturated"
     status: Status = HEALTHY
-    if reason in {"pool_saturated", "replica_lagging"}:
+    if reason in {"pool_saturated", "replica_lagging", "replica_promoted"}:
         status = DEGRADED
     elif reason is not None:
         status = UNHEALTHY

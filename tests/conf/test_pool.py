@@ -953,3 +953,17 @@ def test_host_names_addresses_and_sockets_are_accepted(host):
 
     assert problems == []
     assert result is not None
+
+
+def test_multi_host_with_ports_and_target_session_attrs_is_accepted():
+    # libpq's failover setting: HOST and PORT as lists, the primary found by role.
+    settings_dict = pooled(
+        HOST="db1.internal,db2.internal",
+        PORT="5432,5433",
+        OPTIONS={"target_session_attrs": "read-write"},
+    )
+
+    result, problems = validate(settings_dict)
+
+    assert problems == []
+    assert result is not None

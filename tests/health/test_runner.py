@@ -306,6 +306,17 @@ def test_primary_alias_on_a_standby_is_a_read_only_primary(cluster):
     assert (shown["status"], shown["reason"]) == ("unhealthy", "read_only_primary")
 
 
+def test_replica_alias_on_a_server_not_in_recovery_is_a_promoted_replica():
+    # As after a failover promoted the replica: the server takes writes now.
+    with extra_alias("promoted", REPLICA_OF="default"):
+        response = wsgi_get("/health/db")
+
+    assert response.status == 200
+    shown = response.json()["databases"]["promoted"]
+    assert (shown["status"], shown["reason"]) == ("degraded", "replica_promoted")
+    assert shown["replication_lag_s"] is None
+
+
 def test_replica_behind_max_replica_lag_is_lagging(cluster, test_db_name):
     cluster.wait_for_replica()
     replica = psycopg.connect(cluster.replica.url(), autocommit=True)

@@ -50,10 +50,15 @@ def redact(message: str, conn_params: Mapping[str, Any], *, hosts: bool = False)
     names = _PASSWORD_PARAMS + _HOST_PARAMS if hosts else _PASSWORD_PARAMS
     for name in names:
         value = conn_params.get(name)
-        if isinstance(value, str) and value:
+        if not isinstance(value, str):
+            continue
+        # libpq takes a comma-separated list of hosts (and addresses); a message
+        # names one of them. A password may hold a comma: it is hidden whole.
+        parts = value.split(",") if name in _HOST_PARAMS else [value]
+        for part in filter(None, parts):
             # Whole words only, so that a short host such as "db" is hidden without
             # mangling the words around it.
-            pattern = rf"(?<![\w.-]){re.escape(value)}(?![\w.-])"
+            pattern = rf"(?<![\w.-]){re.escape(part)}(?![\w.-])"
             message = re.sub(pattern, "***", message)
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return " ".join(lines) or "the server refused or did not answer"

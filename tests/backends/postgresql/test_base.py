@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import OperationalError, connection, connections
+from django.db import InternalError, OperationalError, connection, connections
 
-from django_poolconf import PoolTimeout, engines, get_engine
+from django_poolconf import PoolTimeout, ReadOnlyServer, engines, get_engine
 from django_poolconf.backends.postgresql.redact import redact
 from django_poolconf.signals import physical_connection_created
 from tests.conftest import server_pids, wsgi_get
@@ -349,6 +349,27 @@ def test_read_only_transaction_of_the_application_keeps_the_pool(get):
     assert get("/item/").json()["pid"] == before
 
 
+def test_read_only_transaction_of_the_application_is_not_a_read_only_server():
+    with pytest.raises(InternalError) as failed, connection.cursor() as cursor:
+        cursor.execute(
+            "SET TRANSACTION READ ONLY; INSERT INTO testapp_item (name) VALUES ('x')"
+        )
+
+    assert not isinstance(failed.value, ReadOnlyServer)
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_a_write_on_a_replica_alias_is_not_a_read_only_server():
+    replica = connections["replica"]
+    try:
+        with pytest.raises(InternalError) as failed, replica.cursor() as cursor:
+            cursor.execute("INSERT INTO testapp_item (name) VALUES ('x')")
+    finally:
+        replica.close()
+
+    assert not isinstance(failed.value, ReadOnlyServer)
+
+
 @pytest.mark.parametrize(
     ("message", "params", "expected"),
     [
@@ -376,6 +397,12 @@ def test_read_only_transaction_of_the_application_keeps_the_pool(get):
             'FATAL:  database "shopdb" does not exist',
             {"dbname": "shopdb", "host": "shop", "user": "db"},
             'FATAL:  database "shopdb" does not exist',
+        ),
+        (
+            # libpq's multi-host HOST: each host is hidden.
+            "failed to resolve host 'db2.internal': [Errno -2] Name or service not known",
+            {"host": "db1.internal,db2.internal", "port": "5432,5433"},
+            "failed to resolve host '***': [Errno -2] Name or service not known",
         ),
     ],
 )
