@@ -11,9 +11,11 @@ __all__ = [
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "TooManyRequests",
     "database_from_url",
     "databases_from_env",
     "dispose_all",
+    "drain",
     "get_async_engine",
     "get_engine",
     "pool_stats",
@@ -27,9 +29,15 @@ if TYPE_CHECKING:
         PoolClosed,
         PoolError,
         PoolTimeout,
+        TooManyRequests,
     )
     from django_poolconf.monitoring import pool_stats, pool_stats_all
-    from django_poolconf.pool.registry import dispose_all, get_async_engine, get_engine
+    from django_poolconf.pool.registry import (
+        dispose_all,
+        drain,
+        get_async_engine,
+        get_engine,
+    )
 
 # Imported on first use, so that `import django_poolconf` in a settings module (for
 # databases_from_env) does not import Django's database layer or SQLAlchemy.
@@ -37,12 +45,14 @@ _LAZY = {
     "database_from_url": "django_poolconf.database_url",
     "databases_from_env": "django_poolconf.database_url",
     "dispose_all": "django_poolconf.pool.registry",
+    "drain": "django_poolconf.pool.registry",
     "get_async_engine": "django_poolconf.pool.registry",
     "get_engine": "django_poolconf.pool.registry",
     "ConnectionFailed": "django_poolconf.errors",
     "PoolClosed": "django_poolconf.errors",
     "PoolError": "django_poolconf.errors",
     "PoolTimeout": "django_poolconf.errors",
+    "TooManyRequests": "django_poolconf.errors",
     "pool_stats": "django_poolconf.monitoring",
     "pool_stats_all": "django_poolconf.monitoring",
 }

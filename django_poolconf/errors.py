@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from django.db.utils import OperationalError
 
-__all__ = ["ConnectionFailed", "PoolClosed", "PoolError", "PoolTimeout"]
+__all__ = [
+    "ConnectionFailed",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "TooManyRequests",
+]
 
 
 class PoolError(OperationalError):
@@ -19,6 +25,12 @@ class PoolError(OperationalError):
 
 class PoolTimeout(PoolError):
     """No connection became free in the pool within ``pool_timeout``."""
+
+    __module__ = "django_poolconf"
+
+
+class TooManyRequests(PoolTimeout):
+    """``max_waiting`` checkouts waited already: this one failed at once instead of waiting."""
 
     __module__ = "django_poolconf"
 

@@ -182,6 +182,7 @@ STATS_KEYS: Final = (
     "connections_invalidated",
     "checkouts",
     "checkout_timeouts",
+    "checkout_refusals",
     "recycled",
     "pre_pings",
     "pre_ping_failures",

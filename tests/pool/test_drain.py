@@ -42,10 +42,11 @@ def _wait_gone(admin: psycopg.Connection[Any], dbname: str, pids: set[int]) -> s
 
 def test_drain_closes_idle_and_parked_connections_now(admin, test_db_name, pool_options):
     pool_options(pool_size=3, max_overflow=0)
-    parked = wsgi_get("/item/").json()["pid"]  # parked with this thread
     with get_engine().connect() as one, get_engine().connect() as two:
         idle = {_pid(one), _pid(two)}  # then idle in the pool
+        parked = wsgi_get("/item/").json()["pid"]  # parked with this thread
     assert parked not in idle
+    assert len(registry.lender_of("default").parked) == 1  # type: ignore[union-attr]
     lender = registry.lender_of("default")
 
     drain("default")
