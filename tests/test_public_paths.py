@@ -82,4 +82,6 @@ def test_the_package_exports_each_public_name_from_its_home(name, home):
     import django_poolconf
 
     assert name in django_poolconf.__all__
-    assert getattr(django_poolconf, name) is getattr(importlib.import_module(home), name)
+    assert getattr(django_poolconf, name) is getattr(
+        importlib.import_module(home), name
+    )

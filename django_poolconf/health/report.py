@@ -67,7 +67,9 @@ class Target:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Target:
         """Describe the target of ``get_connection_params()``, with the password masked."""
-        password = str(params.get("password") or "")
+        given = params.get("password")
+        # A callable PASSWORD is not called here: it makes a password per connection.
+        password = given if isinstance(given, str) else ""
 
         def shown(value: object, default: str) -> str:
             text = str(value or default)
@@ -79,7 +81,7 @@ class Target:
             port=shown(params.get("port"), "5432"),
             dbname=shown(params.get("dbname"), ""),
             user=shown(params.get("user"), ""),
-            has_password=bool(password),
+            has_password=bool(given),
         )
 
     @property

@@ -158,9 +158,7 @@ def test_the_repr_shows_neither_the_callable_nor_what_it_was_built_with():
 ROLE = "poolconf_rotated"
 
 
-def _write_server_file(
-    admin: psycopg.Connection[Any], path: str, text: str
-) -> None:
+def _write_server_file(admin: psycopg.Connection[Any], path: str, text: str) -> None:
     # As the server's own user: its pg_hba.conf may not be ours to write.
     admin.execute(
         sql.SQL("COPY (SELECT unnest(string_to_array({}, E'\\n'))) TO {}").format(
@@ -302,10 +300,9 @@ def test_a_rotated_password_reaches_new_connections_and_drain_replaces_old_ones(
             cursor.execute("SELECT 1")
             assert cursor.fetchone() == (1,)
         deadline = time.monotonic() + 10
-        while (
-            {idle_pid, new_pid} & server_pids(admin, test_db_name)
-            and time.monotonic() < deadline
-        ):
+        while {idle_pid, new_pid} & server_pids(
+            admin, test_db_name
+        ) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert borrowed_pid in server_pids(admin, test_db_name)
         assert not {idle_pid, new_pid} & server_pids(admin, test_db_name)
@@ -414,4 +411,3 @@ def test_a_callable_password_connects_outside_the_pool_too(credentials):
     finally:
         other.close()
     assert calls == [1]
-

@@ -1004,8 +1004,7 @@ def test_connect_params_that_cannot_be_imported_is_e018(path, why):
         f"imported ({why})."
     )
     assert problem.hint == (
-        "Name a function (alias, params) -> params, e.g. "
-        "'myproject.db.connect_params'."
+        "Name a function (alias, params) -> params, e.g. 'myproject.db.connect_params'."
     )
 
 

@@ -40,7 +40,9 @@ def _wait_gone(admin: psycopg.Connection[Any], dbname: str, pids: set[int]) -> s
     return pids & server_pids(admin, dbname)
 
 
-def test_drain_closes_idle_and_parked_connections_now(admin, test_db_name, pool_options):
+def test_drain_closes_idle_and_parked_connections_now(
+    admin, test_db_name, pool_options
+):
     pool_options(pool_size=3, max_overflow=0)
     with get_engine().connect() as one, get_engine().connect() as two:
         idle = {_pid(one), _pid(two)}  # then idle in the pool
