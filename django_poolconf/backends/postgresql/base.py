@@ -22,6 +22,7 @@ from django_poolconf.backends.base import (
     PooledDatabaseWrapperMixin,
 )
 from django_poolconf.backends.credentials import password_callable
+from django_poolconf.backends.postgresql.client import DatabaseClient
 from django_poolconf.backends.postgresql.hooks import PostgresHooks
 from django_poolconf.backends.postgresql.session import (
     BAD_STATUS,
@@ -115,6 +116,7 @@ class DatabaseCreation(postgresql_creation.DatabaseCreation):
 class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrapper):
     """Django's PostgreSQL wrapper, with connections borrowed from a pool."""
 
+    client_class = DatabaseClient
     creation_class = DatabaseCreation
 
     _params_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
