@@ -68,7 +68,7 @@ class ConnectParams:
             parts.append("PASSWORD callable")
         if self.path is not None or self._function is not None:
             parts.append("connect_params")
-        return f"<ConnectParams of {self.alias!r}: {', '.join(parts) or 'none'}>"
+        return f"<ConnectParams of {self.alias!r}: {', '.join(parts) or 'nothing'}>"
 
     def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters of one new connection, made from ``params`` (not changed).

@@ -151,6 +151,12 @@ def test_the_repr_shows_neither_the_callable_nor_what_it_was_built_with():
 
     assert repr(resolve) == "<ConnectParams of 'default': PASSWORD callable>"
     assert SECRET not in repr(resolve) and SECRET not in str(resolve)
+    both = ConnectParams("default", password=token_fetcher, path="a.b")
+    assert (
+        repr(both) == "<ConnectParams of 'default': PASSWORD callable, connect_params>"
+    )
+    assert repr(ConnectParams("default")) == "<ConnectParams of 'default': nothing>"
+    assert not ConnectParams("default")
 
 
 # -- against the real primary: a password rotated while the pool lends ---------------

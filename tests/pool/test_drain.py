@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections, transaction
 
-from django_poolconf import drain, engines, get_engine, pool_stats
+from django_poolconf import drain, engines, get_async_engine, get_engine, pool_stats
 from django_poolconf.pool import registry
 from tests.conftest import server_pids, wsgi_get
 
@@ -141,3 +142,19 @@ def test_drain_of_an_alias_that_is_not_pooled_is_an_error():
         drain("plain")
     with pytest.raises(ImproperlyConfigured, match="DATABASES has no alias 'nope'"):
         drain("nope")
+
+
+def test_drain_closes_the_async_engine_s_idle_connections_too(admin, test_db_name):
+    engine = get_async_engine("default")
+
+    async def backend_pid() -> int:
+        async with engine.connect() as conn:
+            result = await conn.exec_driver_sql("SELECT pg_backend_pid()")
+            return int(result.scalar_one())
+
+    first = asyncio.run(backend_pid())  # then idle in the async pool
+
+    drain("default")
+
+    assert _wait_gone(admin, test_db_name, {first}) == set()
+    assert asyncio.run(backend_pid()) != first
