@@ -119,7 +119,7 @@ class CheckPolicy:
     def reset_returned(
         self, dbapi_connection: Any, record: ConnectionPoolEntry
     ) -> None:
-        """:meth:`check_in` without the counting: reset the connection (or close it, in a retired pool)."""
+        """:meth:`check_in` without the counting: reset the connection (close it, if its pool was disposed of or drained)."""
         life = self.life
         if life.retired:
             # Borrowed before the pool was disposed: close it, do not keep it.
