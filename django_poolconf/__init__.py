@@ -12,9 +12,11 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "ReadOnlyServer",
+    "TooManyRequests",
     "database_from_url",
     "databases_from_env",
     "dispose_all",
+    "drain",
     "get_async_engine",
     "get_engine",
     "pool_stats",
@@ -29,9 +31,15 @@ if TYPE_CHECKING:
         PoolError,
         PoolTimeout,
         ReadOnlyServer,
+        TooManyRequests,
     )
     from django_poolconf.monitoring import pool_stats, pool_stats_all
-    from django_poolconf.pool.registry import dispose_all, get_async_engine, get_engine
+    from django_poolconf.pool.registry import (
+        dispose_all,
+        drain,
+        get_async_engine,
+        get_engine,
+    )
 
 # Imported on first use, so that `import django_poolconf` in a settings module (for
 # databases_from_env) does not import Django's database layer or SQLAlchemy.
@@ -39,6 +47,7 @@ _LAZY = {
     "database_from_url": "django_poolconf.database_url",
     "databases_from_env": "django_poolconf.database_url",
     "dispose_all": "django_poolconf.pool.registry",
+    "drain": "django_poolconf.pool.registry",
     "get_async_engine": "django_poolconf.pool.registry",
     "get_engine": "django_poolconf.pool.registry",
     "ConnectionFailed": "django_poolconf.errors",
@@ -46,6 +55,7 @@ _LAZY = {
     "PoolError": "django_poolconf.errors",
     "PoolTimeout": "django_poolconf.errors",
     "ReadOnlyServer": "django_poolconf.errors",
+    "TooManyRequests": "django_poolconf.errors",
     "pool_stats": "django_poolconf.monitoring",
     "pool_stats_all": "django_poolconf.monitoring",
 }

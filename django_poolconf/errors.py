@@ -14,6 +14,7 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "ReadOnlyServer",
+    "TooManyRequests",
 ]
 
 
@@ -25,6 +26,12 @@ class PoolError(OperationalError):
 
 class PoolTimeout(PoolError):
     """No connection became free in the pool within ``pool_timeout``."""
+
+    __module__ = "django_poolconf"
+
+
+class TooManyRequests(PoolTimeout):
+    """``max_waiting`` checkouts waited already: this one failed at once instead of waiting."""
 
     __module__ = "django_poolconf"
 

@@ -48,6 +48,7 @@ COUNTERS: Final[dict[str, str]] = {
     "connections_invalidated": "Connections closed as unusable.",
     "checkouts": "Connections checked out.",
     "checkout_timeouts": "Checkouts that found no free connection within pool_timeout.",
+    "checkout_refusals": "Checkouts failed at once: max_waiting checkouts waited already.",
     "recycled": "Connections closed for age (pool_recycle).",
     "pre_pings": "Pings before handing out a connection.",
     "pre_ping_failures": "Pings that failed: the connection was replaced.",

@@ -45,6 +45,7 @@ class Counters:
     """
 
     __slots__ = (
+        "checkout_refusals",
         "checkout_timeouts",
         "checkouts",
         "connections_closed",
@@ -75,6 +76,7 @@ class Counters:
         self.connections_invalidated = 0
         self.checkouts = 0
         self.checkout_timeouts = 0
+        self.checkout_refusals = 0
         self.recycled = 0
         self.pre_pings = 0
         self.pre_ping_failures = 0
@@ -128,7 +130,8 @@ class PoolStats:
 
     Counters since the pool was created: ``connections_opened``,
     ``connections_closed``, ``connections_invalidated``, ``checkouts``,
-    ``checkout_timeouts``, ``recycled`` (closed for age, ``pool_recycle``),
+    ``checkout_timeouts``, ``checkout_refusals`` (failed at once: ``max_waiting``
+    checkouts waited already), ``recycled`` (closed for age, ``pool_recycle``),
     ``pre_pings`` and ``pre_ping_failures``.
 
     Timings in milliseconds: ``wait_ms_total`` and ``wait_ms_max`` (waiting for a
@@ -148,6 +151,7 @@ class PoolStats:
     connections_invalidated: int
     checkouts: int
     checkout_timeouts: int
+    checkout_refusals: int
     recycled: int
     pre_pings: int
     pre_ping_failures: int
@@ -181,6 +185,7 @@ def snapshot(
             counters.connections_invalidated,
             counters.checkouts,
             counters.checkout_timeouts,
+            counters.checkout_refusals,
             counters.recycled,
             counters.pre_pings,
             counters.pre_ping_failures,

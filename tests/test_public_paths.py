@@ -67,3 +67,21 @@ def test_old_path_gives_the_object_of_its_new_home(old, new, names):
     before, after = importlib.import_module(old), importlib.import_module(new)
     for name in names:
         assert getattr(before, name) is getattr(after, name), name
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("drain", "django_poolconf.pool.registry"),
+        ("TooManyRequests", "django_poolconf.errors"),
+        ("PoolTimeout", "django_poolconf.errors"),
+        ("dispose_all", "django_poolconf.pool.registry"),
+    ],
+)
+def test_the_package_exports_each_public_name_from_its_home(name, home):
+    import django_poolconf
+
+    assert name in django_poolconf.__all__
+    assert getattr(django_poolconf, name) is getattr(
+        importlib.import_module(home), name
+    )

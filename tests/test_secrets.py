@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import io
 import logging
 import socket
 from collections.abc import Iterator
@@ -16,9 +18,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.core.management import call_command
 from django.db import OperationalError, connection, connections
 
 from django_poolconf import (
+    drain,
     engines,
     get_async_engine,
     get_engine,
@@ -27,6 +31,7 @@ from django_poolconf import (
     probes,
     replicas,
 )
+from django_poolconf.backends.credentials import ConnectParams
 from django_poolconf.health import check_health, runner
 from django_poolconf.pool import registry
 from django_poolconf.redaction import Secret, fingerprint
@@ -61,6 +66,8 @@ def known_password() -> Iterator[None]:
 def _children(obj: Any) -> list[Any]:
     if isinstance(obj, str | bytes | int | float | bool | Secret) or obj is None:
         return []  # a Secret keeps the password for connecting: its repr hides it
+    if isinstance(obj, ConnectParams):
+        return []  # it keeps the credentials callable for connecting: its repr hides it
     if isinstance(obj, dict):
         return [*obj.keys(), *obj.values()]
     if isinstance(obj, list | tuple | set | frozenset):
@@ -187,6 +194,52 @@ def test_no_object_or_log_line_of_the_package_shows_the_password(get, caplog):
     assert leaks == [], "\n".join(leaks)
     logged = _log_texts(caplog.records)
     assert any("disposed pool" in line for line in logged)  # the logs were captured
+    assert [line for line in logged if PASSWORD in line] == []
+
+
+def test_a_callable_password_shows_in_no_object_log_line_or_output(get, caplog):
+    _debug_logs(caplog)
+    # The worst case: a callable whose own repr shows the secret.
+    token = functools.partial(str, PASSWORD)
+    assert PASSWORD in repr(token)
+    connections.close_all()
+    engines.dispose_all()
+    connections.settings["default"]["PASSWORD"] = token
+    assert get("/item/").status == 200
+    engine = get_engine("default")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    entry = registry._registry["default"]
+    report = check_health(["default"], timeout=5, max_age=0, server_view=True)
+    out = io.StringIO()
+    call_command("poolstatus", "--database", "default", stdout=out)
+    as_json = io.StringIO()
+    call_command("poolstatus", "--database", "default", "--json", stdout=as_json)
+    drain("default")
+
+    def failing() -> str:
+        raise RuntimeError("sealed")
+
+    failed = ConnectParams("default", password=failing)
+    with pytest.raises(OperationalError) as raised:
+        failed({})
+
+    objects = {
+        "registry entry": entry,
+        "lender": entry.lender,
+        "hooks": entry.hooks,
+        "engine": engine,
+        "health report": report,
+        "probes": dict(runner._probes),
+        "credentials": entry.hooks.credentials,
+        "credentials failure": raised.value,
+    }
+    leaks = _leaks(objects, PASSWORD)
+    assert leaks == [], "\n".join(leaks)
+    assert PASSWORD not in out.getvalue() and PASSWORD not in as_json.getvalue()
+    assert ":***@" in out.getvalue()  # the password is there, masked
+    logged = _log_texts(caplog.records)
+    assert any("drained pool" in line for line in logged)  # the logs were captured
     assert [line for line in logged if PASSWORD in line] == []
 
 

@@ -47,6 +47,7 @@ HIGHEST = {
     "read_timeout": DAY,
     "leak_detection_threshold": YEAR,
     "slow_checkout_ms": HOUR * 1000,
+    "max_waiting": 1_000_000,
 }
 LOWEST = {
     "pool_size": 1,
@@ -60,6 +61,7 @@ LOWEST = {
     "read_timeout": 1,
     "leak_detection_threshold": 0.001,
     "slow_checkout_ms": 0,
+    "max_waiting": 0,
 }
 
 

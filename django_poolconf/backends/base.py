@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.signals import connection_created
 from django.db.utils import DatabaseErrorWrapper, ProgrammingError
@@ -32,6 +33,7 @@ from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 from sqlalchemy import exc as sa_exc
 
+from django_poolconf.backends.credentials import ConnectParams, password_callable
 from django_poolconf.backends.scope import CheckoutScopeMixin
 from django_poolconf.conf.pool import PoolSettings, pool_settings
 from django_poolconf.conf.rules import get_poolconf
@@ -330,6 +332,21 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
             self.connection = None  # the setter checks the parked one in
             return
         super().close()  # type: ignore[misc]
+
+    def credentials_for(self, conn_params: dict[str, Any]) -> ConnectParams:
+        """What makes a new connection's credentials: a callable ``PASSWORD``, ``connect_params``.
+
+        Call the result with ``conn_params`` for each new physical connection (it is
+        falsy when there is nothing to call). An alias whose pool options are
+        invalid has no ``connect_params`` here: connecting reports the error.
+        """
+        try:
+            path = self.get_pool_settings().connect_params
+        except ImproperlyConfigured:
+            path = None
+        return ConnectParams(
+            self.alias, password=password_callable(conn_params), path=path
+        )
 
     # -- vendor hooks ------------------------------------------------------------
 

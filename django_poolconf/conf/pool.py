@@ -28,6 +28,7 @@ from django_poolconf.conf.rules import (
     Problem,
     Rule,
     boolean,
+    callable_path,
     choice,
     get_poolconf,
     integer,
@@ -85,6 +86,8 @@ class PoolSettings:
     checkout_scope: CheckoutScope = "request"  # or held only while it works
     leak_detection_threshold: float | None = None  # seconds held before a warning
     slow_checkout_ms: float | None = None  # milliseconds waited before a warning
+    max_waiting: int = 0  # checkouts that may wait at once; 0 = no limit
+    connect_params: str | None = None  # dotted path: (alias, params) -> params
     replica_of: str | None = field(default=None)
 
     @property
@@ -336,6 +339,8 @@ def _check_pool_dict(
 
 #: The most connections ``pool_size``, and ``max_overflow``, may each ask of one process.
 MAX_CONNECTIONS: Final = 10_000
+#: The most checkouts ``max_waiting`` may let wait at once in one process.
+MAX_WAITING: Final = 1_000_000
 #: PostgreSQL's own limit: statement_timeout is a 32-bit integer of milliseconds.
 MAX_STATEMENT_TIMEOUT_MS: Final = 2_147_483_647
 
@@ -358,6 +363,8 @@ _RULES: Final[Mapping[str, Rule]] = {
     "slow_checkout_ms": number(
         0, LONGEST_WAIT_S * 1000, optional=True, unit="milliseconds"
     ),
+    "max_waiting": integer(0, MAX_WAITING),
+    "connect_params": callable_path("(alias, params) -> params"),
 }
 assert set(_RULES) == set(POOL_KEYS), "every POOL key needs a rule"
 

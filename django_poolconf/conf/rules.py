@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.db.utils import load_backend
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 
 __all__ = [
     "DAY_S",
@@ -33,6 +34,7 @@ __all__ = [
     "SHORTEST_S",
     "YEAR_S",
     "boolean",
+    "callable_path",
     "choice",
     "example",
     "get_poolconf",
@@ -185,6 +187,38 @@ def boolean(where: str, key: str, value: object) -> Problem | None:
     return type_problem(where, key, value, "True or False", False)
 
 
+def callable_path(signature: str) -> Rule:
+    """A rule for a dotted path to a callable, or ``None``; E018 when it cannot be imported.
+
+    The module is imported (as Django's checks import middleware): a typo is
+    reported by ``manage.py check``, not by the first connection.
+    """
+
+    def rule(where: str, key: str, value: object) -> Problem | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            return type_problem(where, key, value, "a dotted path to a callable", True)
+        hint = f"Name a function {signature}, e.g. {example(key)}."
+        try:
+            target = import_string(value)
+        except Exception as error:  # noqa: BLE001 - any failure of the user's module
+            return Problem(
+                "E018",
+                f"{where} {value!r} cannot be imported ({type(error).__name__}).",
+                hint=hint,
+            )
+        if not callable(target):
+            return Problem(
+                "E018",
+                f"{where} {value!r} is not callable ({type(target).__name__}).",
+                hint=hint,
+            )
+        return None
+
+    return rule
+
+
 def choice(choices: tuple[str, ...]) -> Rule:
     """A rule for one of ``choices``; E004 suggests the nearest."""
 
@@ -243,6 +277,8 @@ EXAMPLES: Final[Mapping[str, str]] = {
     "leak_detection_threshold": "60",
     "slow_checkout_ms": "500",
     "thread_affinity": "True",
+    "max_waiting": "100",
+    "connect_params": "'myproject.db.connect_params'",
     "PIN_SECONDS": "5",
     "CAUSAL": "True",
     "MAX_REPLICA_LAG": "5",

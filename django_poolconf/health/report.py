@@ -78,7 +78,9 @@ class Target:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Target:
         """Describe the target of ``get_connection_params()``, with the password masked."""
-        password = str(params.get("password") or "")
+        given = params.get("password")
+        # A callable PASSWORD is not called here: it makes a password per connection.
+        password = given if isinstance(given, str) else ""
 
         def shown(value: object, default: str) -> str:
             text = str(value or default)
@@ -90,7 +92,7 @@ class Target:
             port=shown(params.get("port"), "5432"),
             dbname=shown(params.get("dbname"), ""),
             user=shown(params.get("user"), ""),
-            has_password=bool(password),
+            has_password=bool(given),
         )
 
     @property
@@ -193,6 +195,7 @@ STATS_KEYS: Final = (
     "connections_invalidated",
     "checkouts",
     "checkout_timeouts",
+    "checkout_refusals",
     "recycled",
     "pre_pings",
     "pre_ping_failures",

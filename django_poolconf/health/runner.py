@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
@@ -158,7 +158,15 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
         # An idle connection costs no connect. If another thread takes it first, the
         # probe opens its own rather than wait for the pool.
         lender = None
-    check.future = _probe(alias, params, lender, deadline, max_age, server_view)
+    check.future = _probe(
+        alias,
+        params,
+        lender,
+        deadline,
+        max_age,
+        server_view,
+        wrapper.credentials_for(params) or None,
+    )
     return check
 
 
@@ -280,6 +288,7 @@ def _probe(
     deadline: float,
     max_age: float,
     server_view: bool,
+    credentials: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
 ) -> Future[ProbeResult]:
     key = _fingerprint(params)
     with _lock:
@@ -303,7 +312,7 @@ def _probe(
         _probes[alias] = _Probe(key, server_view, future)
     thread = threading.Thread(
         target=_run_probe,
-        args=(future, alias, params, lender, deadline, server_view),
+        args=(future, alias, params, lender, deadline, server_view, credentials),
         name=f"django_poolconf health {alias}",
         daemon=True,  # a hung server must not hold up the interpreter's exit
     )
@@ -318,13 +327,22 @@ def _run_probe(
     lender: Lender | None,
     deadline: float,
     server_view: bool,
+    credentials: Callable[[Mapping[str, Any]], dict[str, Any]] | None,
 ) -> None:
     future.set_running_or_notify_cancel()
     try:
         if lender is not None:
-            result = probe_pooled(lender, params, deadline, server_view=server_view)
+            result = probe_pooled(
+                lender,
+                params,
+                deadline,
+                server_view=server_view,
+                credentials=credentials,
+            )
         else:
-            result = probe_server(params, deadline, server_view=server_view)
+            result = probe_server(
+                params, deadline, server_view=server_view, credentials=credentials
+            )
     except Exception as error:
         logger.exception("health probe of %r failed", alias)
         result = ProbeResult(

@@ -85,7 +85,11 @@ class Lender(CheckPolicy):
         self.engine = engine
         # The pool's idle, waiting and parked records and its counters, under one lock.
         self.state: PoolState[_ConnectionRecord] = PoolState(
-            settings.pool_size, settings.max_overflow, life, self.counters
+            settings.pool_size,
+            settings.max_overflow,
+            life,
+            self.counters,
+            settings.max_waiting,
         )
         # Django's loans, with the thread that borrowed (None for a connection object
         # shared between threads): whoever pops a loan's entry, its owner closing it,
@@ -271,6 +275,8 @@ class Lender(CheckPolicy):
     def _wait_in_line(self, began: float) -> _ConnectionRecord | Outcome:
         state = self.state
         ticket = state.join(began)
+        if ticket is None:
+            raise self._refused()
         try:
             return state.wait(ticket, began + self.settings.pool_timeout, self._tidy)
         except LineTimeout:
@@ -403,19 +409,20 @@ class Lender(CheckPolicy):
         finally:
             self._hand_over(record)
 
-    def close_idle(self) -> None:
-        """Close this process's idle and parked connections: the pool is being disposed of.
+    def close_idle(self) -> int:
+        """Close this process's idle and parked connections (disposed of, or drained); return how many.
 
         The owners of parked ones find them gone and borrow anew.
         """
         if self.pid != os.getpid():
-            return
+            return 0
         records = self.state.take_all()
         try:
             for record in records:
                 record.close()
         finally:
             self.state.closed(len(records))
+        return len(records)
 
     def _close_retired(self, record: _ConnectionRecord) -> None:
         """Close an entry of a disposed pool, and give its place back."""

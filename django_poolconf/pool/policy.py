@@ -17,8 +17,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from django_poolconf import leaks
 from django_poolconf.conf.pool import PoolSettings
-from django_poolconf.errors import PoolClosed
+from django_poolconf.errors import PoolClosed, TooManyRequests
 from django_poolconf.leaks import Held
+from django_poolconf.pool import sqla
 from django_poolconf.pool.hooks import (
     INFO_BORROWED_AT,
     INFO_FRESH,
@@ -118,10 +119,15 @@ class CheckPolicy:
     def reset_returned(
         self, dbapi_connection: Any, record: ConnectionPoolEntry
     ) -> None:
-        """:meth:`check_in` without the counting: reset the connection (or close it, in a retired pool)."""
-        if self.life.retired:
+        """:meth:`check_in` without the counting: reset the connection (close it, if its pool was disposed of or drained)."""
+        life = self.life
+        if life.retired:
             # Borrowed before the pool was disposed: close it, do not keep it.
             record.invalidate(Invalidation("its pool was disposed of", quiet=True))
+            return
+        if life.drained_at and sqla.opened_by(record, life.drained_at):
+            # Borrowed through a drain: its borrower is done, nobody else gets it.
+            record.invalidate(Invalidation("its pool was drained", quiet=True))
             return
         info = record.info
         if self.hooks.reset(dbapi_connection, self.policy):
@@ -156,4 +162,16 @@ class CheckPolicy:
         return PoolClosed(
             f"This engine of {self.alias!r} was disposed (its connection "
             "parameters changed, or dispose_all() ran). Call get_engine() again."
+        )
+
+    def _refused(self) -> TooManyRequests:
+        """The error of a checkout refused a place in line (``max_waiting``); counted."""
+        self.counters.add("checkout_refusals")
+        settings = self.settings
+        waiting = settings.max_waiting
+        return TooManyRequests(
+            f"No connection for {self.alias!r}: {waiting} "
+            f"{'checkout waits' if waiting == 1 else 'checkouts wait'} already "
+            f"(max_waiting={waiting}, pool_size={settings.pool_size}, "
+            f"max_overflow={settings.max_overflow})."
         )

@@ -22,6 +22,7 @@ from django.db import DEFAULT_DB_ALIAS
 
 from django_poolconf import compat, leaks, process, stats
 from django_poolconf.conf.pool import PoolSettings
+from django_poolconf.pool.drain import drain_lender
 from django_poolconf.pool.hooks import ConnectionHooks
 from django_poolconf.pool.lender import Lender
 from django_poolconf.pool.listeners import listen
@@ -38,6 +39,7 @@ __all__ = [
     "all_stats",
     "dispose",
     "dispose_all",
+    "drain",
     "get_async_engine",
     "get_engine",
     "histogram_of",
@@ -213,6 +215,38 @@ def dispose_all() -> None:
         _registry.clear()
     for alias, entry in entries:  # outside the lock, as in dispose()
         _dispose_entry(alias, entry)
+
+
+def drain(alias: str = DEFAULT_DB_ALIAS) -> None:
+    """Replace every connection of ``alias``'s pool in this process, gracefully.
+
+    Idle and parked connections are closed now; a connection borrowed now stays
+    with its borrower, whose transaction is not interrupted, and is closed when it
+    is returned, never lent again. The pool keeps lending: later checkouts get new
+    connections, opened with the connection parameters of now (a rotated password
+    from a callable ``PASSWORD``, say). Unlike :func:`dispose`, the engine stays
+    valid and its counters go on. A process that has no pool for ``alias`` yet has
+    nothing to drain. The pool of :func:`get_async_engine` is replaced too: its
+    idle connections are closed (from a thread without a running event loop), and
+    its borrowed ones are dropped with its old pool when returned.
+
+    :raises ImproperlyConfigured: if ``alias`` is not in ``DATABASES`` or does not use
+        a django-poolconf backend.
+    """
+    _pooled_wrapper(alias)
+    entry = _registry.get(alias)
+    if entry is None or entry.pid != os.getpid():
+        return
+    # Outside the registry's lock: closing connections logs and sends signals.
+    closed = drain_lender(entry.lender)
+    if entry.async_engine is not None:
+        _dispose_async(entry.async_engine)
+    logger.info(
+        "drained pool for %r: closed %d idle connections; borrowed ones close "
+        "when returned",
+        alias,
+        closed,
+    )
 
 
 def _dispose_entry(alias: str, entry: _Registered) -> None:

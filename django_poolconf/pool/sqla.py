@@ -36,6 +36,8 @@ __all__ = [
     "due_for_replacement",
     "invalidate_older",
     "missing_internals",
+    "opened_by",
+    "replace_opened_by",
 ]
 
 #: Defined on ``Pool`` and called by SQLAlchemy: :class:`LendingPool` implements the
@@ -78,6 +80,17 @@ def invalidate_older(pool: Any, record: ConnectionPoolEntry) -> bool:
     return False
 
 
+def replace_opened_by(pool: Any, when: float) -> None:
+    """Have every connection opened by ``when`` (:func:`time.time`) replaced at its next checkout."""
+    if pool._invalidate_time < when:
+        pool._invalidate_time = when
+
+
+def opened_by(record: ConnectionPoolEntry, when: float) -> bool:
+    """Whether ``record``'s connection was opened by ``when`` (:func:`time.time`)."""
+    return bool(record.starttime <= when)  # type: ignore[attr-defined]
+
+
 def age(pool: Any, record: ConnectionPoolEntry, seconds: float) -> None:
     """Date ``record``'s opening ``seconds`` earlier, for ``pool_recycle``.
 
@@ -117,8 +130,8 @@ class Lending(Protocol):
     def return_record(self, record: ConnectionPoolEntry) -> None:
         """Take in a record checked in through the pool: hand it over, keep it, or close it."""
 
-    def close_idle(self) -> None:
-        """Close this process's idle and parked connections: the pool is being disposed of."""
+    def close_idle(self) -> int:
+        """Close this process's idle and parked connections; return how many."""
 
 
 class LendingPool(Pool):

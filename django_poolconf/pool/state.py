@@ -62,12 +62,18 @@ PARKED: Final = Outcome("PARKED")
 
 
 class Life:
-    """Whether an engine was retired by a dispose: read on every checkout and return."""
+    """Whether an engine was retired by a dispose, and when it was last drained.
 
-    __slots__ = ("retired",)
+    Read on every checkout and return. ``drained_at`` is wall-clock seconds
+    (:func:`time.time`, as SQLAlchemy dates a connection's opening): a connection
+    opened by then is closed when it is returned.
+    """
+
+    __slots__ = ("drained_at", "retired")
 
     def __init__(self) -> None:
         self.retired = False
+        self.drained_at = 0.0
 
 
 class PoolState(Generic[R]):
@@ -86,6 +92,7 @@ class PoolState(Generic[R]):
         "line",
         "lock",
         "max_overflow",
+        "max_waiting",
         "overflow",
         "parked",
         "pool_size",
@@ -97,9 +104,11 @@ class PoolState(Generic[R]):
         max_overflow: int,
         life: Life | None = None,
         counters: Counters | None = None,
+        max_waiting: int = 0,
     ) -> None:
         self.pool_size = pool_size
         self.max_overflow = max_overflow
+        self.max_waiting = max_waiting  # 0: any number may wait
         self.life = Life() if life is None else life
         self.counters = Counters() if counters is None else counters
         self._start()
@@ -151,9 +160,15 @@ class PoolState(Generic[R]):
                 return self.idle.pop()
             return self.parked.steal_oldest() if self.parked else None
 
-    def join(self, began: float) -> Ticket[R | Outcome]:
-        """A place in the line for a checkout that began at ``began`` (monotonic seconds)."""
-        return self.line.join(began)
+    def join(self, began: float) -> Ticket[R | Outcome] | None:
+        """A place in the line for a checkout that began at ``began`` (monotonic seconds).
+
+        None when ``max_waiting`` checkouts wait already: fail this one at once.
+        """
+        with self.lock:
+            if self.max_waiting and len(self.line) >= self.max_waiting:
+                return None
+            return self.line.join(began)
 
     def wait(
         self,

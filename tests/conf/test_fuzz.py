@@ -72,6 +72,8 @@ POOL_RANGES = {
     "thread_affinity": Other(),
     "leak_detection_threshold": Num(0.001, YEAR, optional=True),
     "slow_checkout_ms": Num(0, 3_600_000, optional=True),
+    "max_waiting": Int(0, 1_000_000),
+    "connect_params": Other(),
 }
 ROUTER_RANGES = {
     "BALANCE": Other(),

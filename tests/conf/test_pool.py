@@ -32,7 +32,8 @@ VALID_KEYS = (
     "Valid keys are 'pool_size', 'max_overflow', 'pool_timeout', 'pool_recycle', "
     "'pool_pre_ping', 'pre_ping_threshold', 'validation_timeout', 'connect_timeout', "
     "'statement_timeout', 'read_timeout', 'reset_on_return', 'thread_affinity', "
-    "'checkout_scope', 'leak_detection_threshold', 'slow_checkout_ms'."
+    "'checkout_scope', 'leak_detection_threshold', 'slow_checkout_ms', "
+    "'max_waiting', 'connect_params'."
 )
 PRESET_CHOICES = (
     "'development', 'small_api', 'high_traffic', 'background_worker', 'auto'"
@@ -122,6 +123,8 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         "checkout_scope",
         "leak_detection_threshold",
         "slow_checkout_ms",
+        "max_waiting",
+        "connect_params",
     )
 
 
@@ -151,6 +154,10 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         ("reset_on_return", "auto"),
         ("reset_on_return", "rollback"),
         ("reset_on_return", "full"),
+        ("max_waiting", 0),
+        ("max_waiting", 200),
+        ("connect_params", None),
+        ("connect_params", "tests.backends.test_credentials.vault_params"),
     ],
 )
 def test_good_value_is_accepted(key, value):
@@ -967,3 +974,63 @@ def test_multi_host_with_ports_and_target_session_attrs_is_accepted():
 
     assert problems == []
     assert result is not None
+
+
+# max_waiting and connect_params
+
+
+def test_max_waiting_defaults_to_0_unbounded():
+    assert pool_settings("default", pooled(), poolconf={}).max_waiting == 0
+
+
+def test_negative_max_waiting_is_e004():
+    problem = only_problem(with_pool(max_waiting=-1))
+
+    assert problem.id == "E004"
+    assert problem.msg == (
+        "DATABASES['default']['POOL']['max_waiting'] must be an integer from 0 to "
+        "1000000, got -1."
+    )
+
+
+def test_connect_params_must_be_a_dotted_path():
+    problem = only_problem(with_pool(connect_params=print))
+
+    assert problem.id == "E003"
+    assert problem.msg.startswith(
+        "DATABASES['default']['POOL']['connect_params'] must be a dotted path to a "
+        "callable or None, got <built-in function print> (builtin_function_or_method)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("tests.backends.no_such_module.params", "ModuleNotFoundError"),
+        ("tests.backends.test_credentials.no_such_name", "ImportError"),
+        ("noperiod", "ImportError"),
+    ],
+)
+def test_connect_params_that_cannot_be_imported_is_e018(path, why):
+    problem = only_problem(with_pool(connect_params=path))
+
+    assert problem.id == "E018"
+    assert problem.msg == (
+        f"DATABASES['default']['POOL']['connect_params'] {path!r} cannot be "
+        f"imported ({why})."
+    )
+    assert problem.hint == (
+        "Name a function (alias, params) -> params, e.g. 'myproject.db.connect_params'."
+    )
+
+
+def test_connect_params_that_is_not_callable_is_e018():
+    problem = only_problem(
+        with_pool(connect_params="tests.backends.test_credentials.NOT_CALLABLE")
+    )
+
+    assert problem.id == "E018"
+    assert problem.msg == (
+        "DATABASES['default']['POOL']['connect_params'] "
+        "'tests.backends.test_credentials.NOT_CALLABLE' is not callable (str)."
+    )

@@ -10,10 +10,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from django.db import connection, connections, transaction
+from django.db import OperationalError, connection, connections, transaction
 from django.db.backends.signals import connection_created
 
-from django_poolconf import PoolTimeout, engines, get_engine, pool_stats
+from django_poolconf import (
+    PoolTimeout,
+    TooManyRequests,
+    engines,
+    get_engine,
+    pool_stats,
+)
 from tests.conftest import server_pids, wsgi_get
 from tests.pool.test_registry import _in_child
 
@@ -357,3 +363,84 @@ def test_engine_dispose_keeps_the_budget_and_replaces_what_was_borrowed(
     while pid in server_pids(admin, test_db_name) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert pid not in server_pids(admin, test_db_name)
+
+
+# -- max_waiting ---------------------------------------------------------------------
+
+
+def test_a_checkout_beyond_max_waiting_fails_at_once_and_the_line_is_served(
+    pool_options,
+):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=20, max_waiting=1)
+    connection.ensure_connection()  # the only connection, borrowed
+    served: list[float] = []
+
+    def wait_in_line() -> None:
+        began = time.monotonic()
+        with get_engine().connect() as sa_connection:
+            sa_connection.exec_driver_sql("SELECT 1")
+        served.append(time.monotonic() - began)
+
+    waiter = threading.Thread(target=wait_in_line)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not _lender().line and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_lender().line) == 1
+
+    refused: list[BaseException] = []
+
+    def django_checkout() -> None:
+        try:
+            connections["default"].ensure_connection()
+        except BaseException as error:  # noqa: BLE001 - inspected below
+            refused.append(error)
+        finally:
+            connections["default"].close()
+
+    began = time.monotonic()
+    _in_thread(django_checkout)  # a Django checkout: refused, not queued
+    with pytest.raises(TooManyRequests) as sqlalchemy_refused:
+        get_engine().connect()  # SQLAlchemy code's too
+    assert time.monotonic() - began < 10  # at once: not after pool_timeout
+
+    [error] = refused
+    assert isinstance(error, TooManyRequests)
+    assert isinstance(error, PoolTimeout)
+    assert isinstance(error, OperationalError)
+    message = (
+        "No connection for 'default': 1 checkout waits already "
+        "(max_waiting=1, pool_size=1, max_overflow=0)."
+    )
+    assert str(error) == message
+    assert str(sqlalchemy_refused.value) == message
+    assert pool_stats("default").checkout_refusals == 2
+
+    connection.close()  # the one in line is served
+    waiter.join(10)
+    assert len(served) == 1
+    assert pool_stats("default").waiting == 0
+
+
+def test_max_waiting_0_queues_every_checkout(pool_options):
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=20, max_waiting=0)
+    connection.ensure_connection()
+    done: list[int] = []
+
+    def wait_in_line() -> None:
+        with get_engine().connect() as sa_connection:
+            done.append(sa_connection.exec_driver_sql("SELECT 1").scalar())
+
+    waiters = [threading.Thread(target=wait_in_line) for _ in range(4)]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 10
+    while len(_lender().line) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool_stats("default").waiting == 4
+
+    connection.close()
+    for waiter in waiters:
+        waiter.join(20)
+    assert done == [1, 1, 1, 1]
+    assert pool_stats("default").checkout_refusals == 0

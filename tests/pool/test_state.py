@@ -302,3 +302,26 @@ def test_concurrent_checkouts_and_checkins_keep_the_numbers(threads):
     pool_size, idle, checked_out, overflow, waiting = state.numbers()
     assert (checked_out, waiting) == (0, 0)
     assert idle == pool_size + overflow <= 2  # never more idle than pool_size
+
+
+# -- max_waiting -------------------------------------------------------------------
+
+
+def test_a_checkout_beyond_max_waiting_gets_no_place_in_line():
+    state: PoolState[str] = PoolState(1, 0, max_waiting=2)
+    assert state.checkout() is OPEN
+    first = state.join(time.monotonic())
+    second = state.join(time.monotonic())
+
+    assert first is not None and second is not None
+    assert state.join(time.monotonic()) is None
+    assert state.numbers()[4] == 2
+    state.line.leave(first)  # one gave up: room in line for another
+    assert state.join(time.monotonic()) is not None
+
+
+def test_max_waiting_0_lets_any_number_wait():
+    state: PoolState[str] = PoolState(1, 0, max_waiting=0)
+    assert state.checkout() is OPEN
+    assert all(state.join(time.monotonic()) is not None for _ in range(50))
+    assert state.numbers()[4] == 50

@@ -21,6 +21,8 @@ from django_poolconf.backends.base import (
     READ_ONLY,
     PooledDatabaseWrapperMixin,
 )
+from django_poolconf.backends.credentials import password_callable
+from django_poolconf.backends.postgresql.client import DatabaseClient
 from django_poolconf.backends.postgresql.hooks import PostgresHooks
 from django_poolconf.backends.postgresql.session import (
     BAD_STATUS,
@@ -115,6 +117,7 @@ class DatabaseCreation(postgresql_creation.DatabaseCreation):
 class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrapper):
     """Django's PostgreSQL wrapper, with connections borrowed from a pool."""
 
+    client_class = DatabaseClient
     creation_class = DatabaseCreation
 
     _params_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
@@ -126,7 +129,10 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
                 # Django before 5.1 hands OPTIONS["pool"] to psycopg: a plain
                 # connection is what False asks for.
                 del params["pool"]
-            return params
+            # Outside our pool Django connects with these as they are: a callable
+            # PASSWORD is called here, once per connect (or once for Django's pool).
+            credentials = self.credentials_for(params)
+            return credentials(params) if credentials else params
         settings_dict = self.settings_dict
         # Django rebuilds the parameters on every connect; they only change when these
         # do, so the steady state reuses them.
@@ -166,7 +172,13 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        if not self.is_pooled or self._connecting_unpooled:
+        if not self.is_pooled:
+            return super().get_new_connection(conn_params)
+        if self._connecting_unpooled:
+            # A copy with settings of its own, outside the pool: a new connection.
+            credentials = self.credentials_for(conn_params)
+            if credentials:
+                conn_params = credentials(conn_params)
             return super().get_new_connection(conn_params)
         # Django's get_new_connection() also sets self.isolation_level; the pool's
         # hooks apply the level to each new driver connection.
@@ -189,6 +201,9 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         return (
             # The password hashed: the fingerprint is kept in the pool's registry.
             fingerprint(conn_params),
+            # A callable PASSWORD by identity: what it returns may change (a rotated
+            # secret) without making this another pool.
+            id(password_callable(conn_params)),
             id(conn_params.get("context")),
             conn_params.get("cursor_factory"),
             self.settings_dict["OPTIONS"].get("isolation_level"),
@@ -205,6 +220,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             conn_params,
             None if level is None else self._configured_isolation_level(),
             read_timeout=self.get_pool_settings().read_timeout,
+            credentials=self.credentials_for(conn_params) or None,
         )
 
     def classify_error(self, error: BaseException) -> str | None:

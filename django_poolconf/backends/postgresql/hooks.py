@@ -10,6 +10,7 @@ import psycopg
 from psycopg import pq
 
 from django_poolconf import process
+from django_poolconf.backends.credentials import ConnectParams, password_callable
 from django_poolconf.backends.postgresql.redact import describe_target, redact
 from django_poolconf.backends.postgresql.session import (
     BAD_STATUS,
@@ -41,10 +42,15 @@ class PostgresHooks:
         isolation_level: Any,
         *,
         read_timeout: float | None = None,
+        credentials: ConnectParams | None = None,
     ) -> None:
         self.alias = alias
         self.read_timeout = read_timeout
         params = dict(conn_params)
+        # A callable PASSWORD and connect_params, called for each new connection.
+        self.credentials = credentials
+        if password_callable(params) is not None:
+            del params["password"]
         # Kept apart, in a form no repr shows; revealed only to connect.
         self.secrets = {
             key: Secret(str(params.pop(key)))
@@ -57,14 +63,20 @@ class PostgresHooks:
     def _revealed(self) -> dict[str, Any]:
         return {key: secret.reveal() for key, secret in self.secrets.items()}
 
+    def _params(self) -> dict[str, Any]:
+        """The parameters of one new connection, secrets revealed (and made, if code makes them)."""
+        params = {**self.conn_params, **self._revealed()}
+        credentials = self.credentials
+        return params if credentials is None else credentials(params)
+
     def connect(self) -> PooledConnection:
+        params = self._params()
         try:
-            connection = PooledConnection.connect(
-                **self.conn_params, **self._revealed()
-            )
+            connection = PooledConnection.connect(**params)
         except psycopg.OperationalError as error:
-            failure = str(error)
+            failure = self._connect_failed(str(error), params)
         else:
+            del params  # no frame of ours keeps the password
             connection.named_cursors = []
             connection.generation = process.GENERATION.value
             connection.read_timeout = self.read_timeout
@@ -76,15 +88,17 @@ class PostgresHooks:
             connection.baseline_sql = RESET_SQL
             return connection
         # Raised outside the except block, so that the driver's message (which names
-        # the host and port) is not kept as the exception's __context__ either.
-        raise self._connect_failed(failure)
+        # the host and port) is not kept as the exception's __context__ either; and
+        # with no local of this frame holding the password, for error trackers.
+        del params
+        raise failure
 
-    def _connect_failed(self, failure: str) -> ConnectionFailed:
+    def _connect_failed(self, failure: str, params: dict[str, Any]) -> ConnectionFailed:
         # As Django's own backend does, the error names the server tried: an operator
         # must see which one failed. Only the password is taken out.
         return ConnectionFailed(
             f"Could not open a connection for {self.alias!r} "
-            f"({describe_target(self.conn_params)}): {redact(failure, self._revealed())}"
+            f"({describe_target(params)}): {redact(failure, params)}"
         )
 
     def closed_while_idle(self, dbapi_connection: PooledConnection) -> bool:
@@ -202,11 +216,12 @@ class PostgresHooks:
         # Django's adapters and cursor classes are for synchronous connections.
         params = {
             key: value
-            for key, value in self.conn_params.items()
+            for key, value in self._params().items()
             if key not in {"context", "cursor_factory"}
         }
         try:
-            return await psycopg.AsyncConnection.connect(**params, **self._revealed())
+            return await psycopg.AsyncConnection.connect(**params)
         except psycopg.OperationalError as error:
-            failure = str(error)
-        raise self._connect_failed(failure)
+            failure = self._connect_failed(str(error), params)
+        del params
+        raise failure

@@ -15,7 +15,7 @@ import math
 import re
 import select
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import psycopg
@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from django_poolconf.backends.postgresql.redact import redact
 from django_poolconf.backends.postgresql.replication import STATUS_SQL
 from django_poolconf.backends.probes import Failure, ProbeResult, ServerView
-from django_poolconf.errors import PoolError
+from django_poolconf.errors import ConnectionFailed, PoolError
 from django_poolconf.pool.lender import Lender
 
 __all__ = ["MIN_CONNECT_TIMEOUT_S", "probe_pooled", "probe_server"]
@@ -59,7 +59,11 @@ class _Timeout(Exception):
 
 
 def probe_server(
-    params: Mapping[str, Any], deadline: float, *, server_view: bool = False
+    params: Mapping[str, Any],
+    deadline: float,
+    *,
+    server_view: bool = False,
+    credentials: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
 ) -> ProbeResult:
     """Probe with a connection of its own, opened for this probe and always closed.
 
@@ -68,6 +72,12 @@ def probe_server(
     whole seconds and at least 2, so connecting may outlast a shorter deadline:
     callers wait for the result with their own timeout.
     """
+    if credentials:
+        # A new connection: the alias's credentials callables make its parameters.
+        try:
+            params = credentials(params)
+        except ConnectionFailed as error:
+            return _failed("unreachable", str(error))
     kwargs = {
         key: value
         for key, value in params.items()
@@ -99,6 +109,7 @@ def probe_pooled(
     deadline: float,
     *,
     server_view: bool = False,
+    credentials: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
 ) -> ProbeResult:
     """Probe with an idle connection of the alias's pool, and give it back.
 
@@ -115,7 +126,9 @@ def probe_pooled(
             return _failed("timeout", None)  # its check ran out of time: closed
         return _failed("unreachable", _safe_error(error, params))
     if record is None:
-        return probe_server(params, deadline, server_view=server_view)
+        return probe_server(
+            params, deadline, server_view=server_view, credentials=credentials
+        )
     if time.monotonic() >= deadline:
         # Its check took the time (a ping): the query could not be waited for, and
         # a connection left mid-query would have to be closed.

@@ -17,6 +17,7 @@ from django_poolconf.health import (
     DEGRADED,
     HEALTHY,
     UNHEALTHY,
+    AliasHealth,
     HealthReport,
     check_health,
     pooled_aliases,
@@ -192,7 +193,7 @@ class Command(BaseCommand):
 def _pools_table(report: HealthReport, style: Any) -> str:
     header = (
         "ALIAS", "ROLE", "SERVER", "POOL_SIZE", "MAX_OVERFLOW", "TIMEOUT", "RECYCLE",
-        "IN", "OUT", "OVERFLOW", "HEALTH", "LATENCY", "LAG", "BREAKER",
+        "IN", "OUT", "OVERFLOW", "WAITING", "HEALTH", "LATENCY", "LAG", "BREAKER",
     )  # fmt: skip
     rows = [header]
     for h in report.databases:
@@ -213,6 +214,7 @@ def _pools_table(report: HealthReport, style: Any) -> str:
                 str(h.checked_in),
                 str(h.checked_out),
                 str(h.overflow),
+                _waiting(h),
                 h.status if h.reason is None else f"{h.status} ({h.reason})",
                 "-" if h.latency_ms is None else f"{h.latency_ms:.2f} ms",
                 "-" if h.replication_lag_s is None else f"{h.replication_lag_s:g} s",
@@ -227,6 +229,15 @@ def _pools_table(report: HealthReport, style: Any) -> str:
         for h, line in zip(report.databases, lines[1:], strict=True)
     ]
     return "\n".join([styles[report.status](title), *body])
+
+
+def _waiting(health: AliasHealth) -> str:
+    """Checkouts waiting now, and ``max_waiting`` when it bounds them: ``2/10``."""
+    waiting = 0 if health.stats is None else health.stats.waiting
+    settings = health.settings
+    if settings is None or not settings.max_waiting:
+        return str(waiting)
+    return f"{waiting}/{settings.max_waiting}"
 
 
 def _server_views(report: HealthReport) -> str:

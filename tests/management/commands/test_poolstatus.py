@@ -62,20 +62,30 @@ def test_table_shows_each_pool_its_settings_numbers_and_health(cluster, test_db_
     header = next(line for line in lines if line.startswith("ALIAS"))
     assert header.split() == [
         "ALIAS", "ROLE", "SERVER", "POOL_SIZE", "MAX_OVERFLOW", "TIMEOUT", "RECYCLE",
-        "IN", "OUT", "OVERFLOW", "HEALTH", "LATENCY", "LAG", "BREAKER",
+        "IN", "OUT", "OVERFLOW", "WAITING", "HEALTH", "LATENCY", "LAG", "BREAKER",
     ]  # fmt: skip
     default = next(line for line in lines if line.startswith("default "))
     replica = next(line for line in lines if line.startswith("replica "))
     server = f"postgres@127.0.0.1:{cluster.primary.port}/{test_db_name}"
-    assert default.split()[:14] == [
+    assert default.split()[:15] == [
         "default", "primary", server, "4", "4", "10", "s", "3600", "s", "1", "0", "-3",
-        "healthy", default.split()[13],
+        "0", "healthy", default.split()[14],
     ]  # fmt: skip
-    assert default.split()[14] == "ms"
+    assert default.split()[15] == "ms"
     assert replica.split()[:2] == ["replica", "replica"]
     assert "healthy" in replica.split()
     assert "0 s" in replica  # replication lag
     assert not any(line.startswith("plain") for line in lines)  # not pooled
+
+
+def test_table_shows_the_checkouts_waiting_and_max_waiting(pool_options):
+    pool_options(max_waiting=25)
+    wsgi_get("/item/")
+
+    lines = poolstatus().splitlines()
+
+    default = next(line for line in lines if line.startswith("default "))
+    assert default.split()[12] == "0/25"  # WAITING: none of at most 25
 
 
 def test_server_view_counts_connections_by_application_name(cluster, test_db_name):
