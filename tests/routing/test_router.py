@@ -357,7 +357,10 @@ def test_replica_lost_during_a_request_sends_its_next_reads_to_the_primary(
             connections["replica"].cursor() as cursor,
             pytest.raises(OperationalError),
         ):
-            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            # Not a SELECT: it is not retried (see tests/routing/test_retry.py).
+            cursor.execute(
+                "DO $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); END $$"
+            )
         after = server()
 
     assert after["in_recovery"] is False
@@ -786,9 +789,8 @@ def test_raw_write_before_any_routed_query_of_a_thread_is_seen(routing, caught_u
 
 
 @pytest.mark.slow
-def test_replica_crash_under_load_fails_only_reads_in_flight(
-    routing, cluster, caught_up
-):
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_replica_stopped_under_load_fails_no_read(routing, cluster, caught_up, mode):
     routing()
     stop = threading.Event()
     # (began, ended, status, served by the replica)
@@ -815,9 +817,7 @@ def test_replica_crash_under_load_fails_only_reads_in_flight(
     try:
         time.sleep(0.5)
         crashed = time.monotonic()
-        cluster.replica.stop(mode="immediate")
-        # pg_ctl has returned: the server is gone, so a read that begins now
-        # is not in flight and must be served (by the primary).
+        cluster.replica.stop(mode=mode)
         stopped = time.monotonic()
         time.sleep(2)
     finally:
@@ -838,12 +838,9 @@ def test_replica_crash_under_load_fails_only_reads_in_flight(
         for began, ended, status, _ in results
         if status != 200
     ]
-    # At most one read in flight per thread when the server died; none after.
-    assert len(failed) <= len(threads), failed
-    assert all(began < stopped - crashed for began, _, _ in failed), (
-        round(stopped - crashed, 3),
-        failed,
-    )
+    # The reads in flight on the replica when it stopped were retried on the primary.
+    assert failed == []
+    assert any(on for began, _, _, on in results if began < crashed)
     assert any(
         on is False for began, _, _, on in results if stopped < began < restarted
     )
