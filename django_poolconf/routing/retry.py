@@ -87,10 +87,8 @@ def _fallback(wrapper: Any, sql: Any, many: bool) -> Any:
         _PLAIN_READS
     ):
         return None
-    primary = wrapper.get_pool_settings().replica_of
-    if primary is None:
-        return None
-    fallback = connections[primary]
+    # Every alias the router picks as a replica has a primary.
+    fallback = connections[wrapper.get_pool_settings().replica_of]
     if fallback.in_atomic_block:
         return None
     return fallback
@@ -104,7 +102,7 @@ def _move(context: Any, wrapper: Any, fallback: Any, error: BaseException) -> bo
         in_autocommit = fallback.get_autocommit()
     except DatabaseError as fallback_error:
         logger.warning(
-            "read on replica %r failed (%s); not retried: no connection for %r (%s)",
+            "read on replica %r failed (%s); not retried on %r: %s",
             wrapper.alias,
             replicas.describe_error(error),
             fallback.alias,

@@ -7,6 +7,7 @@ the caller, runs once more on the replica's primary. Nothing else is retried.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from django.db import OperationalError, connections, transaction
 
-from django_poolconf import replicas
+from django_poolconf import get_engine, replicas
 from django_poolconf.routers import routing_scope, use_replica
 from tests.routing.conftest import admin_connection, wait_until
 from tests.routing_urls import server
@@ -106,7 +107,7 @@ def _retry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
-        if record.levelno == logging.WARNING and "retried on" in record.getMessage()
+        if record.levelno == logging.WARNING and "; retried on" in record.getMessage()
     ]
 
 
@@ -252,3 +253,44 @@ def test_statement_that_is_not_a_plain_select_is_not_retried(
     assert _retry_warnings(caplog) == []
     # The lost connection still opens the breaker.
     assert replicas.replica_states()["replica"].breaker != "closed"
+
+
+@pytest.mark.parametrize("transaction_on_the_primary", ["atomic", "autocommit_off"])
+def test_read_is_not_retried_into_a_transaction_on_the_primary(
+    routing, caught_up, caplog, transaction_on_the_primary
+):
+    routing()
+    primary = connections["default"]
+    with routing_scope(), contextlib.ExitStack() as stack:
+        if transaction_on_the_primary == "atomic":
+            stack.enter_context(transaction.atomic(using="default"))
+        else:
+            primary.set_autocommit(False)
+            stack.callback(primary.set_autocommit, True)
+            stack.callback(primary.rollback)
+        with use_replica():
+            assert server()["in_recovery"] is True
+            _terminate_idle_replica_connection()
+            with pytest.raises(OperationalError, match="administrator command"):
+                server()
+
+    assert _retry_warnings(caplog) == []
+
+
+def test_read_is_not_retried_when_the_primary_has_no_free_connection(
+    routing, caught_up, pool_options, caplog
+):
+    routing()
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=0.1)
+    with get_engine("default").connect(), routing_scope():
+        assert server()["in_recovery"] is True
+        _terminate_idle_replica_connection()
+        with pytest.raises(OperationalError, match="administrator command"):
+            server()
+
+    assert _retry_warnings(caplog) == []
+    assert (
+        "read on replica 'replica' failed (AdminShutdown (SQLSTATE 57P01)); not "
+        "retried on 'default': No connection for 'default' within 0.1 s "
+        "(pool_size=1, max_overflow=0)."
+    ) in caplog.text

@@ -840,7 +840,7 @@ def test_replica_stopped_under_load_fails_no_read(
         for began, ended, status, _ in results
         if status != 200
     ]
-    retried = sum("retried on" in record.getMessage() for record in caplog.records)
+    retried = sum("; retried on" in record.getMessage() for record in caplog.records)
     print(
         f"MEASURED replica stopped ({mode}) under 8 threads: {len(results)} reads, "
         f"{retried} retried on the primary, {len(failed)} failed"
