@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connections, transaction
+from django.db import OperationalError, ProgrammingError, connections, transaction
 
 from django_poolconf import get_engine, replicas
 from django_poolconf.routers import routing_scope, use_replica
@@ -294,3 +294,16 @@ def test_read_is_not_retried_when_the_primary_has_no_free_connection(
         "retried on 'default': No connection for 'default' within 0.1 s "
         "(pool_size=1, max_overflow=0)."
     ) in caplog.text
+
+
+def test_error_of_the_statement_itself_is_not_retried_and_keeps_the_breaker_closed(
+    routing, caught_up, caplog
+):
+    routing()
+    with routing_scope():
+        assert server()["in_recovery"] is True
+        with pytest.raises(ProgrammingError):
+            next(iter(Item.objects.raw("SELECT 0 AS id FROM no_such_table")))
+
+    assert _retry_warnings(caplog) == []
+    assert replicas.replica_states()["replica"].breaker == "closed"
