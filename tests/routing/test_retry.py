@@ -307,3 +307,20 @@ def test_error_of_the_statement_itself_is_not_retried_and_keeps_the_breaker_clos
 
     assert _retry_warnings(caplog) == []
     assert replicas.replica_states()["replica"].breaker == "closed"
+
+
+def test_recovery_conflict_inside_atomic_on_the_replica_is_not_retried(
+    routing, caught_up, no_standby_delay, caplog
+):
+    routing()
+    with routing_scope():
+        assert server()["in_recovery"] is True
+        locker = _when_running("conflict-in-atomic", _lock_on_the_primary)
+        with (
+            pytest.raises(OperationalError, match="conflict with recovery"),
+            transaction.atomic(using="replica"),
+        ):
+            _read("conflict-in-atomic")
+        locker.join()
+
+    assert _retry_warnings(caplog) == []
