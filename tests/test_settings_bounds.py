@@ -26,7 +26,7 @@ from django_poolconf.health import check_health, runner
 from django_poolconf.routing import middleware, replicas
 from django_poolconf.routing.scope import Scope
 from tests.conftest import wsgi_get
-from tests.routing.test_router import FAST, MIDDLEWARE, ROUTER, Browser
+from tests.routing.conftest import FAST, MIDDLEWARE, ROUTER, Browser
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 

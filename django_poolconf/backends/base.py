@@ -49,7 +49,12 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool.base import _ConnectionRecord
 
-__all__ = ["DISCONNECT", "READ_ONLY", "PooledDatabaseWrapperMixin"]
+__all__ = [
+    "DISCONNECT",
+    "READ_ONLY",
+    "RECOVERY_CONFLICT",
+    "PooledDatabaseWrapperMixin",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,9 @@ logger = logging.getLogger(__name__)
 DISCONNECT: Final = "disconnect"  # the connection is gone: replace older ones too
 READ_ONLY: Final = "read_only"  # a write reached a read-only server
 UNUSABLE: Final = "unusable"  # it failed Django's health check (CONN_HEALTH_CHECKS)
+#: Returned by ``classify_read_failure()``: a standby cancelled the statement to replay
+#: WAL; the connection itself is fine.
+RECOVERY_CONFLICT: Final = "recovery_conflict"
 
 
 class _PoolErrorWrapper(DatabaseErrorWrapper):
@@ -364,6 +372,23 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
 
     def connection_is_broken(self, dbapi_connection: Any) -> bool:
         """Whether a driver connection must be closed rather than pooled (no round trip)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def classify_read_failure(self, error: BaseException) -> str | None:
+        """Why a statement that failed here, before returning a row, could run elsewhere.
+
+        :data:`DISCONNECT` when the connection is gone, :data:`RECOVERY_CONFLICT`
+        when a standby cancelled the statement to replay WAL, else ``None``. Called
+        with the driver's error, after Django's error wrapper has seen it.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    def cursor_like(self, cursor: Any) -> Any:
+        """A new cursor of this connection, of the kind of another connection's driver ``cursor``.
+
+        A server-side (named) cursor gets one, as ``chunked_cursor()`` makes them;
+        any other cursor, a plain one. Connects first if needed.
+        """
         raise NotImplementedError  # pragma: no cover
 
     # -- the engine ----------------------------------------------------------------

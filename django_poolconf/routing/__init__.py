@@ -3,6 +3,8 @@
 * :mod:`~django_poolconf.routing.scope`: the routing state of a request or task, and
   :func:`~django_poolconf.routing.scope.use_primary`, ``use_replica``, ``routing_scope``;
 * :mod:`~django_poolconf.routing.replicas`: each replica's circuit breaker and lag;
+* :mod:`~django_poolconf.routing.retry`: reads retried on the primary when their
+  replica fails under them;
 * :mod:`~django_poolconf.routing.router`: :class:`~django_poolconf.routers.ReadWriteRouter`;
 * :mod:`~django_poolconf.routing.middleware`: :class:`~django_poolconf.middleware.ReadWriteMiddleware`.
 

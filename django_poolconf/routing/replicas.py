@@ -31,7 +31,13 @@ from django_poolconf import conf, process
 from django_poolconf.backends.postgresql.replication import STATUS_SQL
 from django_poolconf.errors import PoolError
 
-__all__ = ["BreakerState", "ReplicaState", "replica_states", "reset"]
+__all__ = [
+    "BreakerState",
+    "ReplicaState",
+    "describe_error",
+    "replica_states",
+    "reset",
+]
 
 # The name the module had before routing/ became a package: LOGGING configurations name it.
 logger = logging.getLogger("django_poolconf.replicas")
@@ -174,7 +180,7 @@ def record_failure(alias: str, error: BaseException) -> None:
         replica = _replicas.setdefault(alias, _Replica(alias))
         if replica.breaker != CLOSED:
             return
-        delay = _open(replica, _describe(error), settings)
+        delay = _open(replica, describe_error(error), settings)
         _start_monitor()
         _cond.notify()
     logger.warning(
@@ -203,7 +209,8 @@ def _settings() -> conf.RouterSettings:
         return conf.RouterSettings()
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """What a log line or ``last_error`` may say of a failure: no host, port or password."""
     # Our own messages are redacted; a driver's may name the server, so only its
     # class and SQLSTATE are kept.
     if isinstance(error, PoolError):
@@ -370,7 +377,7 @@ def _check(replica: _Replica, generation: int) -> None:
             was = replica.breaker
             if was == OPEN:
                 return  # a failed read opened it meanwhile
-            delay = _open(replica, _describe(error), _settings())
+            delay = _open(replica, describe_error(error), _settings())
         if was == HALF_OPEN:
             logger.info(
                 "replica %r is still unreachable (%s); next probe in %.1f s",

@@ -28,12 +28,12 @@ from django.db.backends.signals import connection_created
 from django.db.models import Model
 from django.dispatch import receiver
 
-from django_poolconf.backends.base import DISCONNECT
 from django_poolconf.conf.replicas import Topology, topology
 from django_poolconf.conf.router import RouterSettings, router_settings
 from django_poolconf.engines import get_engine
 from django_poolconf.errors import PoolTimeout
 from django_poolconf.routing import replicas
+from django_poolconf.routing.retry import watch_replica
 from django_poolconf.routing.scope import (
     FORCED,
     PRIMARY,
@@ -244,7 +244,7 @@ def _reachable(alias: str) -> bool:
     The read would borrow it anyway: in the steady state this costs nothing more.
     """
     wrapper = connections[alias]
-    _watch(wrapper, _watch_replica)
+    _watch(wrapper, watch_replica)
     if _in_event_loop() or wrapper.connection is not None:
         # Django forbids connecting from async code; the breaker has the say there.
         return True
@@ -287,19 +287,6 @@ def _watch_primary(
     ):
         (SCOPE.get() or current_scope()).written.add(context["connection"].alias)
     return execute(sql, params, many, context)
-
-
-def _watch_replica(
-    execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
-) -> Any:
-    """Open a replica's breaker when its connection is lost in the middle of a scope."""
-    try:
-        return execute(sql, params, many, context)
-    except DatabaseError as error:
-        wrapper = context["connection"]
-        if wrapper.classify_error(error.__cause__ or error) == DISCONNECT:
-            replicas.record_failure(wrapper.alias, error)
-        raise
 
 
 @receiver(request_started)

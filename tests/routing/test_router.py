@@ -6,19 +6,15 @@ is true on the replica only.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
 from typing import Any
 
-import psycopg
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.contenttypes.models import ContentType
 from django.core import signing
-from django.core.handlers.wsgi import WSGIHandler
 from django.db import OperationalError, connections, transaction
 from django.http import HttpResponse
 from django.test import AsyncClient, RequestFactory, override_settings
@@ -32,175 +28,16 @@ from django_poolconf.routers import (
     use_primary,
     use_replica,
 )
-from django_poolconf.routing import router, scope
+from django_poolconf.routing import scope
 from tests.conftest import RESET_STATEMENTS
 from tests.measure import measured
+from tests.routing.conftest import ROUTER, Browser, Reply
+from tests.routing.conftest import admin_connection as _admin
+from tests.routing.conftest import wait_until as _wait_until
 from tests.routing_urls import server
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
-
-ROUTER = "django_poolconf.routers.ReadWriteRouter"
-MIDDLEWARE = "django_poolconf.middleware.ReadWriteMiddleware"
-# Short enough for tests; the defaults are 1 s, 30 s and 1 s.
-FAST = {"BACKOFF": 0.2, "MAX_BACKOFF": 1.0, "CHECK_INTERVAL": 0.1}
-DEADLINE_S = 30.0
-
-
-class Reply:
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def header(self, name: str) -> str | None:
-        values = [v for k, v in self.headers if k.lower() == name.lower()]
-        return values[-1] if values else None
-
-    def json(self) -> Any:
-        import json
-
-        return json.loads(self.body)
-
-
-class Browser:
-    """Whole WSGI request cycles, as a server runs them, with a cookie jar.
-
-    Unlike Django's test client, the connections go back to their pools at the end
-    of each request, as in production.
-    """
-
-    def __init__(self) -> None:
-        self.handler = WSGIHandler()
-        self.cookies: dict[str, str] = {}
-
-    def get(
-        self, path: str, *, headers: dict[str, str] | None = None, **query: str
-    ) -> Reply:
-        environ = RequestFactory().get(path, query, headers=headers).environ
-        if self.cookies:
-            environ["HTTP_COOKIE"] = "; ".join(
-                f"{k}={v}" for k, v in self.cookies.items()
-            )
-        statuses: list[str] = []
-        response_headers: list[tuple[str, str]] = []
-
-        def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
-            statuses.append(status)
-            response_headers.extend(headers)
-
-        result = self.handler(environ, start_response)
-        try:
-            body = b"".join(result)
-        finally:
-            result.close()  # sends request_finished: connections go back to the pools
-        for name, value in response_headers:
-            if name.lower() == "set-cookie":
-                cookie: SimpleCookie = SimpleCookie()
-                cookie.load(value)
-                for key, morsel in cookie.items():
-                    self.cookies[key] = morsel.value
-        return Reply(int(statuses[0].split()[0]), response_headers, body)
-
-
-@pytest.fixture(autouse=True)
-def fresh_state():
-    connections.close_all()
-    engines.dispose_all()
-    replicas.reset()
-    router._config = None
-    yield
-    replicas.reset()
-    connections.close_all()
-    router._config = None
-
-
-@pytest.fixture
-def routing() -> Iterator[Callable[..., Browser]]:
-    """Install the router and its middleware with ``POOLCONF["ROUTER"]`` options."""
-    with contextlib.ExitStack() as stack:
-
-        def use(**options: Any) -> Browser:
-            poolconf = {"ROUTER": {**FAST, **options}}
-            stack.enter_context(
-                override_settings(
-                    POOLCONF=poolconf,
-                    DATABASE_ROUTERS=[ROUTER],
-                    MIDDLEWARE=[MIDDLEWARE],
-                )
-            )
-            return Browser()
-
-        yield use
-
-
-def _admin(alias: str, dbname: str | None = None) -> psycopg.Connection[Any]:
-    """A plain connection to the alias's server, outside every pool."""
-    settings_dict = connections[alias].settings_dict
-    return psycopg.connect(
-        host=settings_dict["HOST"],
-        port=settings_dict["PORT"],
-        user=settings_dict["USER"],
-        dbname=dbname or settings_dict["NAME"],
-        autocommit=True,
-        connect_timeout=5,
-    )
-
-
-def _wait_until(condition: Callable[[], bool], what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > DEADLINE_S:
-            raise AssertionError(f"{what}: not within {DEADLINE_S} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
-@pytest.fixture
-def caught_up() -> Callable[[], None]:
-    """Wait until the replica has replayed everything committed on the primary."""
-
-    def wait() -> None:
-        with _admin("default", "postgres") as primary:
-            primary.execute("SET synchronous_commit = on")
-            primary.execute("SELECT pg_logical_emit_message(true, 'test', '')")
-            (target,) = primary.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
-        with _admin("replica", "postgres") as replica:
-            _wait_until(
-                lambda: replica.execute(
-                    "SELECT pg_last_wal_replay_lsn() >= %s", [target]
-                ).fetchone()[0],
-                "the replica did not catch up",
-            )
-
-    wait()
-    return wait
-
-
-class Replay:
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
-        self.connection = connection
-
-    def resume(self) -> None:
-        self.connection.execute("SELECT pg_wal_replay_resume()")
-
-    def has(self, name: str) -> bool:
-        """Whether the replica has replayed the insert of item ``name``."""
-        with _admin("replica") as replica:
-            return replica.execute(
-                "SELECT EXISTS (SELECT FROM testapp_item WHERE name = %s)", [name]
-            ).fetchone()[0]
-
-
-@pytest.fixture
-def paused_replay(caught_up) -> Iterator[Replay]:
-    """The replica, with its replay paused; resumed after the test, whatever happens."""
-    with _admin("replica", "postgres") as replica:
-        replica.execute("SELECT pg_wal_replay_pause()")
-        try:
-            yield Replay(replica)
-        finally:
-            replica.execute("SELECT pg_wal_replay_resume()")
 
 
 def _servers(replies: list[Reply]) -> list[bool]:
@@ -520,7 +357,10 @@ def test_replica_lost_during_a_request_sends_its_next_reads_to_the_primary(
             connections["replica"].cursor() as cursor,
             pytest.raises(OperationalError),
         ):
-            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            # Not a SELECT: it is not retried (see tests/routing/test_retry.py).
+            cursor.execute(
+                "DO $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); END $$"
+            )
         after = server()
 
     assert after["in_recovery"] is False
@@ -949,8 +789,9 @@ def test_raw_write_before_any_routed_query_of_a_thread_is_seen(routing, caught_u
 
 
 @pytest.mark.slow
-def test_replica_crash_under_load_fails_only_reads_in_flight(
-    routing, cluster, caught_up
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_replica_stopped_under_load_fails_no_read(
+    routing, cluster, caught_up, mode, caplog
 ):
     routing()
     stop = threading.Event()
@@ -978,9 +819,7 @@ def test_replica_crash_under_load_fails_only_reads_in_flight(
     try:
         time.sleep(0.5)
         crashed = time.monotonic()
-        cluster.replica.stop(mode="immediate")
-        # pg_ctl has returned: the server is gone, so a read that begins now
-        # is not in flight and must be served (by the primary).
+        cluster.replica.stop(mode=mode)
         stopped = time.monotonic()
         time.sleep(2)
     finally:
@@ -1001,12 +840,14 @@ def test_replica_crash_under_load_fails_only_reads_in_flight(
         for began, ended, status, _ in results
         if status != 200
     ]
-    # At most one read in flight per thread when the server died; none after.
-    assert len(failed) <= len(threads), failed
-    assert all(began < stopped - crashed for began, _, _ in failed), (
-        round(stopped - crashed, 3),
-        failed,
+    retried = sum("; retried on" in record.getMessage() for record in caplog.records)
+    print(
+        f"MEASURED replica stopped ({mode}) under 8 threads: {len(results)} reads, "
+        f"{retried} retried on the primary, {len(failed)} failed"
     )
+    # The reads in flight on the replica when it stopped were retried on the primary.
+    assert failed == []
+    assert any(on for began, _, _, on in results if began < crashed)
     assert any(
         on is False for began, _, _, on in results if stopped < began < restarted
     )

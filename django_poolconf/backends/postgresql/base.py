@@ -19,6 +19,7 @@ from django.db.backends.postgresql import creation as postgresql_creation
 from django_poolconf.backends.base import (
     DISCONNECT,
     READ_ONLY,
+    RECOVERY_CONFLICT,
     PooledDatabaseWrapperMixin,
 )
 from django_poolconf.backends.credentials import password_callable
@@ -26,6 +27,7 @@ from django_poolconf.backends.postgresql.client import DatabaseClient
 from django_poolconf.backends.postgresql.hooks import PostgresHooks
 from django_poolconf.backends.postgresql.session import (
     BAD_STATUS,
+    IDLE,
     PooledConnection,
     changes_session,
     note_baseline,
@@ -38,6 +40,11 @@ __all__ = ["DatabaseCreation", "DatabaseWrapper", "PooledConnection"]
 #: The server ended this session for its own idleness (idle_in_transaction_session_timeout,
 #: idle_session_timeout): the other connections are not concerned.
 _SESSION_TIMEOUTS: Final = frozenset({"25P03", "57P05"})
+#: A standby cancelled the statement to replay WAL (a recovery conflict): 40001 for
+#: most conflicts (a lock, a snapshot, a tablespace, a buffer pin), 40P01 for a
+#: buffer-pin deadlock with the startup process. A conflict with a database being
+#: dropped (57P04) ends the session instead, and counts as a disconnect.
+_RECOVERY_CONFLICTS: Final = frozenset({"40001", "40P01"})
 
 #: libpq options given to every pooled connection unless OPTIONS sets them. Without
 #: them, a connection whose peer vanished (a dropped packet, a stalled proxy) blocks
@@ -254,6 +261,24 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         ):
             return DISCONNECT
         return None
+
+    def classify_read_failure(self, error: BaseException) -> str | None:
+        if not isinstance(error, psycopg.Error):
+            return None
+        if error.sqlstate in _RECOVERY_CONFLICTS:
+            # Only a statement of its own (autocommit) may run alone elsewhere; in a
+            # transaction, the transaction failed, not just the statement.
+            connection = self.connection
+            if connection is not None and connection.pgconn.transaction_status == IDLE:
+                return RECOVERY_CONFLICT
+            return None
+        return DISCONNECT if self.classify_error(error) == DISCONNECT else None
+
+    def cursor_like(self, cursor: Any) -> Any:
+        # psycopg's server-side cursors have a name; its client-side ones, none.
+        if getattr(cursor, "name", None):
+            return self.chunked_cursor()
+        return self.cursor()
 
     def is_usable(self) -> bool:
         # Django 4.2's does not expect None: a connection given back to the pool
