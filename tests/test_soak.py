@@ -208,7 +208,9 @@ def test_soak_leaks_no_connection_stays_within_capacity_and_keeps_memory_flat(
     for pid in workers:
         allowed = max(RSS_GROWTH_KIB, rss_before[pid] * RSS_GROWTH_RATIO)
         assert growth[pid] < allowed, (pid, rss_before, rss_after)
-    for text in ("SIGKILL", "WORKER TIMEOUT", "Traceback", "leak"):
+    for text in ("SIGKILL", "WORKER TIMEOUT", "Traceback", "leak", "replacing"):
         assert text not in gunicorn_log, gunicorn_log
+    # One pool per worker, for the whole load.
+    assert gunicorn_log.count("created pool for 'default'") == WORKERS, gunicorn_log
     assert left == [], left
     assert unclean_closes(lines) == [], "\n".join(lines)
