@@ -34,7 +34,9 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 #: The example's pools: ``databases_from_env(pool_size=5, max_overflow=5)``.
 POOL_CAPACITY = 10
-#: What the server logs when a client goes away without closing its connection.
+#: What the server logs when a client goes away without closing its connection
+#: (the app's database logs DEBUG1 messages, where the first one is, outside a
+#: transaction).
 UNCLEAN_CLOSE = re.compile(
     r"unexpected EOF on client connection|could not receive data from client"
 )
@@ -141,6 +143,9 @@ def serve(
     """Serve the example project on a new database of ``server`` until the block ends."""
     database = f"http_{os.getpid()}_{time.monotonic_ns()}"
     admin.execute(f'CREATE DATABASE "{database}"')
+    # A client that goes away without PostgreSQL's Terminate message, outside a
+    # transaction, is logged at DEBUG1 only ("unexpected EOF on client connection").
+    admin.execute(f'ALTER DATABASE "{database}" SET log_min_messages = debug1')
     env = environment(server, database)
     migrate = subprocess.run(
         [sys.executable, "-m", "django", "migrate", "--verbosity", "0"],
@@ -257,3 +262,34 @@ def log_of_backends(
 
 def unclean_closes(lines: list[str]) -> list[str]:
     return [line for line in lines if UNCLEAN_CLOSE.search(line)]
+
+
+def open_client_ports(pids: list[int], server_port: int) -> set[int]:
+    """The local ports of the TCP connections to ``server_port`` that ``pids`` hold open.
+
+    Read from ``/proc``: the processes' socket descriptors, matched with the kernel's
+    table of TCP connections. A connection a process closed is not there, whatever
+    its backend on the server still does; the server's ``client_port`` of a backend
+    tells which connection it serves.
+    """
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            text = Path(f"/proc/{pids[0]}/net/{table}").read_text()
+            for line in text.splitlines()[1:]:
+                fields = line.split()
+                local, remote = fields[1], fields[2]
+                if (
+                    int(remote.rsplit(":", 1)[1], 16) == server_port
+                    and fields[9] in inodes
+                ):
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports

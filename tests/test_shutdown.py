@@ -73,6 +73,37 @@ def _complete_200(response: bytes) -> bool:
     return length is not None and int(length) == len(body)
 
 
+def _terminate_in_flight(
+    app: Gunicorn,
+    observer: psycopg.Connection[Any],
+    *,
+    requests: int,
+    hold_s: float,
+    running: int,
+) -> tuple[list[bytes], float]:
+    """SIGTERM to gunicorn while ``requests`` requests hold a connection ``hold_s`` each.
+
+    Sent once ``running`` of them run on the server. Returns what each request
+    received and how long gunicorn took to exit.
+    """
+    path = f"/pool/work?hold={hold_s}&on=primary"
+    with concurrent.futures.ThreadPoolExecutor(requests) as executor:
+        futures = [executor.submit(_request, app, path) for _ in range(requests)]
+        deadline = time.monotonic() + 30
+        while (
+            sum(
+                1
+                for _, _, state in app_backends(observer, app.database)
+                if state == "active"
+            )
+            < running
+        ):
+            assert time.monotonic() < deadline, app.output()
+            time.sleep(0.01)
+        stopped_in_s = app.terminate()
+        return [future.result(timeout=60) for future in futures], stopped_in_s
+
+
 def test_sigterm_with_requests_in_flight_finishes_them_and_closes_the_pools(
     cluster: EmbeddedCluster, observer: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
@@ -86,23 +117,9 @@ def test_sigterm_with_requests_in_flight_finishes_them_and_closes_the_pools(
         graceful_timeout=GRACEFUL_TIMEOUT_S,
     ) as app:
         workers = app.wait_for_workers()
-        path = f"/pool/work?hold={HOLD_S}&on=primary"
-        with concurrent.futures.ThreadPoolExecutor(REQUESTS) as executor:
-            futures = [executor.submit(_request, app, path) for _ in range(REQUESTS)]
-            # In flight: the server runs their sleeps.
-            deadline = time.monotonic() + 30
-            while (
-                sum(
-                    1
-                    for _, _, state in app_backends(observer, app.database)
-                    if state == "active"
-                )
-                < REQUESTS // 2
-            ):
-                assert time.monotonic() < deadline, app.output()
-                time.sleep(0.01)
-            stopped_in_s = app.terminate()
-            responses = [future.result(timeout=60) for future in futures]
+        responses, stopped_in_s = _terminate_in_flight(
+            app, observer, requests=REQUESTS, hold_s=HOLD_S, running=REQUESTS // 2
+        )
         output = app.output()
         left = wait_for_no_backend(observer, app.database)
         pids, lines = log_of_backends(server, app)
@@ -130,3 +147,35 @@ def test_sigterm_with_requests_in_flight_finishes_them_and_closes_the_pools(
     created = output.count("created pool for 'default'")
     assert created >= 1, output
     assert output.count("disposed pool for 'default'") == created, output
+
+
+def test_a_request_longer_than_the_graceful_timeout_is_cut_and_its_connection_with_it(
+    cluster: EmbeddedCluster, observer: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The limit of a graceful shutdown: a worker still busy after ``graceful_timeout``.
+
+    gunicorn kills it (SIGKILL), and no exit hook runs in a killed process: its
+    requests get no answer, and the server sees their connections end uncleanly.
+    """
+    server = cluster.primary
+    with serve(
+        server, observer, tmp_path, workers=1, threads=4, graceful_timeout=1
+    ) as app:
+        app.wait_for_workers()
+        responses, stopped_in_s = _terminate_in_flight(
+            app, observer, requests=4, hold_s=2, running=4
+        )
+        output = app.output()
+        left = wait_for_no_backend(observer, app.database)
+        pids, lines = log_of_backends(server, app)
+
+    print(
+        f"MEASURED shutdown past graceful_timeout=1: gunicorn exited {stopped_in_s:.2f} s"
+        f" after SIGTERM; {sum(map(_complete_200, responses))} of 4 requests of 2 s"
+        " answered"
+    )
+    assert responses == [b""] * 4, responses  # cut, before a byte of an answer
+    # Killed by the master (which logs no kill while it stops) before its exit hooks.
+    assert "disposed pool for 'default'" not in output, output
+    assert left == [], left  # the server ends the backends itself
+    assert unclean_closes(lines), "\n".join(lines)

@@ -988,9 +988,7 @@ def test_replica_crash_under_load_fails_only_reads_in_flight(
     restarted = time.monotonic()
     try:
         _wait_until(
-            lambda: any(
-                began > restarted and on for began, _, _, on in results[-50:]
-            ),
+            lambda: any(began > restarted and on for began, _, _, on in results[-50:]),
             "reads did not return to the replica",
         )
     finally:
