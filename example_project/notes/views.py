@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -100,7 +101,8 @@ def _pools() -> dict[str, Any]:
     The query runs through Django's connection for the alias, so ``checked_out``
     counts the connection this request holds; the request's end returns it.
     ``router`` says where this request's reads of notes go, and what the router knows
-    of each replica.
+    of each replica; ``process`` is the pid of the process that answered (one worker
+    of several under gunicorn: each has pools of its own).
     """
     live.history.start()
     read_from = Note.objects.all().db
@@ -128,6 +130,7 @@ def _pools() -> dict[str, Any]:
         "aliases": aliases,
         "router": {"read_from": read_from, "replicas": replicas},
         "answered_by": aliases[read_from]["server"],
+        "process": os.getpid(),
     }
 
 

@@ -12,6 +12,7 @@ from collections.abc import Hashable
 from typing import Any, Final
 
 import psycopg
+from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as postgresql_base
 from django.db.backends.postgresql import creation as postgresql_creation
@@ -128,6 +129,8 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
     creation_class = DatabaseCreation
 
     _params_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    #: The adapters map (``"context"``) of Django's own ``get_connection_params()``.
+    _django_context: object = None
 
     def get_connection_params(self) -> dict[str, Any]:
         if not self.is_pooled:
@@ -157,6 +160,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         if cached is not None and cached[0] == key:
             return cached[1]
         params = super().get_connection_params()
+        self._django_context = params.get("context")
         settings = self.get_pool_settings()
         params.setdefault(
             "connect_timeout", max(2, math.ceil(settings.connect_timeout))
@@ -211,7 +215,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             # A callable PASSWORD by identity: what it returns may change (a rotated
             # secret) without making this another pool.
             id(password_callable(conn_params)),
-            id(conn_params.get("context")),
+            self._context_key(conn_params.get("context")),
             conn_params.get("cursor_factory"),
             self.settings_dict["OPTIONS"].get("isolation_level"),
             # What Django's setup of a new connection reads besides the parameters.
@@ -219,6 +223,20 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             self.timezone_name,
             type(self),
         )
+
+    def _context_key(self, context: object) -> Hashable:
+        """What identifies the adapters map of the parameters.
+
+        Django's, by what Django builds it from: ``get_adapters_template()`` is an
+        ``lru_cache``, which gives a thread that calls it while another thread's first
+        call runs a map of its own, equal to the cached one. By identity, threads
+        that lost that race (gunicorn's, at a worker's first requests) fingerprinted
+        differently, and the pool was replaced at each change of thread. Another map
+        (a subclass's own), by identity.
+        """
+        if context is not None and context is self._django_context:
+            return ("django", django_settings.USE_TZ, self.timezone)
+        return id(context)
 
     def make_pool_hooks(self, conn_params: dict[str, Any]) -> PostgresHooks:
         level = self.settings_dict["OPTIONS"].get("isolation_level")

@@ -866,3 +866,35 @@ def test_forked_child_names_its_own_pid():
 
     assert parent == f"django_poolconf:default:{os.getpid()}"
     assert child_ok == 1
+
+
+def test_threads_given_equal_but_distinct_adapter_maps_share_one_pool():
+    """Django's ``get_adapters_template()`` is an ``lru_cache``: two threads that miss it
+    at once each get an ``AdaptersMap`` of their own (the cache keeps one, and returns
+    the other thread's own result). Found under gunicorn's threads by the soak test:
+    the pool was replaced at each change of thread, about 16 times a second, failing
+    requests with ``PoolClosed``.
+    """
+    from django.db.backends.postgresql.psycopg_any import get_adapters_template
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connection.close()
+    engine = get_engine("default")
+    # The next thread builds a map of its own, as a thread that loses that race does.
+    get_adapters_template.cache_clear()
+
+    def other_thread() -> None:
+        try:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT 1")
+        finally:
+            connections["default"].close()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    with connection.cursor() as cursor:  # this thread again, with its own map
+        cursor.execute("SELECT 1")
+
+    assert get_engine("default") is engine
