@@ -156,12 +156,16 @@ def _capacity_problem(plan: ServerCapacity) -> Problem:
     return Problem(
         "W004",
         f"The pools of {names} may open {plan.worst_case} connections to one server "
-        f"({plan.per_process} per process x {plan.workers} workers x {plan.hosts} "
-        f"hosts), more than the {plan.available} it allows (max_connections="
+        f"({plan.per_process} per process x {_count(plan.workers, 'worker')} x "
+        f"{_count(plan.hosts, 'host')}), more than the {plan.available} it allows (max_connections="
         f"{plan.max_connections} minus {plan.reserved_connections} reserved).",
         hint="Lower pool_size or max_overflow, run fewer workers, raise the server's "
         "max_connections, or put PgBouncer in front of it.",
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _recycle_problems(alias: str, health: AliasHealth) -> Iterable[Problem]:

@@ -60,7 +60,7 @@ def test_capacity_beyond_max_connections_warns_when_workers_are_known():
     assert ids(messages) == ["django_poolconf.W004"]
     assert messages[0].msg == (
         "The pools of 'default', 'analytics' may open 480 connections to one server "
-        "(16 per process x 30 workers x 1 hosts), more than the 197 it allows "
+        "(16 per process x 30 workers x 1 host), more than the 197 it allows "
         "(max_connections=200 minus 3 reserved)."
     )
 
