@@ -60,3 +60,21 @@ def test_example_project_shutdown_prints_no_sqlalchemy_pool_lines(
     assert "disposed pool for 'default'" in log, log
     for text in ("Pool disposed", "Pool recreating", "Checked out connections"):
         assert text not in log, log
+
+
+def test_live_chart_draws_a_line_at_its_top_inside_the_chart() -> None:
+    # The waiting line is 2 px wide: drawn at y = 0, half of it was clipped, and a
+    # pool whose waiters reached the chart's top showed no line at all.
+    import time as _time
+
+    from example_project.notes import live
+
+    now = int(_time.time())
+    seconds = [live.Second(now - 1, 8, 8), live.Second(now, 8, 8)]
+
+    drawn = live.chart(seconds, pool_size=4, capacity=8)
+
+    tops = [float(point.split(",")[1]) for point in drawn.waiting.split()]
+    assert tops and min(tops) >= 1.0, drawn.waiting
+    outs = [float(point.split(",")[1]) for point in drawn.area.split()]
+    assert min(outs) >= 1.0, drawn.area

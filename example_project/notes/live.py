@@ -30,6 +30,7 @@ BURST_HOLD_S: Final = 0.6
 BURST_TIMEOUT_S: Final = 15.0
 CHART_WIDTH: Final = 600
 CHART_HEIGHT: Final = 120
+LINE_WIDTH: Final = 2  # the waiting line's stroke, in the page's CSS
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def chart(seconds: list[Second], *, pool_size: int, capacity: int) -> Chart:
         return round(CHART_WIDTH - (now - second.at) * step, 1)
 
     def y(count: int) -> float:
-        return round(CHART_HEIGHT - count * CHART_HEIGHT / top, 1)
+        # The top count sits one line width below the edge, so its line shows whole.
+        return round(CHART_HEIGHT - count * (CHART_HEIGHT - LINE_WIDTH) / top, 1)
 
     points = [f"{x(s)},{y(s.checked_out)}" for s in seconds]
     area = ""
