@@ -76,5 +76,5 @@ def test_live_chart_draws_a_line_at_its_top_inside_the_chart() -> None:
 
     tops = [float(point.split(",")[1]) for point in drawn.waiting.split()]
     assert tops and min(tops) >= 1.0, drawn.waiting
-    outs = [float(point.split(",")[1]) for point in drawn.area.split()]
-    assert min(outs) >= 1.0, drawn.area
+    outs = [float(point.split(",")[1]) for point in drawn.checked_out.split()]
+    assert min(outs) >= 1.0, drawn.checked_out

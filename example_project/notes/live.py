@@ -110,7 +110,7 @@ class Chart:
 
     width: int
     height: int
-    top: int  # the count drawn at the top edge
+    top: int  # the count drawn at the top (one line width below the edge)
     checked_out: str  # the area's polygon points
     waiting: str  # the line's polyline points
     rules: tuple[
