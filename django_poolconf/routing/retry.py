@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from django.db import DatabaseError, connections
@@ -76,7 +76,24 @@ def watch_replica(
             replicas.describe_error(error),
             fallback.alias,
         )
-        return execute(sql, params, many, context)
+        with _read_only(fallback):
+            return execute(sql, params, many, context)
+
+
+@contextlib.contextmanager
+def _read_only(fallback: Any) -> Iterator[None]:
+    """Run the retry in a read-only transaction: what the standby would have refused
+    (``nextval()``, a function that writes, ``SELECT ... INTO``), the primary refuses
+    too, rather than write."""
+    driver = fallback.connection
+    driver.cursor().execute("START TRANSACTION READ ONLY")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # its connection may be gone
+            driver.cursor().execute("ROLLBACK")
+        raise
+    driver.cursor().execute("COMMIT")
 
 
 def _fallback(wrapper: Any, sql: Any, many: bool) -> Any:
@@ -114,6 +131,15 @@ def _move(context: Any, wrapper: Any, fallback: Any, error: BaseException) -> bo
         return False
     with contextlib.suppress(Exception):  # its connection may be gone
         cursor.cursor.close()
+    # In checkout_scope = "transaction" a cursor is counted open on its connection
+    # until closed: the replica's cursor is closed now, and the caller's close()
+    # closes the primary's cursor, which the caller's wrapper becomes.
+    closed_epoch = getattr(cursor, "scope_epoch", -1)
+    cursor.__class__ = type(fresh)
+    cursor.scope_epoch = getattr(fresh, "scope_epoch", -1)
+    fresh.scope_epoch = -1
+    if closed_epoch >= 0:
+        wrapper.cursor_closed(closed_epoch)
     cursor.cursor = fresh.cursor
     cursor.db = context["connection"] = fallback
     return True
