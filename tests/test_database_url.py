@@ -556,7 +556,6 @@ def test_unencoded_password_is_reported_without_the_url(password):
 # -- review of issue 14: multi-host URLs (libpq's failover syntax) -----------------------
 
 
-@pytest.mark.xfail(strict=True, reason="multi-host URLs are refused or split")
 def test_a_multi_host_url_with_ports_gives_host_and_port_lists():
     # What deployment.rst's failover section sets by hand, as libpq's URLs write it.
     url = (
@@ -575,7 +574,6 @@ def test_a_multi_host_url_with_ports_gives_host_and_port_lists():
     assert entry["OPTIONS"] == {"target_session_attrs": "read-write"}
 
 
-@pytest.mark.xfail(strict=True, reason="multi-host URLs are refused or split")
 def test_a_multi_host_url_with_a_port_on_some_hosts_leaves_the_others_default():
     entry = database_from_url(f"postgres://app:{PASSWORD}@db1,[::1]:5433,db3/appdb")
 
@@ -589,7 +587,6 @@ def test_a_bad_port_in_a_multi_host_url_is_rejected_without_the_url():
     assert_no_secrets(excinfo)
 
 
-@pytest.mark.xfail(strict=True, reason="multi-host URLs are refused or split")
 def test_env_multi_host_replica_url_is_one_replica():
     environ = {
         "DATABASE_URL": f"postgres://app:{PASSWORD}@db1:5432,db2:5432/appdb",
