@@ -14,6 +14,9 @@ replica's primary, in the caller's own cursor, so that the caller gets its rows:
 * the primary's connection is not inside ``atomic()`` either, so that the read does
   not join a transaction of the caller's.
 
+It runs in a read-only transaction: a ``SELECT`` that writes (``nextval()``, a
+function that inserts), which the standby refused, is refused by the primary too.
+
 The primary, not another replica: it is at least as fresh as anything the request
 or task has read, and the rest of its reads go there too, as after any failure of
 its replica. The success path costs nothing: the watcher is the one the breaker
