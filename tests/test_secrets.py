@@ -472,3 +472,21 @@ def test_a_database_url_in_name_is_never_shown(caplog):
     leaks = _leaks(outputs, DSN_SECRET)
     assert leaks == [], "\n".join(leaks)
     assert [line for line in _log_texts(caplog.records) if DSN_SECRET in line] == []
+
+
+def test_no_anonymous_health_output_shows_a_multi_host_host(get):
+    base = connections.settings["default"]
+    host, port = str(base["HOST"]), str(base["PORT"])
+    with _alias(
+        "multi",
+        HOST=f"{host},localhost",
+        PORT=f"{port},{port}",
+        OPTIONS={**base.get("OPTIONS", {}), "target_session_attrs": "read-write"},
+    ):
+        report = check_health(["multi"], timeout=5)
+        anonymous = report.as_dict(detail=False)
+
+    assert report["multi"].status == "healthy"
+    assert str(report["multi"].target).startswith(f"{host}:{port},localhost:{port}")
+    text = repr(anonymous)
+    assert host not in text and "localhost" not in text and port not in text, text
