@@ -460,7 +460,11 @@ def test_max_waiting_is_exact_when_many_checkouts_arrive_at_once(pool_options):
         outcomes: list[str] = []
         lock = threading.Lock()
 
-        def checkout() -> None:
+        def checkout(
+            start: threading.Barrier = start,
+            lock: threading.Lock = lock,
+            outcomes: list[str] = outcomes,
+        ) -> None:
             start.wait(10)
             try:
                 with get_engine().connect() as sa_connection:
