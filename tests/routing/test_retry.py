@@ -384,3 +384,34 @@ def test_a_retry_in_transaction_scope_holds_no_primary_connection_after_the_read
     finally:
         request_finished.send(sender=None)
     assert pool_stats("default").checked_out == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the retry runs in a transaction a raw BEGIN opened on the primary",
+)
+def test_a_retry_neither_commits_nor_joins_a_transaction_begun_by_hand_on_the_primary(
+    routing, caught_up, caplog
+):
+    # Django's autocommit is on, but the primary's session is in a transaction that a
+    # raw BEGIN opened: the retry must neither join it nor end it.
+    routing()
+    primary = connections["default"]
+    with routing_scope():
+        with primary.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("INSERT INTO testapp_item (name) VALUES ('by-hand')")
+        try:
+            with use_replica():
+                assert server()["in_recovery"] is True
+                _terminate_idle_replica_connection()
+                with pytest.raises(OperationalError, match="administrator command"):
+                    server()
+        finally:
+            with primary.cursor() as cursor:
+                cursor.execute("ROLLBACK")
+    with admin_connection("default") as admin:
+        assert not admin.execute(
+            "SELECT EXISTS (SELECT FROM testapp_item WHERE name = 'by-hand')"
+        ).fetchone()[0]
+    assert _retry_warnings(caplog) == []
