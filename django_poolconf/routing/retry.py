@@ -129,7 +129,9 @@ def _move(context: Any, wrapper: Any, fallback: Any, error: BaseException) -> bo
             replicas.describe_error(fallback_error),
         )
         return False
-    if not in_autocommit:
+    if not in_autocommit or fallback.session_in_transaction():
+        # A transaction of the caller's (a raw BEGIN, with autocommit on): the read
+        # would join it, and the read-only retry's COMMIT would end it.
         fresh.close()
         return False
     with contextlib.suppress(Exception):  # its connection may be gone

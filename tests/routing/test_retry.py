@@ -386,10 +386,6 @@ def test_a_retry_in_transaction_scope_holds_no_primary_connection_after_the_read
     assert pool_stats("default").checked_out == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the retry runs in a transaction a raw BEGIN opened on the primary",
-)
 def test_a_retry_neither_commits_nor_joins_a_transaction_begun_by_hand_on_the_primary(
     routing, caught_up, caplog
 ):
