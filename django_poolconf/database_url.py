@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -26,6 +27,9 @@ _INT_KEYS: Final = frozenset({"pool_size", "max_overflow", "statement_timeout"})
 _BOOL_KEYS: Final = frozenset({"pool_pre_ping", "thread_affinity"})
 _OPTIONAL_KEYS: Final = frozenset({"pool_recycle", "statement_timeout"})
 _TEXT_KEYS: Final = frozenset({"reset_on_return"})
+#: How a URL begins; a part of a list of URLs that does not is another host.
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
 
@@ -52,12 +56,19 @@ def database_from_url(
         "Percent-encode special characters in the user and password "
         "(@ is %40, / is %2F, : is %3A, # is %23)."
     )
+    hosts: list[tuple[str, str]] | None = None
     try:
         split = urlsplit(url)
         # An unencoded "/", "?" or "#" in the password ends the netloc early and
         # leaves the "@host" part in the path, the query or the fragment.
         if "@" in split.path or "@" in split.query or split.fragment:
             raise ValueError
+        userinfo, at, netloc_hosts = split.netloc.rpartition("@")
+        if "," in netloc_hosts:
+            # libpq's multi-host URL (host1:port1,host2:port2): dj-database-url
+            # parses one host, given the first; HOST and PORT become the lists.
+            hosts = _host_list(netloc_hosts)
+            split = split._replace(netloc=f"{userinfo}{at}localhost")
         split.port  # noqa: B018 - urlsplit checks the port lazily
     except ValueError:
         raise ImproperlyConfigured(f"{where} is not a valid URL. {encode}") from None
@@ -93,6 +104,9 @@ def database_from_url(
         )
     except ValueError:  # dj_database_url.ParseError and friends
         raise ImproperlyConfigured(f"{where} is not a valid database URL.") from None
+    if hosts is not None:
+        config["HOST"] = ",".join(host for host, _ in hosts)
+        config["PORT"] = ",".join(port for _, port in hosts)
     config["POOL"] = {**pool, **pool_options}
     if replica_of is not None:
         config["REPLICA_OF"] = replica_of
@@ -132,17 +146,43 @@ def databases_from_env(
             "primary database's URL, e.g. postgres://user:password@host:5432/name."
         )
     databases = {"default": database_from_url(url, alias="default", **pool)}
-    replica_urls = [
-        part.strip()
-        for part in environ.get(replica_variable, "").split(",")
-        if part.strip()
-    ]
+    # Commas separate the URLs, and the hosts of a multi-host URL too: a part with
+    # no scheme after a URL is more of its hosts.
+    replica_urls: list[str] = []
+    for part in environ.get(replica_variable, "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if replica_urls and not _SCHEME.match(part):
+            replica_urls[-1] = f"{replica_urls[-1]},{part}"
+        else:
+            replica_urls.append(part)
     for number, replica_url in enumerate(replica_urls, start=1):
         alias = f"{replica_prefix}{number}"
         databases[alias] = database_from_url(
             replica_url, alias=alias, replica_of="default", **pool
         )
     return databases
+
+
+def _host_list(text: str) -> list[tuple[str, str]]:
+    """The hosts and ports of a multi-host netloc; a missing port is ``""`` (libpq's default).
+
+    :raises ValueError: for an empty host or a port that is not one.
+    """
+    hosts = []
+    for item in text.split(","):
+        if item.startswith("["):  # an IPv6 address
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError
+            port = rest[1:]
+        else:
+            host, _, port = item.partition(":")
+        if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ValueError
+        hosts.append((unquote(host), port))
+    return hosts
 
 
 def _coerce(where: str, key: str, raw: str) -> Any:

@@ -551,3 +551,60 @@ def test_unencoded_password_is_reported_without_the_url(password):
 
     assert password not in str(raised.value)
     assert "db.example" not in str(raised.value)
+
+
+# -- review of issue 14: multi-host URLs (libpq's failover syntax) -----------------------
+
+
+def test_a_multi_host_url_with_ports_gives_host_and_port_lists():
+    # What deployment.rst's failover section sets by hand, as libpq's URLs write it.
+    url = (
+        f"postgres://app:{PASSWORD}@db1.internal:5432,db2.internal:5433/appdb"
+        "?target_session_attrs=read-write"
+    )
+
+    entry = database_from_url(url)
+
+    assert (entry["HOST"], entry["PORT"]) == ("db1.internal,db2.internal", "5432,5433")
+    assert (entry["USER"], entry["PASSWORD"], entry["NAME"]) == (
+        "app",
+        PASSWORD,
+        "appdb",
+    )
+    assert entry["OPTIONS"] == {"target_session_attrs": "read-write"}
+
+
+def test_a_multi_host_url_with_a_port_on_some_hosts_leaves_the_others_default():
+    entry = database_from_url(f"postgres://app:{PASSWORD}@db1,[::1]:5433,db3/appdb")
+
+    assert (entry["HOST"], entry["PORT"]) == ("db1,::1,db3", ",5433,")
+
+
+def test_a_bad_port_in_a_multi_host_url_is_rejected_without_the_url():
+    with pytest.raises(ImproperlyConfigured, match="not a valid URL") as excinfo:
+        database_from_url(f"postgres://app:{PASSWORD}@{HOST}:5432,db2:port/appdb")
+
+    assert_no_secrets(excinfo)
+
+
+def test_env_multi_host_replica_url_is_one_replica():
+    environ = {
+        "DATABASE_URL": f"postgres://app:{PASSWORD}@db1:5432,db2:5432/appdb",
+        "DATABASE_REPLICA_URLS": (
+            f"postgres://app:{PASSWORD}@r1:5432,r2:5432/appdb, "
+            f"postgres://app:{PASSWORD}@r3/appdb"
+        ),
+    }
+
+    databases = databases_from_env(environ)
+
+    assert sorted(databases) == ["default", "replica1", "replica2"]
+    assert (databases["default"]["HOST"], databases["default"]["PORT"]) == (
+        "db1,db2",
+        "5432,5432",
+    )
+    assert (databases["replica1"]["HOST"], databases["replica1"]["PORT"]) == (
+        "r1,r2",
+        "5432,5432",
+    )
+    assert databases["replica2"]["HOST"] == "r3"

@@ -423,3 +423,70 @@ def test_secrets_with_non_ascii_values_compare():
 
     assert Secret("pässwörd-€") == Secret("pässwörd-€")
     assert Secret("pässwörd-€") != Secret("password")
+
+
+# -- review of issue 14 -------------------------------------------------------------------
+
+
+def test_a_database_url_in_name_is_never_shown(caplog):
+    # libpq expands a dbname that is a URI (or holds "=") into a connection string: a
+    # DSN pasted into NAME connects, password and all. Refused as in HOST, or at
+    # least never shown, in errors, checks, health output, poolstatus or logs.
+    from io import StringIO
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    _debug_logs(caplog)
+    base = connections.settings["default"]
+    url = (
+        f"postgresql://{base['USER']}:{DSN_SECRET}@{base['HOST']}:{base['PORT']}/"
+        f"{base['NAME']}"
+    )
+    outputs: dict[str, Any] = {}
+    with _alias("pasted_name", NAME=url, PASSWORD=""):
+        try:
+            with get_engine("pasted_name").connect() as sa_connection:
+                sa_connection.exec_driver_sql("SELECT 1")
+        except ImproperlyConfigured as error:
+            outputs["error"] = error
+        with contextlib.suppress(Exception):
+            call_command("check", stdout=StringIO(), stderr=StringIO())
+        report = check_health(["pasted_name"], timeout=5, server_view=True)
+        table, as_json = StringIO(), StringIO()
+        call_command("poolstatus", "--database", "pasted_name", stdout=table)
+        call_command(
+            "poolstatus", "--database", "pasted_name", "--json", stdout=as_json
+        )
+        outputs.update(
+            {
+                "report": report,
+                "json": report.as_dict(detail=True),
+                "table": table.getvalue(),
+                "poolstatus json": as_json.getvalue(),
+            }
+        )
+
+    assert str(outputs["error"]).startswith(
+        "DATABASES['pasted_name']['NAME'] is a database URL, not a database name."
+    )
+    leaks = _leaks(outputs, DSN_SECRET)
+    assert leaks == [], "\n".join(leaks)
+    assert [line for line in _log_texts(caplog.records) if DSN_SECRET in line] == []
+
+
+def test_no_anonymous_health_output_shows_a_multi_host_host(get):
+    base = connections.settings["default"]
+    host, port = str(base["HOST"]), str(base["PORT"])
+    with _alias(
+        "multi",
+        HOST=f"{host},localhost",
+        PORT=f"{port},{port}",
+        OPTIONS={**base.get("OPTIONS", {}), "target_session_attrs": "read-write"},
+    ):
+        report = check_health(["multi"], timeout=5)
+        anonymous = report.as_dict(detail=False)
+
+    assert report["multi"].status == "healthy"
+    assert str(report["multi"].target).startswith(f"{host}:{port},localhost:{port}")
+    text = repr(anonymous)
+    assert host not in text and "localhost" not in text and port not in text, text

@@ -374,6 +374,13 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         """Whether a driver connection must be closed rather than pooled (no round trip)."""
         raise NotImplementedError  # pragma: no cover
 
+    def session_in_transaction(self) -> bool:
+        """Whether the open driver connection's session is in a transaction (no round trip).
+
+        Also when Django's autocommit is on: a raw ``BEGIN`` opened one.
+        """
+        raise NotImplementedError  # pragma: no cover
+
     def classify_read_failure(self, error: BaseException) -> str | None:
         """Why a statement that failed here, before returning a row, could run elsewhere.
 

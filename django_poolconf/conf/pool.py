@@ -233,13 +233,26 @@ def validate_alias(
         )
 
     host = settings_dict.get("HOST")
-    if isinstance(host, str) and _is_url(host):
+    name = settings_dict.get("NAME")
+    # NAME too: the server's "database ... does not exist" would repeat it.
+    pasted = (
+        "HOST"
+        if isinstance(host, str) and _is_url(host)
+        else "NAME"
+        if isinstance(name, str) and "://" in name
+        else None
+    )
+    if pasted is not None:
+        what = "host" if pasted == "HOST" else "database"
+        alone = (
+            "the server's name or address" if what == "host" else "the database's name"
+        )
         problems.append(
             Problem(
                 "E017",
                 # Not shown: a URL pasted here usually carries its password.
-                f"{where}['HOST'] is a database URL, not a host name.",
-                hint="Set HOST to the server's name or address alone, or build "
+                f"{where}[{pasted!r}] is a database URL, not a {what} name.",
+                hint=f"Set {pasted} to {alone} alone, or build "
                 "DATABASES from the URL with django_poolconf.databases_from_env() (or "
                 "database_from_url()), which fills NAME, USER, PASSWORD, HOST and "
                 "PORT from it.",

@@ -14,6 +14,9 @@ replica's primary, in the caller's own cursor, so that the caller gets its rows:
 * the primary's connection is not inside ``atomic()`` either, so that the read does
   not join a transaction of the caller's.
 
+It runs in a read-only transaction: a ``SELECT`` that writes (``nextval()``, a
+function that inserts), which the standby refused, is refused by the primary too.
+
 The primary, not another replica: it is at least as fresh as anything the request
 or task has read, and the rest of its reads go there too, as after any failure of
 its replica. The success path costs nothing: the watcher is the one the breaker
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from django.db import DatabaseError, connections
@@ -76,7 +79,24 @@ def watch_replica(
             replicas.describe_error(error),
             fallback.alias,
         )
-        return execute(sql, params, many, context)
+        with _read_only(fallback):
+            return execute(sql, params, many, context)
+
+
+@contextlib.contextmanager
+def _read_only(fallback: Any) -> Iterator[None]:
+    """Run the retry in a read-only transaction: what the standby would have refused
+    (``nextval()``, a function that writes, ``SELECT ... INTO``), the primary refuses
+    too, rather than write."""
+    driver = fallback.connection
+    driver.cursor().execute("START TRANSACTION READ ONLY")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # its connection may be gone
+            driver.cursor().execute("ROLLBACK")
+        raise
+    driver.cursor().execute("COMMIT")
 
 
 def _fallback(wrapper: Any, sql: Any, many: bool) -> Any:
@@ -109,11 +129,22 @@ def _move(context: Any, wrapper: Any, fallback: Any, error: BaseException) -> bo
             replicas.describe_error(fallback_error),
         )
         return False
-    if not in_autocommit:
+    if not in_autocommit or fallback.session_in_transaction():
+        # A transaction of the caller's (a raw BEGIN, with autocommit on): the read
+        # would join it, and the read-only retry's COMMIT would end it.
         fresh.close()
         return False
     with contextlib.suppress(Exception):  # its connection may be gone
         cursor.cursor.close()
+    # In checkout_scope = "transaction" a cursor is counted open on its connection
+    # until closed: the replica's cursor is closed now, and the caller's close()
+    # closes the primary's cursor, which the caller's wrapper becomes.
+    closed_epoch = getattr(cursor, "scope_epoch", -1)
+    cursor.__class__ = type(fresh)
+    cursor.scope_epoch = getattr(fresh, "scope_epoch", -1)
+    fresh.scope_epoch = -1
+    if closed_epoch >= 0:
+        wrapper.cursor_closed(closed_epoch)
     cursor.cursor = fresh.cursor
     cursor.db = context["connection"] = fallback
     return True

@@ -417,3 +417,52 @@ def test_a_callable_password_connects_outside_the_pool_too(credentials):
     finally:
         other.close()
     assert calls == [1]
+
+
+# -- review of issue 14 -------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_password_callable_blocks_no_other_checkout_or_checkin(credentials):
+    # A secrets store that takes its time (Vault, an IAM token) must hold up only the
+    # checkout that opens a new connection: not the returns and the checkouts of
+    # connections already open, which need no secret.
+    import threading
+
+    slow = threading.Event()
+    release = threading.Event()
+    calls: list[int] = []
+
+    def password() -> str:
+        calls.append(1)
+        if slow.is_set():
+            release.wait(30)
+        return "any"
+
+    credentials("postgres", password, pool_size=2, max_overflow=0, pool_timeout=30)
+    engine = get_engine("default")
+    held = engine.connect()  # the pool's one connection so far
+    slow.set()
+    opener = threading.Thread(target=lambda: engine.connect().close())
+    opener.start()
+    while len(calls) < 2:  # the opener is in the callable
+        time.sleep(0.01)
+    served: list[int] = []
+
+    def others() -> None:
+        held.close()  # a checkin
+        for _ in range(5):  # checkouts of the open connection
+            with engine.connect() as again:
+                served.append(int(again.exec_driver_sql("SELECT 1").scalar()))
+        pool_stats("default")
+
+    other = threading.Thread(target=others)
+    other.start()
+    other.join(10)
+    finished = not other.is_alive()
+    release.set()
+    other.join(30)
+    opener.join(30)
+    assert finished, "a checkin or checkout waited for the password callable"
+    assert served == [1] * 5
+    assert len(calls) == 2  # once per new connection, never per checkout

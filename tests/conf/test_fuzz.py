@@ -74,6 +74,7 @@ POOL_RANGES = {
     "slow_checkout_ms": Num(0, 3_600_000, optional=True),
     "max_waiting": Int(0, 1_000_000),
     "connect_params": Other(),
+    "checkout_scope": Other(),
 }
 ROUTER_RANGES = {
     "BALANCE": Other(),
@@ -302,3 +303,11 @@ def test_a_whole_random_pool_dict_is_validated_without_another_exception(pool):
     assert (result is None) == any(p.is_error for p in problems)
     for problem in problems:
         assert problem.msg.startswith("DATABASES['default']['POOL']")
+
+
+def test_every_pool_key_is_fuzzed():
+    # "a hypothesis test feeds random values to every POOL ... key" (issue 14): a key
+    # added later must join POOL_RANGES.
+    from django_poolconf.conf.pool import POOL_KEYS
+
+    assert set(POOL_RANGES) == set(POOL_KEYS)

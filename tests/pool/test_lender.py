@@ -444,3 +444,54 @@ def test_max_waiting_0_queues_every_checkout(pool_options):
         waiter.join(20)
     assert done == [1, 1, 1, 1]
     assert pool_stats("default").checkout_refusals == 0
+
+
+# -- review of issue 14 -------------------------------------------------------------------
+
+
+def test_max_waiting_is_exact_when_many_checkouts_arrive_at_once(pool_options):
+    # N + k threads at once on a full pool: exactly max_waiting wait, k are refused,
+    # whatever the interleaving; then every one in line is served.
+    max_waiting, threads = 3, 8
+    pool_options(pool_size=1, max_overflow=0, pool_timeout=30, max_waiting=max_waiting)
+    for _ in range(3):
+        held = get_engine().connect()  # the only connection
+        start = threading.Barrier(threads)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+
+        def checkout(
+            start: threading.Barrier = start,
+            lock: threading.Lock = lock,
+            outcomes: list[str] = outcomes,
+        ) -> None:
+            start.wait(10)
+            try:
+                with get_engine().connect() as sa_connection:
+                    sa_connection.exec_driver_sql("SELECT 1")
+                outcome = "served"
+            except TooManyRequests:
+                outcome = "refused"
+            with lock:
+                outcomes.append(outcome)
+
+        workers = [threading.Thread(target=checkout) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with lock:
+                refused = outcomes.count("refused")
+            if refused == threads - max_waiting and len(_lender().line) == max_waiting:
+                break
+            time.sleep(0.01)
+        with lock:
+            early = list(outcomes)
+        held.close()
+        for worker in workers:
+            worker.join(30)
+        assert sorted(early) == ["refused"] * (threads - max_waiting)
+        assert sorted(outcomes) == sorted(
+            ["refused"] * (threads - max_waiting) + ["served"] * max_waiting
+        )
+        assert len(_lender().line) == 0

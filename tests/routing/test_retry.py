@@ -14,9 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import OperationalError, ProgrammingError, connections, transaction
+from django.core.signals import request_finished, request_started
+from django.db import (
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+    connections,
+    transaction,
+)
 
-from django_poolconf import get_engine, replicas
+from django_poolconf import engines, get_engine, pool_stats, replicas
 from django_poolconf.routers import routing_scope, use_replica
 from tests.routing.conftest import admin_connection, wait_until
 from tests.routing_urls import server
@@ -323,4 +330,84 @@ def test_recovery_conflict_inside_atomic_on_the_replica_is_not_retried(
             _read("conflict-in-atomic")
         locker.join()
 
+    assert _retry_warnings(caplog) == []
+
+
+# -- review of issue 14 -------------------------------------------------------------------
+
+
+def test_a_select_that_writes_is_not_run_on_the_primary_by_the_retry(
+    routing, caught_up
+):
+    # A SELECT may write (nextval(), a volatile function that inserts, SELECT INTO):
+    # on the standby it fails with 25006 and writes nothing. When the replica's
+    # connection is lost under it, the retry must not make it write on the primary.
+    with admin_connection("default") as primary:
+        primary.execute("CREATE SEQUENCE IF NOT EXISTS review_retry_seq")
+    caught_up()
+    routing()
+    try:
+        with routing_scope():
+            assert server()["in_recovery"] is True
+            _terminate_idle_replica_connection()
+            # What the standby answers: the retry runs read-only.
+            with pytest.raises(InternalError, match="read-only transaction"):
+                next(iter(Item.objects.raw("SELECT nextval('review_retry_seq') AS id")))
+        with admin_connection("default") as primary:
+            (called,) = primary.execute(
+                "SELECT is_called FROM review_retry_seq"
+            ).fetchone()
+        assert called is False, "the retry ran nextval() on the primary"
+    finally:
+        with admin_connection("default") as primary:
+            primary.execute("DROP SEQUENCE IF EXISTS review_retry_seq")
+
+
+def test_a_retry_in_transaction_scope_holds_no_primary_connection_after_the_read(
+    routing, caught_up, pool_options
+):
+    # In checkout_scope = "transaction" a connection is parked as soon as no cursor is
+    # open. The retry's cursor of the primary must count as closed when the caller
+    # closes its cursor, or the primary's connection stays checked out.
+    routing()
+    pool_options(checkout_scope="transaction")
+    engines.dispose("default")
+    request_started.send(sender=None)
+    try:
+        with routing_scope():
+            assert server()["in_recovery"] is True
+            _terminate_idle_replica_connection()
+            assert server()["in_recovery"] is False  # retried on the primary
+            assert pool_stats("default").checked_out == 0
+            assert server()["in_recovery"] is False  # the scope reads the primary
+            assert pool_stats("default").checked_out == 0
+    finally:
+        request_finished.send(sender=None)
+    assert pool_stats("default").checked_out == 0
+
+
+def test_a_retry_neither_commits_nor_joins_a_transaction_begun_by_hand_on_the_primary(
+    routing, caught_up, caplog
+):
+    # Django's autocommit is on, but the primary's session is in a transaction that a
+    # raw BEGIN opened: the retry must neither join it nor end it.
+    routing()
+    primary = connections["default"]
+    with routing_scope():
+        with primary.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("INSERT INTO testapp_item (name) VALUES ('by-hand')")
+        try:
+            with use_replica():
+                assert server()["in_recovery"] is True
+                _terminate_idle_replica_connection()
+                with pytest.raises(OperationalError, match="administrator command"):
+                    server()
+        finally:
+            with primary.cursor() as cursor:
+                cursor.execute("ROLLBACK")
+    with admin_connection("default") as admin:
+        assert not admin.execute(
+            "SELECT EXISTS (SELECT FROM testapp_item WHERE name = 'by-hand')"
+        ).fetchone()[0]
     assert _retry_warnings(caplog) == []

@@ -305,6 +305,10 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             return False
         return bool(super().is_usable())
 
+    def session_in_transaction(self) -> bool:
+        status = self.connection.pgconn.transaction_status
+        return bool(status != psycopg.pq.TransactionStatus.IDLE)
+
     def connection_is_broken(self, dbapi_connection: Any) -> bool:
         # Closed or lost connections report UNKNOWN; ACTIVE is mid-query.
         return dbapi_connection.pgconn.transaction_status in BAD_STATUS
