@@ -91,6 +91,10 @@ class CheckoutScopeMixin:
     _open_cursors = 0  # cursors of this borrowing not closed yet
     _scope_epoch = 0  # which borrowing: a cursor of an earlier one counts no more
     session_pinned = False  # a statement may have set session state: hold till the end
+    # Django's setup of a checkout is running (init_connection_state(), the
+    # connection_created receivers): a statement of theirs must not park the
+    # connection that is being handed to the caller.
+    checking_out = False
 
     def make_cursor(self, cursor: Any) -> Any:
         """Django's; in transaction scope, a cursor whose close may release the connection."""
@@ -136,7 +140,8 @@ class CheckoutScopeMixin:
     def release_if_idle(self) -> None:
         """In transaction scope, park the connection unless something holds it.
 
-        Held while a cursor is open, in a transaction or an atomic block, after a
+        Held while a checkout's setup runs, while a cursor is open, in a
+        transaction or an atomic block, after a
         statement that may have set session state (until the request ends), after
         an error, while the connection object is shared between threads, and with
         a non-zero ``CONN_MAX_AGE``.
@@ -148,6 +153,7 @@ class CheckoutScopeMixin:
             or loan.record is None
             or lender.settings.checkout_scope != "transaction"
             or self.session_pinned
+            or self.checking_out
             or self.in_atomic_block
             or not self.autocommit
             or loan.error is not None

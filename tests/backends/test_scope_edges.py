@@ -39,10 +39,6 @@ def _backend_pid_elsewhere() -> list[Any]:
     return got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a statement run by a connection_created receiver at a take-back parks the connection being taken back; the caller's statement then runs on a parked connection another borrower can take",
-)
 def test_a_query_in_a_connection_created_receiver_leaves_the_connection_held(scope):
     # connection_created is sent at each take-back in transaction scope. A receiver
     # that runs a statement (one that sets nothing) closes its cursor: that must not
