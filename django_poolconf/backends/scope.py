@@ -88,6 +88,13 @@ class CheckoutScopeMixin:
     def connection_is_broken(self, dbapi_connection: Any) -> bool:
         raise NotImplementedError  # pragma: no cover
 
+    def connection_is_idle(self, dbapi_connection: Any) -> bool:
+        """Whether the server has no transaction open on it (vendors; no round trip).
+
+        A ``BEGIN`` sent as SQL in autocommit opens one that Django knows nothing of.
+        """
+        raise NotImplementedError  # pragma: no cover
+
     _open_cursors = 0  # cursors of this borrowing not closed yet
     _scope_epoch = 0  # which borrowing: a cursor of an earlier one counts no more
     session_pinned = False  # a statement may have set session state: hold till the end
@@ -141,10 +148,10 @@ class CheckoutScopeMixin:
         """In transaction scope, park the connection unless something holds it.
 
         Held while a checkout's setup runs, while a cursor is open, in a
-        transaction or an atomic block, after a
-        statement that may have set session state (until the request ends), after
-        an error, while the connection object is shared between threads, and with
-        a non-zero ``CONN_MAX_AGE``.
+        transaction (Django's, or one the server has open: a ``BEGIN`` sent as
+        SQL) or an atomic block, after a statement that may have set session state
+        (until the request ends), after an error, while the connection object is
+        shared between threads, and with a non-zero ``CONN_MAX_AGE``.
         """
         loan = self._loan
         lender = loan.lender
@@ -161,7 +168,7 @@ class CheckoutScopeMixin:
             or self._thread_sharing_count
             or self._parked
             or self.settings_dict["CONN_MAX_AGE"] != 0  # W010: held, as it asks
-            or self.connection_is_broken(self._conn)
+            or not self.connection_is_idle(self._conn)
         ):
             return
         self._park(loan)

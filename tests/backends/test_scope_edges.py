@@ -66,10 +66,6 @@ def test_a_query_in_a_connection_created_receiver_leaves_the_connection_held(sco
     assert held == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="release_if_idle reads Django's flags only, not the server's transaction status: a BEGIN sent as SQL is rolled back by the return after it",
-)
 def test_a_transaction_begun_in_sql_is_not_cut_by_a_return(scope):
     # In autocommit, BEGIN sent as SQL opens a transaction on the server that Django
     # does not know about. Returning the connection between its statements rolls
