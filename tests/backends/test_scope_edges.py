@@ -86,10 +86,6 @@ def test_a_transaction_begun_in_sql_is_not_cut_by_a_return(scope):
     assert _checked_out() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="changes_session() reads only the first statement of a text",
-)
 def test_a_set_after_another_statement_in_one_execute_pins(scope):
     # "SELECT 1; SET ..." sets session state just as "SET ..." does.
     scope(pool_size=1, max_overflow=0)
@@ -189,10 +185,6 @@ def test_connection_close_between_statements_checks_the_connection_in(scope):
     assert Item.objects.count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="changes_session() misses SELECT ... INTO TEMP and CREATE OR REPLACE TEMP",
-)
 @pytest.mark.parametrize(
     ("make", "use"),
     [
