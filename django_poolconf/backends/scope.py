@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django_poolconf.errors import PoolError
+
 __all__ = ["CheckoutScopeMixin", "ScopedCursor", "scoped_class"]
 
 
@@ -20,7 +22,8 @@ class ScopedCursor:
     Counted open from its creation to its ``close()`` (Django closes the cursors of
     the ORM's queries once it has read their rows); a statement that may set state
     for the rest of the session pins the connection to its borrower until the
-    request ends.
+    request ends. Once its connection is checked in while it is open (the request
+    ends, ``close()``), it runs nothing more: :class:`~django_poolconf.PoolError`.
     """
 
     db: Any
@@ -29,19 +32,26 @@ class ScopedCursor:
 
     def execute(self, sql: Any, params: Any = None) -> Any:
         db = self.db
+        if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
+            raise _stale(db)
         if not db.session_pinned and db.statement_changes_session(sql):
             db.session_pinned = True
         return super().execute(sql, params)  # type: ignore[misc]
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
         db = self.db
+        if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
+            raise _stale(db)
         if not db.session_pinned and db.statement_changes_session(sql):
             db.session_pinned = True
         return super().executemany(sql, param_list)  # type: ignore[misc]
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
+        db = self.db
+        if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
+            raise _stale(db)
         # A procedure's body is not visible here: it may set anything.
-        self.db.session_pinned = True
+        db.session_pinned = True
         return super().callproc(procname, params, kparams)  # type: ignore[misc]
 
     def close(self) -> None:
@@ -51,6 +61,15 @@ class ScopedCursor:
             epoch, self.scope_epoch = self.scope_epoch, -1
             if epoch >= 0:
                 self.db.cursor_closed(epoch)
+
+
+def _stale(db: Any) -> PoolError:
+    # Its driver cursor is bound to a connection that went back to the pool (the
+    # request ended, or close()): another borrower may be using it now.
+    return PoolError(
+        f"This cursor of {db.alias!r} was opened before its connection was checked "
+        "in (checkout_scope='transaction'): open a new cursor."
+    )
 
 
 _CLASSES: dict[type, type] = {}
