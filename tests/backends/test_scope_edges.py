@@ -7,7 +7,9 @@ has open must not be cut, and no borrower sees another's session.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -367,3 +369,56 @@ def test_a_shared_connection_object_holds_its_connection(scope):
 def _use(wrapper: Any, body: Callable[[], Any]) -> None:
     connections["default"] = wrapper
     body()
+
+
+def test_leak_detection_watches_each_checkout_not_the_request(scope, caplog):
+    scope(leak_detection_threshold=0.3)
+    caplog.set_level(logging.INFO, logger="django_poolconf.leaks")
+    request_started.send(sender=None)
+    try:
+        for _ in range(4):  # 0.6 s of request, never 0.3 s held
+            Item.objects.exists()
+            time.sleep(0.15)
+        quiet = _leak_warnings(caplog)
+        with transaction.atomic():
+            Item.objects.exists()
+            time.sleep(0.8)  # held through the block: a leak to report
+    finally:
+        request_finished.send(sender=None)
+
+    assert quiet == []
+    warnings = _leak_warnings(caplog)
+    assert len(warnings) == 1 and "'default'" in warnings[0]
+
+
+def _leak_warnings(caplog: Any) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "django_poolconf.leaks" and record.levelno == logging.WARNING
+    ]
+
+
+@pytest.mark.parametrize("cursor_open", [False, True], ids=["parked", "cursor-open"])
+def test_a_child_forked_between_statements_borrows_its_own(scope, cursor_open):
+    from tests.pool.test_registry import _in_child
+
+    scope()
+    parent = _pid()  # parked now
+    assert _checked_out() == 0
+
+    def in_child() -> int:
+        pid = _pid()
+        # The child's statement returned its connection, as the parent's do.
+        return pid if _checked_out() == 0 else 0
+
+    if cursor_open:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            child = _in_child(in_child)
+    else:
+        child = _in_child(in_child)
+
+    assert child not in (0, parent)
+    assert _pid() == parent
+    assert _checked_out() == 0
