@@ -603,6 +603,9 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
 
     def forget_inherited_connection(self) -> None:
         """Drop, without closing, a connection inherited from the parent across ``fork()``."""
+        # The parent's open cursors are not the child's: they must not hold the
+        # child's connections (transaction scope), nor run on the parent's.
+        self._end_scope()
         if self._parked:
             # The lender kept the parent's parked entries (forget_fork_state): drop
             # the connection without touching the lender.
