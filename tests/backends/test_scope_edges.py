@@ -17,8 +17,9 @@ import pytest
 from django.core.signals import request_finished, request_started
 from django.db import DatabaseError, Error, connection, connections, transaction
 from django.db.backends.signals import connection_created
+from django.test import TestCase
 
-from django_poolconf import pool_stats
+from django_poolconf import engines, pool_stats
 from tests.backends.test_scope import _checked_out, _in_thread, _pid, scope
 from tests.testapp.models import Item
 
@@ -422,3 +423,38 @@ def test_a_child_forked_between_statements_borrows_its_own(scope, cursor_open):
     assert child not in (0, parent)
     assert _pid() == parent
     assert _checked_out() == 0
+
+
+class TestInDjangosTestCase(TestCase):
+    """Django's TestCase wraps each test in atomic(): the connection is held through."""
+
+    databases = {"default"}
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        settings_dict = connections.settings["default"]
+        cls.original = settings_dict["POOL"]
+        connections["default"].close()
+        settings_dict["POOL"] = {**cls.original, "checkout_scope": "transaction"}
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        try:
+            super().tearDownClass()
+        finally:
+            connections["default"].close()
+            connections.settings["default"]["POOL"] = cls.original
+            engines.dispose("default")
+
+    def test_statements_run_in_the_test_s_transaction(self) -> None:
+        wrapper = connections["default"]
+        assert wrapper.get_pool_settings().checkout_scope == "transaction"
+        Item.objects.create(name="in the test")
+        pid = _pid()
+        assert _checked_out() == 1
+        with self.captureOnCommitCallbacks(execute=True) as callbacks:
+            transaction.on_commit(lambda: Item.objects.create(name="after"))
+        assert len(callbacks) == 1
+        assert _pid() == pid
+        assert Item.objects.count() == 2
