@@ -458,3 +458,15 @@ class TestInDjangosTestCase(TestCase):
         assert len(callbacks) == 1
         assert _pid() == pid
         assert Item.objects.count() == 2
+
+
+def test_an_on_commit_callback_that_raises_leaves_the_connection_returned(scope):
+    scope(pool_size=1, max_overflow=0, pool_timeout=1)
+
+    def fail() -> None:
+        raise ValueError
+
+    with pytest.raises(ValueError), transaction.atomic():
+        Item.objects.create(name="committed")
+        transaction.on_commit(fail)
+    assert _checked_out() == 0, "held after the block ended"
