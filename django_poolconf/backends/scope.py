@@ -156,12 +156,17 @@ class CheckoutScopeMixin:
         autocommit: bool,
         force_begin_transaction_with_broken_autocommit: bool = False,
     ) -> None:
-        """Django's; the end of a transaction may release the connection."""
-        super().set_autocommit(  # type: ignore[misc]
-            autocommit, force_begin_transaction_with_broken_autocommit
-        )
-        if autocommit and self._open_cursors == 0:
-            self.release_if_idle()
+        """Django's; the end of a transaction may release the connection.
+
+        Also when an ``on_commit`` callback that Django runs here raises.
+        """
+        try:
+            super().set_autocommit(  # type: ignore[misc]
+                autocommit, force_begin_transaction_with_broken_autocommit
+            )
+        finally:
+            if autocommit and self._open_cursors == 0:
+                self.release_if_idle()
 
     def release_if_idle(self) -> None:
         """In transaction scope, park the connection unless something holds it.
