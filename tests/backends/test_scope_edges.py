@@ -470,3 +470,30 @@ def test_an_on_commit_callback_that_raises_leaves_the_connection_returned(scope)
         Item.objects.create(name="committed")
         transaction.on_commit(fail)
     assert _checked_out() == 0, "held after the block ended"
+
+
+def test_state_a_connection_created_receiver_sets_does_not_pin(scope):
+    # A receiver that sets the session up (a tenant's search_path, say) runs again
+    # at every checkout: what it sets needs no pin, and pinning it would hold every
+    # connection for the whole request, as request scope does.
+    scope(pool_size=1, max_overflow=0)
+
+    def receiver(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if connection.alias == "default":
+            with connection.cursor() as cursor:
+                cursor.execute("SET application_name = 'tenant 9'")
+
+    connection_created.connect(receiver)
+    request_started.send(sender=None)
+    try:
+        Item.objects.count()
+        between = _checked_out()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('application_name')")
+            seen = cursor.fetchone()[0]
+    finally:
+        request_finished.send(sender=None)
+        connection_created.disconnect(receiver)
+
+    assert seen == "tenant 9"
+    assert between == 0
