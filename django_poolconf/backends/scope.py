@@ -22,7 +22,8 @@ class ScopedCursor:
     Counted open from its creation to its ``close()`` (Django closes the cursors of
     the ORM's queries once it has read their rows); a statement that may set state
     for the rest of the session pins the connection to its borrower until the
-    request ends. Once its connection is checked in while it is open (the request
+    request ends, unless Django's setup of a checkout runs it (a
+    ``connection_created`` receiver), which runs again at every checkout. Once its connection is checked in while it is open (the request
     ends, ``close()``), it runs nothing more: :class:`~django_poolconf.PoolError`.
     """
 
@@ -34,7 +35,11 @@ class ScopedCursor:
         db = self.db
         if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
             raise _stale(db)
-        if not db.session_pinned and db.statement_changes_session(sql):
+        if (
+            not db.session_pinned
+            and not db.checking_out  # the setup runs again at every checkout
+            and db.statement_changes_session(sql)
+        ):
             db.session_pinned = True
         return super().execute(sql, params)  # type: ignore[misc]
 
@@ -42,7 +47,11 @@ class ScopedCursor:
         db = self.db
         if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
             raise _stale(db)
-        if not db.session_pinned and db.statement_changes_session(sql):
+        if (
+            not db.session_pinned
+            and not db.checking_out
+            and db.statement_changes_session(sql)
+        ):
             db.session_pinned = True
         return super().executemany(sql, param_list)  # type: ignore[misc]
 
@@ -51,7 +60,8 @@ class ScopedCursor:
         if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
             raise _stale(db)
         # A procedure's body is not visible here: it may set anything.
-        db.session_pinned = True
+        if not db.checking_out:
+            db.session_pinned = True
         return super().callproc(procname, params, kparams)  # type: ignore[misc]
 
     def close(self) -> None:
