@@ -1,7 +1,7 @@
 """The read/write router's promises hold in ``checkout_scope = "transaction"``.
 
-The router's own tests, run with both the primary and its replica in transaction
-scope: a read after a write, raw SQL's writes and atomic blocks still go to the
+The router's own tests (their fixtures in ``conftest.py``), run with both the
+primary and its replica in transaction scope: a read after a write, raw SQL's writes and atomic blocks still go to the
 primary, fresh reads to the replica.
 """
 
@@ -14,9 +14,6 @@ from django.db import connections
 
 from django_poolconf import engines, pool_stats
 from tests.routing import test_router
-from tests.routing.test_router import caught_up, fresh_state, paused_replay, routing
-
-__all__ = ["caught_up", "fresh_state", "paused_replay", "routing"]  # fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 
