@@ -485,22 +485,30 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self.run_commit_hooks_on_set_autocommit_on = False
         record = self._loan.record
         self._setting_up = record is not None and bool(record.info.get(INFO_NEW))
+        self.checking_out = True
         try:
-            self.init_connection_state()
+            try:
+                self.init_connection_state()
+            finally:
+                self._setting_up = False
+            if record is not None:
+                record.info.pop(INFO_NEW, None)
+            connection_created.send(sender=self.__class__, connection=self)
         finally:
-            self._setting_up = False
-        if record is not None:
-            record.info.pop(INFO_NEW, None)
-        connection_created.send(sender=self.__class__, connection=self)
+            self.checking_out = False
         self.run_on_commit = []
 
     def _checked_out(self) -> None:
         # A parked connection taken back is a checkout too, though Django's
         # connect() does not run: what it would run on each checkout runs here. A
         # receiver that sets something per request finds it reset, never another
-        # request's, as with Django's own pool.
-        self.init_connection_state()
-        connection_created.send(sender=self.__class__, connection=self)
+        # request's, as with Django's own pool. Their statements do not park it.
+        self.checking_out = True
+        try:
+            self.init_connection_state()
+            connection_created.send(sender=self.__class__, connection=self)
+        finally:
+            self.checking_out = False
 
     def init_connection_state(self) -> None:
         """Django's setup, in full for a connection the pool has just opened.
@@ -602,6 +610,9 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
 
     def forget_inherited_connection(self) -> None:
         """Drop, without closing, a connection inherited from the parent across ``fork()``."""
+        # The parent's open cursors are not the child's: they must not hold the
+        # child's connections (transaction scope), nor run on the parent's.
+        self._end_scope()
         if self._parked:
             # The lender kept the parent's parked entries (forget_fork_state): drop
             # the connection without touching the lender.

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django_poolconf.errors import PoolError
+
 __all__ = ["CheckoutScopeMixin", "ScopedCursor", "scoped_class"]
 
 
@@ -20,7 +22,9 @@ class ScopedCursor:
     Counted open from its creation to its ``close()`` (Django closes the cursors of
     the ORM's queries once it has read their rows); a statement that may set state
     for the rest of the session pins the connection to its borrower until the
-    request ends.
+    request ends, unless Django's setup of a checkout runs it (a
+    ``connection_created`` receiver), which runs again at every checkout. Once its connection is checked in while it is open (the request
+    ends, ``close()``), it runs nothing more: :class:`~django_poolconf.PoolError`.
     """
 
     db: Any
@@ -29,19 +33,35 @@ class ScopedCursor:
 
     def execute(self, sql: Any, params: Any = None) -> Any:
         db = self.db
-        if not db.session_pinned and db.statement_changes_session(sql):
+        if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
+            raise _stale(db)
+        if (
+            not db.session_pinned
+            and not db.checking_out  # the setup runs again at every checkout
+            and db.statement_changes_session(sql)
+        ):
             db.session_pinned = True
         return super().execute(sql, params)  # type: ignore[misc]
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
         db = self.db
-        if not db.session_pinned and db.statement_changes_session(sql):
+        if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
+            raise _stale(db)
+        if (
+            not db.session_pinned
+            and not db.checking_out
+            and db.statement_changes_session(sql)
+        ):
             db.session_pinned = True
         return super().executemany(sql, param_list)  # type: ignore[misc]
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
+        db = self.db
+        if self.scope_epoch != db._scope_epoch and self.scope_epoch >= 0:
+            raise _stale(db)
         # A procedure's body is not visible here: it may set anything.
-        self.db.session_pinned = True
+        if not db.checking_out:
+            db.session_pinned = True
         return super().callproc(procname, params, kparams)  # type: ignore[misc]
 
     def close(self) -> None:
@@ -51,6 +71,15 @@ class ScopedCursor:
             epoch, self.scope_epoch = self.scope_epoch, -1
             if epoch >= 0:
                 self.db.cursor_closed(epoch)
+
+
+def _stale(db: Any) -> PoolError:
+    # Its driver cursor is bound to a connection that went back to the pool (the
+    # request ended, or close()): another borrower may be using it now.
+    return PoolError(
+        f"This cursor of {db.alias!r} was opened before its connection was checked "
+        "in (checkout_scope='transaction'): open a new cursor."
+    )
 
 
 _CLASSES: dict[type, type] = {}
@@ -88,9 +117,20 @@ class CheckoutScopeMixin:
     def connection_is_broken(self, dbapi_connection: Any) -> bool:
         raise NotImplementedError  # pragma: no cover
 
+    def connection_is_idle(self, dbapi_connection: Any) -> bool:
+        """Whether the server has no transaction open on it (vendors; no round trip).
+
+        A ``BEGIN`` sent as SQL in autocommit opens one that Django knows nothing of.
+        """
+        raise NotImplementedError  # pragma: no cover
+
     _open_cursors = 0  # cursors of this borrowing not closed yet
     _scope_epoch = 0  # which borrowing: a cursor of an earlier one counts no more
     session_pinned = False  # a statement may have set session state: hold till the end
+    # Django's setup of a checkout is running (init_connection_state(), the
+    # connection_created receivers): a statement of theirs must not park the
+    # connection that is being handed to the caller.
+    checking_out = False
 
     def make_cursor(self, cursor: Any) -> Any:
         """Django's; in transaction scope, a cursor whose close may release the connection."""
@@ -126,20 +166,26 @@ class CheckoutScopeMixin:
         autocommit: bool,
         force_begin_transaction_with_broken_autocommit: bool = False,
     ) -> None:
-        """Django's; the end of a transaction may release the connection."""
-        super().set_autocommit(  # type: ignore[misc]
-            autocommit, force_begin_transaction_with_broken_autocommit
-        )
-        if autocommit and self._open_cursors == 0:
-            self.release_if_idle()
+        """Django's; the end of a transaction may release the connection.
+
+        Also when an ``on_commit`` callback that Django runs here raises.
+        """
+        try:
+            super().set_autocommit(  # type: ignore[misc]
+                autocommit, force_begin_transaction_with_broken_autocommit
+            )
+        finally:
+            if autocommit and self._open_cursors == 0:
+                self.release_if_idle()
 
     def release_if_idle(self) -> None:
         """In transaction scope, park the connection unless something holds it.
 
-        Held while a cursor is open, in a transaction or an atomic block, after a
-        statement that may have set session state (until the request ends), after
-        an error, while the connection object is shared between threads, and with
-        a non-zero ``CONN_MAX_AGE``.
+        Held while a checkout's setup runs, while a cursor is open, in a
+        transaction (Django's, or one the server has open: a ``BEGIN`` sent as
+        SQL) or an atomic block, after a statement that may have set session state
+        (until the request ends), after an error, while the connection object is
+        shared between threads, and with a non-zero ``CONN_MAX_AGE``.
         """
         loan = self._loan
         lender = loan.lender
@@ -148,6 +194,7 @@ class CheckoutScopeMixin:
             or loan.record is None
             or lender.settings.checkout_scope != "transaction"
             or self.session_pinned
+            or self.checking_out
             or self.in_atomic_block
             or not self.autocommit
             or loan.error is not None
@@ -155,7 +202,7 @@ class CheckoutScopeMixin:
             or self._thread_sharing_count
             or self._parked
             or self.settings_dict["CONN_MAX_AGE"] != 0  # W010: held, as it asks
-            or self.connection_is_broken(self._conn)
+            or not self.connection_is_idle(self._conn)
         ):
             return
         self._park(loan)

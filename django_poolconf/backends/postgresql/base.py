@@ -313,6 +313,9 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         # Closed or lost connections report UNKNOWN; ACTIVE is mid-query.
         return dbapi_connection.pgconn.transaction_status in BAD_STATUS
 
+    def connection_is_idle(self, dbapi_connection: Any) -> bool:
+        return bool(dbapi_connection.pgconn.transaction_status == IDLE)
+
     def statement_changes_session(self, sql: Any) -> bool:
         return changes_session(sql)
 

@@ -308,14 +308,18 @@ def wait_for_socket(fileno: int, deadline: float, *, write: bool) -> bool:
 # Statements whose effect outlasts them in the session, by their first word (after
 # comments): SET (but not SET LOCAL, SET TRANSACTION, SET CONSTRAINTS), RESET, LISTEN,
 # PREPARE, DECLARE (a cursor WITH HOLD), LOAD, DISCARD, DO and CALL (whose bodies
-# may set anything), and temporary tables.
+# may set anything), and temporary tables and views. Each statement of a text of
+# several is read.
 _SESSION_STATEMENT: Final = re.compile(
     r"(?:\s|/\*.*?\*/|--[^\n]*\n)*"
     r"(?:set\s+(?!local\b|transaction\b|constraints\b)|reset\b|listen\b|prepare\b"
     r"|declare\b|load\b|discard\b|do\b|call\b"
-    r"|create\s+(?:(?:global|local)\s+)?temp|create\s+(?:unlogged\s+)?table\s+pg_temp)",
+    r"|create\s+(?:or\s+replace\s+)?(?:(?:global|local)\s+)?temp"
+    r"|create\s+(?:unlogged\s+)?table\s+pg_temp)",
     re.DOTALL,
 )
+# SELECT ... INTO TEMP [TABLE] makes a temporary table too.
+_INTO_TEMP: Final = re.compile(r"\binto\s+temp(?:orary)?\s")
 # Functions with the same effect, anywhere in a statement.
 _SESSION_FUNCTIONS: Final = ("set_config", "advisory_lock", "pg_temp")
 
@@ -332,5 +336,11 @@ def changes_session(sql: object) -> bool:
         return True  # composed SQL: not read here
     lowered = sql.lower()
     if _SESSION_STATEMENT.match(lowered):
+        return True
+    if ";" in lowered and any(
+        _SESSION_STATEMENT.match(part) for part in lowered.split(";")[1:]
+    ):
+        return True
+    if "temp" in lowered and _INTO_TEMP.search(lowered):
         return True
     return any(name in lowered for name in _SESSION_FUNCTIONS)
