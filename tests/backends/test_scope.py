@@ -321,3 +321,43 @@ def _params() -> dict[str, Any]:
         "user": settings_dict["USER"],
         "dbname": settings_dict["NAME"],
     }
+
+
+def test_a_fresh_process_in_transaction_scope_connects(scope):
+    # Django checks the server's version once per process inside the first
+    # connection's setup, with a cursor of its own: closing it must not return the
+    # connection being set up.
+    import subprocess
+    import sys
+
+    params = _params()
+    database = {
+        "ENGINE": "django_poolconf.backends.postgresql",
+        "NAME": params["dbname"],
+        "USER": params["user"],
+        "HOST": params["host"],
+        "PORT": params["port"],
+        "POOL": {"checkout_scope": "transaction"},
+    }
+    code = (
+        "import django\n"
+        "from django.conf import settings\n"
+        f"settings.configure(DATABASES={{'default': {database!r}}},"
+        " INSTALLED_APPS=['django_poolconf'])\n"
+        "django.setup()\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as cursor:\n"
+        "    cursor.execute('SELECT 41 + 1')\n"
+        "    print('answered', cursor.fetchone()[0])\n"
+    )
+
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert "answered 42" in run.stdout
