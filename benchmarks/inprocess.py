@@ -281,7 +281,7 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
     )
     engine = get_engine("poolconf")
     wrapper = connections["poolconf"]
-    lender = wrapper._lender_for(wrapper.get_connection_params())
+    lender = wrapper._get_lender(wrapper.get_connection_params())
 
     def bare_cycle() -> None:
         bare.connect().close()
@@ -290,7 +290,7 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
         engine.pool.connect().close()
 
     def lender_cycle() -> None:
-        lender.give_back(lender.borrow())
+        lender.checkin(lender.borrow())
 
     def django_cycle() -> None:
         wrapper.ensure_connection()
@@ -304,7 +304,7 @@ def bench_overhead(server: Any, rounds: int, count: int) -> str:
 
     cases: dict[str, Callable[[], None]] = {
         "SQLAlchemy QueuePool, bare": bare_cycle,
-        "poolconf, Django's path (Lender borrow + give_back)": lender_cycle,
+        "poolconf, Django's path (Lender borrow + checkin)": lender_cycle,
         "poolconf, SQLAlchemy's path (pool.connect() + listeners)": pool_cycle,
         "poolconf, Django connect()+close()": django_cycle,
         "poolconf, take back + park (thread affinity, per request)": affinity_cycle,
@@ -342,7 +342,7 @@ def bench_monitoring(rounds: int, count: int) -> str:
     lenders = {}
     for alias in ("poolconf", "poolconf_leak_detection"):
         wrapper = connections[alias]
-        lenders[alias] = wrapper._lender_for(wrapper.get_connection_params())
+        lenders[alias] = wrapper._get_lender(wrapper.get_connection_params())
     counters = Counters()
     monotonic = _time.monotonic
 
@@ -355,7 +355,7 @@ def bench_monitoring(rounds: int, count: int) -> str:
 
     def borrow(alias: str) -> Callable[[], None]:
         lender = lenders[alias]
-        return lambda: lender.give_back(lender.borrow())
+        return lambda: lender.checkin(lender.borrow())
 
     cases: dict[str, Callable[[], None]] = {
         "checkout+checkin, statistics (always on)": borrow("poolconf"),

@@ -4,7 +4,7 @@
 new code imports from the module that defines the name:
 
 * :mod:`django_poolconf.pool.registry`: :func:`get_engine`, :func:`get_async_engine`,
-  :func:`dispose`, :func:`dispose_all`, :func:`lender_for`, :func:`lender_of`,
+  :func:`dispose`, :func:`dispose_all`, :func:`get_lender`, :func:`lender_of`,
   :func:`stats_of`,
   :func:`all_stats`, :func:`histogram_of`;
 * :mod:`django_poolconf.pool.lender`: :class:`Lender`;
@@ -45,8 +45,8 @@ from django_poolconf.pool.registry import (
     dispose_all,
     get_async_engine,
     get_engine,
+    get_lender,
     histogram_of,
-    lender_for,
     lender_of,
     stats_of,
 )
@@ -75,7 +75,7 @@ __all__ = [
     "get_async_engine",
     "get_engine",
     "histogram_of",
-    "lender_for",
+    "get_lender",
     "lender_of",
     "stats_of",
 ]

@@ -149,7 +149,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self._loan = loan = _Loan()
         # A wrapper dropped with a connection still borrowed (its thread ended
         # without closing it) gives the connection back instead of leaking it.
-        weakref.finalize(self, loan.give_back_orphan).atexit = False
+        weakref.finalize(self, loan.checkin_orphan).atexit = False
 
     def get_pool_settings(self) -> PoolSettings:
         """Return this alias's validated pool options.
@@ -260,7 +260,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
             self._parked = False
             lender = self._loan.lender
             assert lender is not None
-            lender.unpark(self._loan)
+            lender.checkin_parked(self._loan)
         self._conn = value
 
     def _take_back(self) -> Any:
@@ -272,7 +272,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         lender = loan.lender
         assert lender is not None
         try:
-            record = lender.reclaim(loan)
+            record = lender.take_back(loan)
         except Exception:  # noqa: BLE001 - connect() borrows anew, and reports
             return None
         if record is None:
@@ -319,7 +319,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         connection, self._conn = self._conn, None
         if lender.borrowed.pop(loan, None) is None:
             return  # returned by the reaper: no longer this object's
-        if lender.give_back(record, park=loan):
+        if lender.checkin(record, park=loan):
             self._conn = connection
             self._parked = True
 
@@ -405,7 +405,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
 
         Prefer :func:`django_poolconf.get_engine`.
         """
-        return self._lender_for(self.get_connection_params()).engine  # type: ignore[attr-defined]
+        return self._get_lender(self.get_connection_params()).engine  # type: ignore[attr-defined]
 
     def _fingerprint(
         self, conn_params: dict[str, Any]
@@ -420,9 +420,9 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self._fingerprint_cache = (conn_params, settings, fingerprint)
         return settings, fingerprint
 
-    def _lender_for(self, conn_params: dict[str, Any]) -> Lender:
+    def _get_lender(self, conn_params: dict[str, Any]) -> Lender:
         settings, fingerprint = self._fingerprint(conn_params)
-        return registry.lender_for(
+        return registry.get_lender(
             self.alias,
             fingerprint,
             settings,
@@ -531,7 +531,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
 
         :raises PoolTimeout: when no connection is free within ``pool_timeout``.
         """
-        lender = self._lender_for(conn_params)
+        lender = self._get_lender(conn_params)
         try:
             record = lender.borrow()
         except sa_exc.TimeoutError:
@@ -573,7 +573,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         if lender.borrowed.pop(loan, None) is None:
             return  # returned by the reaper already: no longer this object's
         if error is None and not self.connection_is_broken(dbapi_connection):
-            lender.give_back(record)
+            lender.checkin(record)
         elif error in (DISCONNECT, READ_ONLY):
             # Connections opened before this one went to the same server before the
             # same event: replace them too, as SQLAlchemy does on a disconnect.
@@ -649,7 +649,7 @@ class _Loan:
         self.record: _ConnectionRecord | None = None
         self.error: str | None = None  # what the borrower's errors said of it
 
-    def give_back_orphan(self) -> None:
+    def checkin_orphan(self) -> None:
         # Runs when the garbage collector frees the wrapper: in any thread, at any
         # allocation, maybe while that thread holds one of the pool's locks. So
         # nothing here takes a lock or talks to the server: the next checkout, a

@@ -1,7 +1,7 @@
 """The lender: lends a pool's connections to Django and checks them on the way out and in.
 
 Django's wrapper checks the pool's records out directly (:meth:`Lender.borrow`,
-:meth:`Lender.give_back`), without the proxy object, weak reference and event
+:meth:`Lender.checkin`), without the proxy object, weak reference and event
 dispatches SQLAlchemy adds to every checkout; SQLAlchemy code checks out through
 ``engine.connect()``, and the pool (:class:`~django_poolconf.pool.sqla.LendingPool`)
 and its listeners call the same lender. The pool's state, which both kinds of
@@ -57,7 +57,7 @@ class Lender(CheckPolicy):
 
     SQLAlchemy code borrows through ``engine.connect()``, and the pool's listeners
     call :meth:`check_out` and :meth:`check_in`. Django's wrapper borrows the pool's
-    entries directly with :meth:`borrow` and :meth:`give_back`: the same checks,
+    entries directly with :meth:`borrow` and :meth:`checkin`: the same checks,
     without the proxy object, weak reference and event dispatches SQLAlchemy adds to
     every checkout. So for Django's checkouts the pool fires ``connect``,
     ``invalidate`` and ``checkin`` events, but not ``checkout`` or ``reset``; and not
@@ -126,7 +126,7 @@ class Lender(CheckPolicy):
         began = time.monotonic()
         return self._lend(self._checkout(began), began)
 
-    def reclaim(self, key: object) -> _ConnectionRecord | None:
+    def take_back(self, key: object) -> _ConnectionRecord | None:
         """Take back the entry parked under ``key``, checked; None if it cannot be.
 
         None when another borrower took it, or when it was replaced or failed its
@@ -171,11 +171,11 @@ class Lender(CheckPolicy):
             signals.logger.debug("took back a parked connection of %r", self.alias)
         return record
 
-    def give_back(self, record: _ConnectionRecord, park: object = None) -> bool:
+    def checkin(self, record: _ConnectionRecord, park: object = None) -> bool:
         """Reset a borrowed entry and check it back in (closed, if it cannot be reset).
 
         With a ``park`` key, and nobody waiting, the entry is parked under it instead:
-        idle, but kept for :meth:`reclaim`. Return whether it was parked.
+        idle, but kept for :meth:`take_back`. Return whether it was parked.
         """
         if refuse_foreign(record):
             return False
@@ -203,7 +203,7 @@ class Lender(CheckPolicy):
             park = None
         # One hold of the state's lock counts the return and hands the entry to the
         # first in line or parks it; else it goes through the pool.
-        outcome = self.state.give_back(record, park, held)
+        outcome = self.state.checkin_loan(record, park, held)
         if outcome is PARKED_NOW:
             return True
         if outcome is None:
@@ -390,7 +390,7 @@ class Lender(CheckPolicy):
 
     # -- closing ---------------------------------------------------------------------
 
-    def unpark(self, key: object) -> None:
+    def checkin_parked(self, key: object) -> None:
         """Check the entry parked under ``key`` into the pool, if nobody took it."""
         record = self.state.parked.take_back(key)
         if record is not None and not refuse_foreign(record):
@@ -491,7 +491,7 @@ class Lender(CheckPolicy):
             else f". It was borrowed at:\n{''.join(held.stack.format()).rstrip()}",
         )
         if error is None:
-            self.give_back(record)
+            self.checkin(record)
         else:
             self.discard(record, "its borrower saw it fail", older_too=True)
 

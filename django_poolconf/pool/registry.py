@@ -43,7 +43,7 @@ __all__ = [
     "get_async_engine",
     "get_engine",
     "histogram_of",
-    "lender_for",
+    "get_lender",
     "lender_of",
     "stats_of",
 ]
@@ -143,7 +143,7 @@ def _pooled_wrapper(alias: str) -> Any:
     return wrapper
 
 
-def lender_for(
+def get_lender(
     alias: str,
     fingerprint: Hashable,
     settings: PoolSettings,

@@ -203,7 +203,9 @@ class PoolState(Generic[R]):
 
     # -- checkin -------------------------------------------------------------------
 
-    def give_back(self, record: R, park: object, held: float | None) -> Outcome | None:
+    def checkin_loan(
+        self, record: R, park: object, held: float | None
+    ) -> Outcome | None:
         """A borrower's record, reset: count it held ``held`` seconds; hand it over or park it.
 
         To the first in line (:data:`HANDED`), else parked under the key ``park``

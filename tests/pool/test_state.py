@@ -65,7 +65,7 @@ def test_the_most_recently_returned_record_is_lent_first():
 def test_a_parked_record_is_idle_and_taken_before_opening_another():
     state = _state(pool_size=2, max_overflow=0)
     assert state.checkout() is OPEN
-    assert state.give_back("a", park="loan", held=None) is PARKED
+    assert state.checkin_loan("a", park="loan", held=None) is PARKED
     assert state.numbers() == (2, 1, 0, -1, 0)
     assert state.checkout() == "a"  # not OPEN: the parked one is idle
     assert state.parked.take_back("loan") is None  # its owner finds it gone
@@ -74,15 +74,15 @@ def test_a_parked_record_is_idle_and_taken_before_opening_another():
 def test_the_oldest_parked_record_is_taken_first():
     state = _state(pool_size=2, max_overflow=0)
     state.checkout(), state.checkout()
-    state.give_back("first", park="one", held=None)
-    state.give_back("second", park="two", held=None)
+    state.checkin_loan("first", park="one", held=None)
+    state.checkin_loan("second", park="two", held=None)
     assert state.checkout() == "first"
 
 
 def test_the_owner_takes_back_its_parked_record():
     state = _state()
     state.checkout()
-    state.give_back("a", park="loan", held=None)
+    state.checkin_loan("a", park="loan", held=None)
     assert state.parked.take_back("loan") == "a"
     assert state.numbers() == (2, 0, 1, -1, 0)
 
@@ -215,7 +215,7 @@ def test_a_return_counts_its_hold_and_is_handed_to_the_first_in_line():
     state = _state(pool_size=1, max_overflow=0)
     state.checkout()
     thread, result = _waiter(state)
-    assert state.give_back("a", park="loan", held=0.25) is HANDED  # not parked
+    assert state.checkin_loan("a", park="loan", held=0.25) is HANDED  # not parked
     thread.join(DEADLINE_S)
     assert result == ["a"]
     assert state.counters.hold_total == 0.25
@@ -224,8 +224,8 @@ def test_a_return_counts_its_hold_and_is_handed_to_the_first_in_line():
 def test_a_return_is_parked_only_while_fewer_than_pool_size_are_idle():
     state = _state(pool_size=1, max_overflow=1)
     state.checkout(), state.checkout()
-    assert state.give_back("a", park="one", held=None) is PARKED
-    assert state.give_back("b", park="two", held=None) is None  # check it in
+    assert state.checkin_loan("a", park="one", held=None) is PARKED
+    assert state.checkin_loan("b", park="two", held=None) is None  # check it in
     assert state.checkin("b") is False  # and, an overflow one, close it
 
 
@@ -233,7 +233,7 @@ def test_a_retired_pool_neither_parks_nor_hands_over():
     state = _state()
     state.checkout()
     state.life.retired = True
-    assert state.give_back("a", park="loan", held=None) is None
+    assert state.checkin_loan("a", park="loan", held=None) is None
     assert not state.parked
 
 
@@ -244,7 +244,7 @@ def test_dispose_takes_every_idle_and_parked_record():
     state = _state(pool_size=2, max_overflow=1)
     _fill(state, "a")
     state.checkout(), state.checkout()  # "a" again, and room for "b"
-    state.give_back("b", park="loan", held=None)
+    state.checkin_loan("b", park="loan", held=None)
     state.checkin("a")
     assert sorted(state.take_all()) == ["a", "b"]
     state.closed(2)
@@ -256,7 +256,7 @@ def test_a_forked_child_forgets_the_parent_s_records_and_counts():
     _fill(state, "a")
     state.checkout()  # "a"
     state.checkout()  # room for "b", lent by the parent
-    state.give_back("a", park="loan", held=1.0)
+    state.checkin_loan("a", park="loan", held=1.0)
     old_lock = state.lock
     assert state.forget_fork_state() == ["a"]
     assert state.numbers() == (2, 0, 0, -2, 0)

@@ -132,7 +132,7 @@ def probe_pooled(
     if time.monotonic() >= deadline:
         # Its check took the time (a ping): the query could not be waited for, and
         # a connection left mid-query would have to be closed.
-        lender.give_back(record)
+        lender.checkin(record)
         return _failed("timeout", None)
     result: ProbeResult | None = None
     try:
@@ -140,7 +140,7 @@ def probe_pooled(
         return result
     finally:
         if result is not None and result.failure is None:
-            lender.give_back(record)
+            lender.checkin(record)
         else:
             # Mid-query or broken: the next borrower must not get it.
             lender.discard(record, "its health probe failed")
