@@ -74,6 +74,7 @@ POOL_RANGES = {
     "slow_checkout_ms": Num(0, 3_600_000, optional=True),
     "max_waiting": Int(0, 1_000_000),
     "connect_params": Other(),
+    "pgbouncer": Other(),
 }
 ROUTER_RANGES = {
     "BALANCE": Other(),
