@@ -26,10 +26,7 @@ from django_poolconf.backends.base import (
 from django_poolconf.backends.credentials import password_callable
 from django_poolconf.backends.postgresql.client import DatabaseClient
 from django_poolconf.backends.postgresql.hooks import PostgresHooks
-from django_poolconf.backends.postgresql.pgbouncer import (
-    adjust_params,
-    session_setup_sql,
-)
+from django_poolconf.backends.postgresql.pgbouncer import session_setup_sql
 from django_poolconf.backends.postgresql.session import (
     BAD_STATUS,
     IDLE,
@@ -173,7 +170,6 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             params.setdefault(name, value)
         # libpq uses it only when neither OPTIONS nor PGAPPNAME name the application.
         params.setdefault("fallback_application_name", _ApplicationName(self.alias))
-        adjust_params(params, settings.pgbouncer, settings_dict["OPTIONS"])
         if settings.pgbouncer is not None:
             # PgBouncer refuses "options": the time zone is set as Django sets it,
             # statement_timeout by the pool's hooks (see pgbouncer.py).

@@ -8,8 +8,10 @@ modes. ``statement_timeout`` is set with ``SET`` on each new connection in sessi
 in transaction mode no session setting holds (the next transaction may run on another
 server connection), so it is not set, and the check ``W013`` says so.
 
-In transaction mode psycopg prepares no statement (``prepare_threshold=None``: a
-statement prepared on one server connection is unknown to the next), Django's
+In transaction mode a statement prepared on one server connection is unknown to the
+next: Django's default, ``prepare_threshold=None``, prepares none, and the check
+``W012`` warns when ``OPTIONS`` sets one (PgBouncer 1.21+ with
+``max_prepared_statements`` supports them: silence the check then). Django's
 ``iterator()`` and other chunked reads use client-side cursors (as with
 ``DISABLE_SERVER_SIDE_CURSORS``), and the reset on return is a rollback only (see
 :attr:`~django_poolconf.conf.pool.PoolSettings.reset_policy`).
@@ -22,17 +24,7 @@ from typing import Any
 
 from django_poolconf.conf.rules import Problem, show_value
 
-__all__ = ["adjust_params", "pgbouncer_problems", "session_setup_sql"]
-
-
-def adjust_params(
-    params: dict[str, Any], mode: str | None, driver_options: Mapping[str, Any]
-) -> None:
-    """Make the connection parameters fit PgBouncer in ``mode``, in place."""
-    if mode is None:
-        return
-    if mode == "transaction" and "prepare_threshold" not in driver_options:
-        params["prepare_threshold"] = None
+__all__ = ["pgbouncer_problems", "session_setup_sql"]
 
 
 def session_setup_sql(mode: str | None, statement_timeout: int | None) -> bytes | None:

@@ -67,19 +67,25 @@ def test_iterator_while_another_client_takes_the_server_connection(pgbouncer):
         other.close()
 
 
-def test_repeated_statements_while_server_connections_change(pgbouncer):
+def test_repeated_statements_while_server_connections_change(pgbouncer, driver_options):
+    # Server-side binding: psycopg prepares a statement run five times (Django's
+    # default client-side binding prepares nothing).
+    driver_options(server_side_binding=True)
     Item.objects.create(name="a")
     other = _through(pgbouncer)
     try:
         for n in range(20):
-            # psycopg prepares a statement run five times: behind PgBouncer in
-            # transaction mode the next run may land on a server that never saw it.
+            # Behind PgBouncer in transaction mode the next run may land on a
+            # server connection that never saw the statement prepared.
             assert Item.objects.filter(name="a").count() == 1
             if n % 2:
                 other.execute("BEGIN")
                 other.execute("SELECT 1")
             else:
                 other.execute("COMMIT")
+        # A statement prepared on one server connection is unknown to the next:
+        # Django's default prepares nothing (W012 warns when OPTIONS asks for it).
+        assert connection.connection.prepare_threshold is None
     finally:
         other.close()
 
@@ -141,3 +147,51 @@ def test_pgbouncer_restart_is_survived(pgbouncer):
     for _ in range(20):
         assert wsgi_get("/item/").status == 200
     assert time.monotonic() - started < 60
+
+
+def test_statement_timeout_holds_in_session_mode_only(pgbouncer, pool_options):
+    pool_options(statement_timeout=1234)
+    # In transaction mode no session setting holds: not applied (W013 says so).
+    expected = "1234ms" if pgbouncer.mode == "session" else "0"
+    for _ in range(3):
+        # Each request cycle, a reset between them.
+        response = wsgi_get("/sql/", q="SHOW statement_timeout")
+        assert response.status == 200
+        assert response.json()["row"] == [expected]
+
+
+# The checks: settings that break behind PgBouncer.
+
+
+def _check_ids(pool, **settings):
+    from django_poolconf.conf.pool import validate_alias
+    from tests.conf.conftest import pooled
+
+    problems = validate_alias("default", pooled(POOL=pool, **settings), poolconf={})[1]
+    return [problem.id for problem in problems]
+
+
+def test_checks_behind_pgbouncer_in_transaction_mode():
+    transaction = {"pgbouncer": "transaction"}
+    assert _check_ids(transaction) == []
+    assert _check_ids(transaction, OPTIONS={"options": "-c work_mem=64MB"}) == ["W011"]
+    assert _check_ids(transaction, OPTIONS={"prepare_threshold": 5}) == ["W012"]
+    assert _check_ids(transaction, OPTIONS={"prepare_threshold": None}) == []
+    assert _check_ids({**transaction, "statement_timeout": 5000}) == ["W013"]
+    assert _check_ids({**transaction, "reset_on_return": "full"}) == ["W014"]
+
+
+def test_checks_behind_pgbouncer_in_session_mode_and_without():
+    session = {"pgbouncer": "session"}
+    assert _check_ids(session, OPTIONS={"options": "-c work_mem=64MB"}) == ["W011"]
+    assert (
+        _check_ids(
+            {**session, "statement_timeout": 5000, "reset_on_return": "full"},
+            OPTIONS={"prepare_threshold": 5},
+        )
+        == []
+    )
+    assert (
+        _check_ids({"statement_timeout": 5000}, OPTIONS={"options": "-c work_mem=64MB"})
+        == []
+    )
