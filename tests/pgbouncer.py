@@ -108,11 +108,11 @@ class PgBouncer:
             time.sleep(POLL_INTERVAL_S)
 
     def stop(self) -> None:
-        """Stop it at once (SIGINT: PgBouncer's immediate shutdown)."""
+        """Stop it at once (SIGTERM: PgBouncer's immediate shutdown; SIGINT waits for clients)."""
         process = self.process
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
