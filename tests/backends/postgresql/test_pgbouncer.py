@@ -159,7 +159,8 @@ def test_statement_timeout_holds_in_session_mode_only(pgbouncer, pool_options):
     # In transaction mode no session setting holds: not applied (W013 says so).
     expected = "1234ms" if pgbouncer.mode == "session" else "0"
     for _ in range(3):
-        # Each request cycle, a reset between them.
+        # A session change between them: the reset on return restores the setting.
+        assert wsgi_get("/sql/", q="SET application_name = 'changed'").status == 200
         response = wsgi_get("/sql/", q="SHOW statement_timeout")
         assert response.status == 200
         assert response.json()["row"] == [expected]
