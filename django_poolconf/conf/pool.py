@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 
 from django.core.exceptions import ImproperlyConfigured
 
+from django_poolconf.backends.postgresql.pgbouncer import pgbouncer_problems
 from django_poolconf.conf.health import validate_health
 from django_poolconf.conf.replicas import replica_problems
 from django_poolconf.conf.rules import (
@@ -44,10 +45,12 @@ from django_poolconf.sizing import AUTO_PRESET, PRESETS, calculate_pool_size
 __all__ = [
     "POOLCONF_KEYS",
     "POOL_KEYS",
+    "PGBOUNCER_CHOICES",
     "RESET_CHOICES",
     "SCOPE_CHOICES",
     "PoolSettings",
     "CheckoutScope",
+    "PgBouncerMode",
     "ResetOnReturn",
     "pool_settings",
     "validate_alias",
@@ -58,6 +61,8 @@ ResetOnReturn = Literal["auto", "rollback", "full"]
 CheckoutScope = Literal["request", "transaction"]
 SCOPE_CHOICES: Final[tuple[str, ...]] = ("request", "transaction")
 RESET_CHOICES: Final[tuple[str, ...]] = ("auto", "rollback", "full")
+PgBouncerMode = Literal["transaction", "session"]
+PGBOUNCER_CHOICES: Final[tuple[str, ...]] = ("transaction", "session")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,12 +93,26 @@ class PoolSettings:
     slow_checkout_ms: float | None = None  # milliseconds waited before a warning
     max_waiting: int = 0  # checkouts that may wait at once; 0 = no limit
     connect_params: str | None = None  # dotted path: (alias, params) -> params
+    pgbouncer: PgBouncerMode | None = None  # PgBouncer's pool_mode, if behind one
     replica_of: str | None = field(default=None)
 
     @property
     def capacity(self) -> int:
         """The most connections this alias's pool opens at once."""
         return self.pool_size + self.max_overflow
+
+    @property
+    def reset_policy(self) -> ResetOnReturn:
+        """The reset each return gets: ``reset_on_return``, but ``"auto"`` behind
+        PgBouncer in transaction mode is ``"rollback"``.
+
+        There the server connection is shared between transactions: no session of
+        this client outlives one, so there is nothing to ``DISCARD``, and a
+        ``DISCARD ALL`` would only reach whichever server connection PgBouncer lends.
+        """
+        if self.pgbouncer == "transaction" and self.reset_on_return == "auto":
+            return "rollback"
+        return self.reset_on_return
 
 
 #: The keys accepted in ``POOL`` and in ``POOLCONF["POOL"]``.
@@ -231,6 +250,8 @@ def validate_alias(
                 hint="Set connect_timeout in one place: POOL.",
             )
         )
+
+    problems.extend(pgbouncer_problems(where, settings_dict, values))
 
     host = settings_dict.get("HOST")
     name = settings_dict.get("NAME")
@@ -378,6 +399,7 @@ _RULES: Final[Mapping[str, Rule]] = {
     ),
     "max_waiting": integer(0, MAX_WAITING),
     "connect_params": callable_path("(alias, params) -> params"),
+    "pgbouncer": choice(PGBOUNCER_CHOICES, optional=True),
 }
 assert set(_RULES) == set(POOL_KEYS), "every POOL key needs a rule"
 

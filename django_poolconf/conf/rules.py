@@ -219,16 +219,20 @@ def callable_path(signature: str) -> Rule:
     return rule
 
 
-def choice(choices: tuple[str, ...]) -> Rule:
-    """A rule for one of ``choices``; E004 suggests the nearest."""
+def choice(choices: tuple[str, ...], *, optional: bool = False) -> Rule:
+    """A rule for one of ``choices`` (or None if ``optional``); E004 suggests the nearest."""
+    also = " or None" if optional else ""
 
     def rule(where: str, key: str, value: object) -> Problem | None:
-        if value in choices:
+        if (value is None and optional) or (
+            isinstance(value, str) and value in choices
+        ):
             return None
         close = difflib.get_close_matches(str(value), choices, 1)
         return Problem(
             "E004",
-            f"{where} must be one of {show_choices(choices)}, got {show_value(value)}.",
+            f"{where} must be one of {show_choices(choices)}{also}, got "
+            f"{show_value(value)}.",
             hint=f"Did you mean {close[0]!r}?" if close else None,
         )
 

@@ -66,7 +66,7 @@ class CheckPolicy:
             if settings.slow_checkout_ms is None
             else settings.slow_checkout_ms / 1000
         )
-        self.policy = settings.reset_on_return
+        self.policy = settings.reset_policy
         self.pre_ping = settings.pool_pre_ping
         self.threshold = settings.pre_ping_threshold
         self.validation_timeout = settings.validation_timeout

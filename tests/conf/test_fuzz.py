@@ -75,6 +75,7 @@ POOL_RANGES = {
     "max_waiting": Int(0, 1_000_000),
     "connect_params": Other(),
     "checkout_scope": Other(),
+    "pgbouncer": Other(),
 }
 ROUTER_RANGES = {
     "BALANCE": Other(),

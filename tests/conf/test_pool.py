@@ -33,7 +33,7 @@ VALID_KEYS = (
     "'pool_pre_ping', 'pre_ping_threshold', 'validation_timeout', 'connect_timeout', "
     "'statement_timeout', 'read_timeout', 'reset_on_return', 'thread_affinity', "
     "'checkout_scope', 'leak_detection_threshold', 'slow_checkout_ms', "
-    "'max_waiting', 'connect_params'."
+    "'max_waiting', 'connect_params', 'pgbouncer'."
 )
 PRESET_CHOICES = (
     "'development', 'small_api', 'high_traffic', 'background_worker', 'auto'"
@@ -125,6 +125,7 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         "slow_checkout_ms",
         "max_waiting",
         "connect_params",
+        "pgbouncer",
     )
 
 
@@ -158,6 +159,9 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         ("max_waiting", 200),
         ("connect_params", None),
         ("connect_params", "tests.backends.test_credentials.vault_params"),
+        ("pgbouncer", None),
+        ("pgbouncer", "transaction"),
+        ("pgbouncer", "session"),
     ],
 )
 def test_good_value_is_accepted(key, value):
@@ -425,6 +429,29 @@ def test_out_of_range_is_e004(key, value, message):
 
 def test_huge_integer_for_seconds_key_is_e004():
     assert ids(validate(with_pool(pool_timeout=10**400))[1]) == ["E004"]
+
+
+def test_unknown_pgbouncer_mode_suggests_closest():
+    message = (
+        "DATABASES['default']['POOL']['pgbouncer'] must be one of 'transaction', "
+        "'session' or None, got 'transactions'. Did you mean 'transaction'?"
+    )
+
+    problem = only_problem(with_pool(pgbouncer="transactions"))
+
+    assert problem.id == "E004"
+    with pytest.raises(ImproperlyConfigured, match=whole(message)):
+        pool_settings("default", with_pool(pgbouncer="transactions"), poolconf={})
+
+
+def test_reset_policy_behind_pgbouncer_in_transaction_mode_is_rollback():
+    def policy(**pool):
+        return pool_settings("default", with_pool(**pool), poolconf={}).reset_policy
+
+    assert policy() == "auto"
+    assert policy(pgbouncer="session") == "auto"
+    assert policy(pgbouncer="transaction") == "rollback"
+    assert policy(pgbouncer="transaction", reset_on_return="full") == "full"
 
 
 def test_unknown_reset_on_return_suggests_closest():

@@ -26,6 +26,7 @@ from django_poolconf.backends.base import (
 from django_poolconf.backends.credentials import password_callable
 from django_poolconf.backends.postgresql.client import DatabaseClient
 from django_poolconf.backends.postgresql.hooks import PostgresHooks
+from django_poolconf.backends.postgresql.pgbouncer import session_setup_sql
 from django_poolconf.backends.postgresql.session import (
     BAD_STATUS,
     IDLE,
@@ -169,6 +170,11 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             params.setdefault(name, value)
         # libpq uses it only when neither OPTIONS nor PGAPPNAME name the application.
         params.setdefault("fallback_application_name", _ApplicationName(self.alias))
+        if settings.pgbouncer is not None:
+            # PgBouncer refuses "options": the time zone is set as Django sets it,
+            # statement_timeout by the pool's hooks (see pgbouncer.py).
+            self._params_cache = (key, params)
+            return params
         options = [params["options"]] if params.get("options") else []
         if settings.statement_timeout is not None:
             options.append(f"-c statement_timeout={settings.statement_timeout}")
@@ -240,12 +246,14 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     def make_pool_hooks(self, conn_params: dict[str, Any]) -> PostgresHooks:
         level = self.settings_dict["OPTIONS"].get("isolation_level")
+        settings = self.get_pool_settings()
         return PostgresHooks(
             self.alias,
             conn_params,
             None if level is None else self._configured_isolation_level(),
-            read_timeout=self.get_pool_settings().read_timeout,
+            read_timeout=settings.read_timeout,
             credentials=self.credentials_for(conn_params) or None,
+            setup_sql=session_setup_sql(settings.pgbouncer, settings.statement_timeout),
         )
 
     def classify_error(self, error: BaseException) -> str | None:
@@ -322,8 +330,16 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
     def note_session_baseline(self, dbapi_connection: Any) -> None:
         note_baseline(
             dbapi_connection,
-            server=self.get_pool_settings().reset_on_return == "auto",
+            server=self.get_pool_settings().reset_policy == "auto",
         )
+
+    def chunked_cursor(self) -> Any:
+        if self.is_pooled and self.get_pool_settings().pgbouncer == "transaction":
+            # A server-side cursor lives on one server connection, and PgBouncer
+            # lends the next transaction (the next FETCH) another: as with
+            # DISABLE_SERVER_SIDE_CURSORS, a client-side cursor.
+            return self.cursor()
+        return super().chunked_cursor()
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)

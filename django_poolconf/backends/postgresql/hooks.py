@@ -43,8 +43,10 @@ class PostgresHooks:
         *,
         read_timeout: float | None = None,
         credentials: ConnectParams | None = None,
+        setup_sql: bytes | None = None,
     ) -> None:
         self.alias = alias
+        self.setup_sql = setup_sql
         self.read_timeout = read_timeout
         params = dict(conn_params)
         # A callable PASSWORD and connect_params, called for each new connection.
@@ -77,6 +79,12 @@ class PostgresHooks:
             failure = self._connect_failed(str(error), params)
         else:
             del params  # no frame of ours keeps the password
+            if self.setup_sql is not None and not self._set_up(connection):
+                connection.close()
+                raise ConnectionFailed(
+                    f"Could not set up a new connection for {self.alias!r}: "
+                    f"{self.setup_sql.decode()} failed."
+                )
             connection.named_cursors = []
             connection.generation = process.GENERATION.value
             connection.read_timeout = self.read_timeout
@@ -92,6 +100,11 @@ class PostgresHooks:
         # with no local of this frame holding the password, for error trackers.
         del params
         raise failure
+
+    def _set_up(self, connection: PooledConnection) -> bool:
+        """Run ``setup_sql`` on a new connection, outside any transaction."""
+        result = connection.pgconn.exec_(self.setup_sql or b"")
+        return bool(result.status == pq.ExecStatus.COMMAND_OK)
 
     def _connect_failed(self, failure: str, params: dict[str, Any]) -> ConnectionFailed:
         # As Django's own backend does, the error names the server tried: an operator
