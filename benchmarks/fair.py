@@ -74,6 +74,16 @@ def strategies(
             "ENGINE": pooled,
             "POOL": {**size, "checkout_scope": "transaction"},
         }
+        # What the reset on every return costs transaction scope is the difference.
+        found["poolconf_transaction_rollback"] = {
+            **base,
+            "ENGINE": pooled,
+            "POOL": {
+                **size,
+                "checkout_scope": "transaction",
+                "reset_on_return": "rollback",
+            },
+        }
     if importlib.util.find_spec("psycopg_pool") is not None:
         found["native_pool"] = {
             **base,
