@@ -2,7 +2,8 @@
 
     python3 dev.py bench            # or: python -P benchmarks/run.py [--quick]
 
-The in-process part always runs; the HTTP part runs when ``wrk`` is on PATH and
+``fair.py`` (each strategy in a long-lived process of its own) and the in-process
+part always run; the HTTP part runs when ``wrk`` is on PATH and
 gunicorn is installed (``pip install -e ".[bench]"``, ``apt-get install wrk``).
 Each part starts its own embedded PostgreSQL server. Benchmarks do not gate CI.
 """
@@ -37,10 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    import fair
     import inprocess
 
     today = datetime.date.today().isoformat()
-    parts = [f"# django-poolconf benchmarks, {today}", inprocess.run(args.quick)]
+    parts = [
+        f"# django-poolconf benchmarks, {today}",
+        fair.run([1, 4], *((3, 0.3) if args.quick else (7, 1.0)), True, None, []),
+        inprocess.run(args.quick),
+    ]
     http_ready = shutil.which("wrk") and importlib.util.find_spec("gunicorn")
     if args.no_http:
         parts.append("HTTP: skipped (--no-http).")
