@@ -13,7 +13,41 @@ from typing import Any
 
 from django_poolconf.errors import PoolError
 
-__all__ = ["CheckoutScopeMixin", "ScopedCursor", "scoped_class"]
+__all__ = [
+    "CheckoutScopeMixin",
+    "GuardedCursor",
+    "ScopedCursor",
+    "guarded_class",
+    "scoped_class",
+]
+
+
+class GuardedCursor:
+    """A cursor of a pooled connection in request scope.
+
+    Once its connection is checked in (the request ends, ``close()``), it runs
+    nothing more: its driver cursor belongs to a connection that another borrower
+    may be using. Django's own ``close()`` would have closed the connection under
+    it; here it raises :class:`~django_poolconf.PoolError`.
+    """
+
+    db: Any
+    scope_epoch: int = -1  # the borrowing it was opened in
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        if self.scope_epoch != self.db._scope_epoch:
+            raise _stale(self.db)
+        return super().execute(sql, params)  # type: ignore[misc]
+
+    def executemany(self, sql: Any, param_list: Any) -> Any:
+        if self.scope_epoch != self.db._scope_epoch:
+            raise _stale(self.db)
+        return super().executemany(sql, param_list)  # type: ignore[misc]
+
+    def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
+        if self.scope_epoch != self.db._scope_epoch:
+            raise _stale(self.db)
+        return super().callproc(procname, params, kparams)  # type: ignore[misc]
 
 
 class ScopedCursor:
@@ -78,19 +112,29 @@ def _stale(db: Any) -> PoolError:
     # request ended, or close()): another borrower may be using it now.
     return PoolError(
         f"This cursor of {db.alias!r} was opened before its connection was checked "
-        "in (checkout_scope='transaction'): open a new cursor."
+        "in (the request ended, or close()): open a new cursor."
     )
 
 
-_CLASSES: dict[type, type] = {}
+_CLASSES: dict[tuple[type, type], type] = {}
 
 
 def scoped_class(cls: type) -> type:
     """``cls`` (a Django cursor wrapper class) with :class:`ScopedCursor` in front."""
-    scoped = _CLASSES.get(cls)
-    if scoped is None:
-        scoped = _CLASSES[cls] = type(f"Scoped{cls.__name__}", (ScopedCursor, cls), {})
-    return scoped
+    return _subclass(ScopedCursor, cls)
+
+
+def guarded_class(cls: type) -> type:
+    """``cls`` (a Django cursor wrapper class) with :class:`GuardedCursor` in front."""
+    return _subclass(GuardedCursor, cls)
+
+
+def _subclass(front: type, cls: type) -> type:
+    made = _CLASSES.get((front, cls))
+    if made is None:
+        name = f"{front.__name__.removesuffix('Cursor')}{cls.__name__}"
+        made = _CLASSES[front, cls] = type(name, (front, cls), {})
+    return made
 
 
 class CheckoutScopeMixin:
@@ -142,11 +186,11 @@ class CheckoutScopeMixin:
 
     def _scoped(self, wrapped: Any) -> Any:
         lender = self._loan.lender
-        if (
-            lender is None
-            or lender.settings.checkout_scope != "transaction"
-            or self._loan.record is None
-        ):
+        if lender is None or self._loan.record is None:
+            return wrapped  # not a pooled connection
+        if lender.settings.checkout_scope != "transaction":
+            wrapped.__class__ = guarded_class(type(wrapped))
+            wrapped.scope_epoch = self._scope_epoch
             return wrapped
         wrapped.__class__ = scoped_class(type(wrapped))
         wrapped.scope_epoch = self._scope_epoch

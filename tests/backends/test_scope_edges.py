@@ -214,21 +214,7 @@ def test_a_temporary_object_is_seen_by_the_rest_of_the_request(scope, make, use)
     assert seen == 1
 
 
-@pytest.mark.parametrize(
-    "checkout_scope",
-    [
-        "transaction",
-        pytest.param(
-            "request",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="request scope's cursors are Django's own, unguarded: a stale "
-                "one runs on the connection whoever borrowed it next (so does Django's "
-                "own pool)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("checkout_scope", ["transaction", "request"])
 def test_a_cursor_of_an_ended_borrowing_never_runs_on_another_borrower_s_connection(
     scope, checkout_scope
 ):
