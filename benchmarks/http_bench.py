@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 STRATEGIES: Final = ("new_per_request", "persistent", "native_pool", "poolconf")
 #: Where benchmarks/baseline.py exported the package for --baseline, if given.
 _BASELINE_PATH: str | None = None
+#: --db-cpu: the CPU PostgreSQL runs on, the others run gunicorn and wrk (None: shared).
+_DB_CPU: int | None = None
 BASELINE: Final = "persistent"
 CONCURRENCIES: Final = (1, 8, 32, 128)
 DEFAULT_ROUNDS: Final = 5
@@ -155,6 +157,8 @@ def run(
         )
         cluster.create_database(DATABASE)
         _seed(server)
+        if _DB_CPU is not None:
+            _pin_database(server, _DB_CPU)
         import psycopg
 
         # Both on the "postgres" database, so that neither counts among DATABASE's sessions.
@@ -201,6 +205,11 @@ def run(
         + f"; wrk `-t{WRK_THREADS} -d{duration}s`; {rounds} round(s), strategies"
         f" interleaved; pool capacity {POOL_CAPACITY}; {elapsed:.0f} s in all."
     )
+    if _DB_CPU is not None:
+        settings += (
+            f" PostgreSQL pinned to CPU {_DB_CPU}, gunicorn and wrk to the others"
+            " (`--db-cpu`): the database as on a host of its own."
+        )
     return _report(header, settings, strategies, concurrencies, results, ratios)
 
 
@@ -246,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"gunicorn threads and pools of {POOL_CAPACITY} (default concurrency: "
         f"{IO_THREADS})",
     )
+    parser.add_argument(
+        "--db-cpu",
+        type=int,
+        metavar="N",
+        help="pin PostgreSQL to CPU N and gunicorn and wrk to the other CPUs, as if "
+        "the database had a host of its own (default: all share every CPU)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report to PATH")
     parser.add_argument(
         "--baseline",
@@ -253,7 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also measure the package at this git revision (poolconf_baseline)",
     )
     args = parser.parse_args(argv)
-    global _BASELINE_PATH, PATH, GUNICORN_THREADS
+    global _BASELINE_PATH, _DB_CPU, PATH, GUNICORN_THREADS
+    if args.db_cpu is not None:
+        cpus = os.sched_getaffinity(0)
+        if args.db_cpu not in cpus or len(cpus) < 2:
+            parser.error(
+                f"--db-cpu {args.db_cpu}: not one of several CPUs {sorted(cpus)}"
+            )
+        _DB_CPU = args.db_cpu
     if args.io:
         PATH, GUNICORN_THREADS = IO_PATH, IO_THREADS
         args.concurrency = args.concurrency or [IO_THREADS]
@@ -284,6 +307,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown is not None:
         args.markdown.write_text(report)
     return 0
+
+
+def _pin_database(server: EmbeddedServer, cpu: int) -> None:
+    """Run PostgreSQL on ``cpu`` alone, and this process and its children on the others.
+
+    The postmaster's backends inherit its CPU set; its running children get it here.
+    """
+    postmaster = server.pid()
+    assert postmaster is not None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid = int(stat.parent.name)
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            if pid == postmaster or parent == postmaster:
+                os.sched_setaffinity(pid, {cpu})
+        except (OSError, ValueError):
+            continue  # a process that ended meanwhile
+    os.sched_setaffinity(0, os.sched_getaffinity(0) - {cpu})
 
 
 def _seed(server: EmbeddedServer) -> None:
