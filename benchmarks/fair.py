@@ -343,6 +343,7 @@ def run(
     io: bool,
     baseline_rev: str | None,
     only: list[str],
+    db_cpu: int | None = None,
 ) -> str:
     from django_poolconf.embedded import EmbeddedCluster
 
@@ -381,6 +382,14 @@ def run(
             environment(server),
             f"{rounds} rounds of {seconds:g} s per strategy, interleaved; medians.",
         ]
+        if db_cpu is not None:
+            import http_bench
+
+            http_bench._pin_database(server, db_cpu)  # after environment(): all CPUs
+            parts[-1] += (
+                f" PostgreSQL pinned to CPU {db_cpu}, the workers (and PgBouncer) to"
+                " the others (`--db-cpu`): the database as on a host of its own."
+            )
         for threads in threads_list:
             found = chosen(
                 strategies(base, threads, threads, baseline_engine=baseline_engine)
@@ -443,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="measure only these (persistent and poolconf always run); repeatable",
     )
+    parser.add_argument(
+        "--db-cpu",
+        type=int,
+        metavar="N",
+        help="pin PostgreSQL to CPU N and the workers to the others (default: shared)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds of 0.3 s")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
@@ -454,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         not args.no_io,
         args.baseline,
         args.strategy,
+        args.db_cpu,
     )
     if args.markdown:
         args.markdown.write_text(text)
