@@ -15,6 +15,7 @@ from django_poolconf import engines
 from django_poolconf.embedded import EmbeddedCluster
 from django_poolconf.health import runner
 from tests import servers
+from tests.pgbouncer import PgBouncer
 from tests.proxy import FaultProxy
 
 #: What pg_stat_statements shows of the reset every return sends.
@@ -178,3 +179,33 @@ def proxy(pool_options: Callable[..., None]) -> Iterator[FaultProxy]:
         runner._probes.clear()
         settings_dict["HOST"], settings_dict["PORT"] = original
         faults.close()
+
+
+@pytest.fixture(params=["transaction", "session"])
+def pgbouncer(request: pytest.FixtureRequest, db: None) -> Iterator[PgBouncer]:
+    """The default alias behind a real PgBouncer in each pool mode, with a fresh pool.
+
+    ``POOL["pgbouncer"]`` names the mode. A missing binary fails the test.
+    """
+    settings_dict = connections.settings["default"]
+    original = settings_dict["HOST"], settings_dict["PORT"], settings_dict["POOL"]
+    bouncer = PgBouncer(
+        request.param,
+        str(original[0]),
+        int(original[1]),
+        str(settings_dict["USER"]),
+    )
+    connections.close_all()
+    engines.dispose_all()
+    runner._probes.clear()
+    try:
+        bouncer.start()
+        settings_dict["HOST"], settings_dict["PORT"] = "127.0.0.1", str(bouncer.port)
+        settings_dict["POOL"] = {**original[2], "pgbouncer": request.param}
+        yield bouncer
+    finally:
+        connections.close_all()
+        engines.dispose_all()
+        runner._probes.clear()
+        settings_dict["HOST"], settings_dict["PORT"], settings_dict["POOL"] = original
+        bouncer.close()

@@ -18,7 +18,10 @@ from typing import Any, Final, Literal
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_poolconf.backends.postgresql.pgbouncer import pgbouncer_problems
+from django_poolconf.backends.postgresql.pgbouncer import (
+    admin_console,
+    pgbouncer_problems,
+)
 from django_poolconf.conf.health import validate_health
 from django_poolconf.conf.replicas import replica_problems
 from django_poolconf.conf.rules import (
@@ -94,6 +97,10 @@ class PoolSettings:
     max_waiting: int = 0  # checkouts that may wait at once; 0 = no limit
     connect_params: str | None = None  # dotted path: (alias, params) -> params
     pgbouncer: PgBouncerMode | None = None  # PgBouncer's pool_mode, if behind one
+    # PgBouncer 1.21+ with max_prepared_statements: prepared statements may be used.
+    pgbouncer_prepared_statements: bool = False
+    # A URL of PgBouncer's admin console; not in the repr: it may hold a password.
+    pgbouncer_admin: str | None = field(default=None, repr=False)
     replica_of: str | None = field(default=None)
 
     @property
@@ -400,6 +407,8 @@ _RULES: Final[Mapping[str, Rule]] = {
     "max_waiting": integer(0, MAX_WAITING),
     "connect_params": callable_path("(alias, params) -> params"),
     "pgbouncer": choice(PGBOUNCER_CHOICES, optional=True),
+    "pgbouncer_prepared_statements": boolean,
+    "pgbouncer_admin": admin_console,
 }
 assert set(_RULES) == set(POOL_KEYS), "every POOL key needs a rule"
 

@@ -283,6 +283,8 @@ EXAMPLES: Final[Mapping[str, str]] = {
     "thread_affinity": "True",
     "max_waiting": "100",
     "connect_params": "'myproject.db.connect_params'",
+    "pgbouncer_prepared_statements": "True",
+    "pgbouncer_admin": "'postgresql://stats@pgbouncer.internal:6432/pgbouncer'",
     "PIN_SECONDS": "5",
     "CAUSAL": "True",
     "MAX_REPLICA_LAG": "5",

@@ -76,6 +76,8 @@ POOL_RANGES = {
     "connect_params": Other(),
     "checkout_scope": Other(),
     "pgbouncer": Other(),
+    "pgbouncer_prepared_statements": Other(),
+    "pgbouncer_admin": Other(),
 }
 ROUTER_RANGES = {
     "BALANCE": Other(),

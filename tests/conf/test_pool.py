@@ -33,7 +33,8 @@ VALID_KEYS = (
     "'pool_pre_ping', 'pre_ping_threshold', 'validation_timeout', 'connect_timeout', "
     "'statement_timeout', 'read_timeout', 'reset_on_return', 'thread_affinity', "
     "'checkout_scope', 'leak_detection_threshold', 'slow_checkout_ms', "
-    "'max_waiting', 'connect_params', 'pgbouncer'."
+    "'max_waiting', 'connect_params', 'pgbouncer', 'pgbouncer_prepared_statements', "
+    "'pgbouncer_admin'."
 )
 PRESET_CHOICES = (
     "'development', 'small_api', 'high_traffic', 'background_worker', 'auto'"
@@ -126,6 +127,8 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         "max_waiting",
         "connect_params",
         "pgbouncer",
+        "pgbouncer_prepared_statements",
+        "pgbouncer_admin",
     )
 
 
@@ -162,6 +165,9 @@ def test_pool_keys_are_sqlalchemy_style_option_names():
         ("pgbouncer", None),
         ("pgbouncer", "transaction"),
         ("pgbouncer", "session"),
+        ("pgbouncer_prepared_statements", True),
+        ("pgbouncer_prepared_statements", False),
+        ("pgbouncer_admin", None),
     ],
 )
 def test_good_value_is_accepted(key, value):

@@ -173,6 +173,12 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         if settings.pgbouncer is not None:
             # PgBouncer refuses "options": the time zone is set as Django sets it,
             # statement_timeout by the pool's hooks (see pgbouncer.py).
+            if (
+                settings.pgbouncer == "transaction"
+                and not settings.pgbouncer_prepared_statements
+            ):
+                # The next transaction's server connection does not know them (W012).
+                params["prepare_threshold"] = None
             self._params_cache = (key, params)
             return params
         options = [params["options"]] if params.get("options") else []

@@ -22,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django_poolconf.conf.rules import Problem, show_value
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["pgbouncer_problems", "session_setup_sql"]
+from django_poolconf.conf.rules import Problem, show_value, type_problem
+
+__all__ = ["admin_console", "pgbouncer_problems", "session_setup_sql"]
 
 
 def session_setup_sql(mode: str | None, statement_timeout: int | None) -> bytes | None:
@@ -40,7 +43,18 @@ def pgbouncer_problems(
     """The settings that break behind PgBouncer in the mode ``pool["pgbouncer"]`` names."""
     mode = pool.get("pgbouncer")
     if mode is None:
-        return []
+        if pool.get("pgbouncer_admin") is None:
+            return []
+        return [
+            Problem(
+                "W015",
+                f"{where}['POOL']['pgbouncer_admin'] is set, but {where}['POOL']"
+                "['pgbouncer'] is not: the alias is not behind PgBouncer, and "
+                "PgBouncer's admin console is not read.",
+                hint="Set POOL['pgbouncer'] to PgBouncer's pool_mode, or remove "
+                "pgbouncer_admin.",
+            )
+        ]
     problems: list[Problem] = []
     options = settings_dict.get("OPTIONS") or {}
     if not isinstance(options, Mapping):
@@ -59,7 +73,9 @@ def pgbouncer_problems(
         )
     if mode != "transaction":
         return problems
-    if options.get("prepare_threshold") is not None:
+    if options.get("prepare_threshold") is not None and not pool.get(
+        "pgbouncer_prepared_statements"
+    ):
         problems.append(
             Problem(
                 "W012",
@@ -67,10 +83,10 @@ def pgbouncer_problems(
                 f"{show_value(options['prepare_threshold'])}, but PgBouncer in "
                 "transaction mode lends another server connection to each "
                 "transaction, which does not know the statements prepared on the "
-                "last one.",
-                hint="Remove prepare_threshold (the backend sets None). Only "
-                "PgBouncer 1.21 or later with max_prepared_statements set supports "
-                "them; then silence this check with SILENCED_SYSTEM_CHECKS.",
+                "last one: the backend ignores it and prepares none.",
+                hint="Remove prepare_threshold. On PgBouncer 1.21 or later with "
+                "max_prepared_statements set, declare it: "
+                "POOL['pgbouncer_prepared_statements'] = True.",
             )
         )
     if pool.get("statement_timeout") is not None:
@@ -96,3 +112,32 @@ def pgbouncer_problems(
             )
         )
     return problems
+
+
+def admin_console(where: str, key: str, value: object) -> Problem | None:
+    """The rule of ``pgbouncer_admin``: ``None``, or a URL naming the database ``pgbouncer``.
+
+    ``E019`` never shows the URL: it may carry a password (and libpq's parse errors
+    repeat it).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return type_problem(where, key, value, "a URL", True)
+    hint = (
+        "Give the URL of PgBouncer's admin console, whose database is 'pgbouncer', "
+        "for a user in its admin_users or stats_users: "
+        "'postgresql://stats@pgbouncer.internal:6432/pgbouncer'."
+    )
+    try:
+        dbname = conninfo_to_dict(value).get("dbname")
+    except psycopg.Error:
+        return Problem("E019", f"{where} is not a URL that libpq can read.", hint=hint)
+    if dbname != "pgbouncer":
+        return Problem(
+            "E019",
+            f"{where} does not name the database 'pgbouncer', PgBouncer's admin "
+            "console.",
+            hint=hint,
+        )
+    return None

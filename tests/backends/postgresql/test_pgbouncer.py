@@ -12,9 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection, connections, transaction
+from django.db import OperationalError, connection, connections, transaction
 
 from tests.conftest import RESET_STATEMENTS, wsgi_get
+from tests.health.test_runner import use_health
 from tests.pgbouncer import PgBouncer
 from tests.testapp.models import Item
 
@@ -154,6 +155,97 @@ def test_pgbouncer_restart_is_survived(pgbouncer):
     )
 
 
+def test_prepare_threshold_is_dropped_in_transaction_mode_unless_declared(
+    pgbouncer, driver_options
+):
+    # Server-side binding, and psycopg prepares a statement at its first run.
+    driver_options(server_side_binding=True, prepare_threshold=0)
+    Item.objects.create(name="a")
+    other = _through(pgbouncer)
+    try:
+        for n in range(20):
+            # In transaction mode the next run may land on a server connection
+            # that never saw the statement prepared: none is prepared there.
+            assert Item.objects.filter(name="a").count() == 1
+            if n % 2:
+                other.execute("BEGIN")
+                other.execute("SELECT 1")
+            else:
+                other.execute("COMMIT")
+    finally:
+        other.close()
+    expected = None if pgbouncer.mode == "transaction" else 0
+    assert connection.connection.prepare_threshold == expected
+
+
+def test_declared_prepared_statement_support_keeps_prepare_threshold(
+    pgbouncer, pool_options, driver_options
+):
+    # PgBouncer 1.21+ with max_prepared_statements keeps track of them.
+    pool_options(pgbouncer_prepared_statements=True)
+    driver_options(prepare_threshold=7)
+
+    assert Item.objects.count() == 0
+
+    assert connection.connection.prepare_threshold == 7
+
+
+def test_statement_timeout_set_on_the_server_holds_in_transaction_mode(
+    admin, pgbouncer, test_db_name
+):
+    # What W013 advises: the server applies it to every server connection that
+    # PgBouncer opens, whichever transaction each one serves.
+    admin.execute(f'ALTER DATABASE "{test_db_name}" SET statement_timeout = 200')
+    try:
+        pgbouncer.stop()  # its server connections predate the setting
+        pgbouncer.start()
+        connection.close()
+        other = _through(pgbouncer)
+        try:
+            for n in range(6):
+                if n % 2:
+                    other.execute("BEGIN")
+                    other.execute("SELECT 1")
+                else:
+                    other.execute("COMMIT")
+                response = wsgi_get("/sql/", q="SHOW statement_timeout")
+                assert response.json()["row"] == ["200ms"]
+                with (
+                    pytest.raises(OperationalError, match="statement timeout"),
+                    connection.cursor() as cursor,
+                ):
+                    cursor.execute("SELECT pg_sleep(2)")
+                connection.close()
+        finally:
+            other.close()
+    finally:
+        admin.execute(f'ALTER DATABASE "{test_db_name}" RESET statement_timeout')
+
+
+def test_health_view_through_pgbouncer(pgbouncer):
+    wsgi_get("/item/")
+    fresh = use_health()  # no probe result reused
+    fresh.enable()
+    try:
+        _health_view_through(pgbouncer)
+    finally:
+        fresh.disable()
+
+
+def _health_view_through(pgbouncer: PgBouncer) -> None:
+
+    payload = wsgi_get("/health/db").json()
+
+    assert payload["databases"]["default"]["status"] == "healthy"
+    assert payload["databases"]["default"]["latency_ms"] is not None
+    pgbouncer.stop()
+    response = wsgi_get("/health/db")
+    assert response.status == 503
+    assert response.json()["databases"]["default"]["status"] == "unhealthy"
+    pgbouncer.start()
+    assert wsgi_get("/health/db").json()["databases"]["default"]["status"] == "healthy"
+
+
 def test_statement_timeout_holds_in_session_mode_only(pgbouncer, pool_options):
     pool_options(statement_timeout=1234)
     # In transaction mode no session setting holds: not applied (W013 says so).
@@ -185,6 +277,63 @@ def test_checks_behind_pgbouncer_in_transaction_mode():
     assert _check_ids(transaction, OPTIONS={"prepare_threshold": None}) == []
     assert _check_ids({**transaction, "statement_timeout": 5000}) == ["W013"]
     assert _check_ids({**transaction, "reset_on_return": "full"}) == ["W014"]
+    declared = {**transaction, "pgbouncer_prepared_statements": True}
+    assert _check_ids(declared, OPTIONS={"prepare_threshold": 5}) == []
+
+
+def test_pgbouncer_admin_must_name_the_admin_console_of_a_declared_pgbouncer():
+    console = "postgresql://stats:secret-pw@pgbouncer.internal:6432/pgbouncer"
+    assert _check_ids({"pgbouncer": "transaction", "pgbouncer_admin": console}) == []
+    assert _check_ids({"pgbouncer_admin": console}) == ["W015"]
+    other = console.replace("/pgbouncer", "/app")
+    assert _check_ids({"pgbouncer": "session", "pgbouncer_admin": other}) == ["E019"]
+    assert _check_ids(
+        {"pgbouncer": "session", "pgbouncer_admin": "postgresql://["}
+    ) == ["E019"]
+    assert _check_ids({"pgbouncer": "session", "pgbouncer_admin": 5}) == ["E003"]
+    assert _check_ids({"pgbouncer_admin": "dbname=app"}) == ["E019"]
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        {"pgbouncer_admin": "postgresql://stats:secret-pw@h:6432/pgbouncer"},
+        {"pgbouncer_admin": "postgresql://stats:secret-pw@h:6432/app"},
+        {
+            "pgbouncer": "session",
+            "pgbouncer_admin": "postgresql://stats:secret-pw@h/app",
+        },
+        {
+            "pgbouncer": "session",
+            "pgbouncer_admin": "host=h password=secret-pw dbname=x",
+        },
+        {
+            "pgbouncer": "session",
+            "pgbouncer_admin": "postgresql://u:secret-pw@[h/pgbouncer",
+        },
+    ],
+)
+def test_pgbouncer_admin_problems_never_show_its_password(pool):
+    from django_poolconf.conf.pool import validate_alias
+    from tests.conf.conftest import pooled
+
+    problems = validate_alias("default", pooled(POOL=pool), poolconf={})[1]
+    assert problems
+    assert not any("secret-pw" in str(problem) for problem in problems)
+
+
+def test_pool_settings_repr_hides_pgbouncer_admin():
+    from django_poolconf.conf.pool import pool_settings
+    from tests.conf.conftest import pooled
+
+    console = "postgresql://stats:secret-pw@h:6432/pgbouncer"
+    settings = pool_settings(
+        "default",
+        pooled(POOL={"pgbouncer": "session", "pgbouncer_admin": console}),
+        poolconf={},
+    )
+    assert settings.pgbouncer_admin == console
+    assert "secret-pw" not in repr(settings)
 
 
 def test_checks_behind_pgbouncer_in_session_mode_and_without():
