@@ -6,6 +6,12 @@ at it. That must stay within ``max_connections`` minus the connections the serve
 reserves for superusers (``superuser_reserved_connections``, and
 ``reserved_connections`` from PostgreSQL 16). ``poolstatus --workers`` shows it and
 ``manage.py check --deploy`` warns about it.
+
+Behind PgBouncer (``POOL["pgbouncer"]``) the pools connect to PgBouncer, not to the
+server: the worst case must fit in PgBouncer's ``max_client_conn``, and in session
+mode, where each client connection holds a server connection for its life, in its
+``default_pool_size`` too. Those are read from PgBouncer's admin console
+(``POOL["pgbouncer_admin"]``); without it the limit is unknown.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_poolconf.conf.health import health_settings
+from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.conf.rules import Problem
 from django_poolconf.health.report import AliasHealth, HealthReport, Target
 from django_poolconf.health.runner import check_health, pooled_aliases
@@ -37,6 +44,10 @@ class ServerCapacity:
     max_connections: int | None  # None: the server did not answer
     reserved_connections: int | None
     total_connections: int | None  # client connections now, all databases
+    pgbouncer: str | None = None  # PgBouncer's pool_mode, if the server is one
+    admin_console: bool = False  # whether an alias names PgBouncer's admin console
+    max_client_conn: int | None = None  # PgBouncer's; None: not known
+    default_pool_size: int | None = None  # PgBouncer's; None: not known
 
     @property
     def worst_case(self) -> int:
@@ -44,8 +55,30 @@ class ServerCapacity:
         return self.per_process * self.workers * self.hosts
 
     @property
+    def limit(self) -> str:
+        """The setting that bounds the worst case: ``max_connections``, or PgBouncer's."""
+        if self.pgbouncer is None:
+            return "max_connections"
+        if (
+            self.pgbouncer == "session"
+            and self.default_pool_size is not None
+            and (
+                self.max_client_conn is None
+                or self.default_pool_size < self.max_client_conn
+            )
+        ):
+            return "default_pool_size"
+        return "max_client_conn"
+
+    @property
     def available(self) -> int | None:
-        """What the server allows to non-superusers, ``None`` if unknown."""
+        """What the server (or PgBouncer) allows these clients, ``None`` if unknown."""
+        if self.pgbouncer is not None:
+            if self.max_client_conn is None:
+                return None
+            if self.limit == "default_pool_size":
+                return self.default_pool_size
+            return self.max_client_conn
         if self.max_connections is None:
             return None
         return self.max_connections - (self.reserved_connections or 0)
@@ -70,25 +103,34 @@ def plan_capacity(
         for h in report.databases
         if h.target is not None and h.server_view is not None
     }
+    bouncers = {
+        h.target.server: h.pgbouncer
+        for h in report.databases
+        if h.target is not None
+        and h.pgbouncer is not None
+        and h.pgbouncer.error is None
+    }
     wanted = {h.target.server for h in report.databases if h.target is not None}
-    members: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    members: dict[tuple[str, str], list[tuple[str, PoolSettings]]] = {}
     for alias in pooled_aliases():
         wrapper: Any = connections[alias]
         try:
             target = Target.from_params(wrapper.get_connection_params())
-            capacity = wrapper.get_pool_settings().capacity
+            settings: PoolSettings = wrapper.get_pool_settings()
         except Exception:  # a misconfigured alias is reported elsewhere
             continue
         if target.server in wanted:
-            members.setdefault(target.server, []).append((alias, capacity))
+            members.setdefault(target.server, []).append((alias, settings))
     plans = []
     for server, aliases in members.items():
         view = views.get(server)
+        bouncer = bouncers.get(server)
+        modes = [s.pgbouncer for _, s in aliases if s.pgbouncer is not None]
         plans.append(
             ServerCapacity(
                 server=":".join(server),
                 aliases=tuple(alias for alias, _ in aliases),
-                per_process=sum(capacity for _, capacity in aliases),
+                per_process=sum(settings.capacity for _, settings in aliases),
                 workers=workers,
                 hosts=hosts,
                 max_connections=None if view is None else view.max_connections,
@@ -96,6 +138,17 @@ def plan_capacity(
                 if view is None
                 else view.reserved_connections,
                 total_connections=None if view is None else view.total_connections,
+                # PgBouncer's own pool_mode when it answered, else the declared one.
+                pgbouncer=None
+                if not modes
+                else bouncer.pool_mode
+                if bouncer is not None and bouncer.pool_mode
+                else modes[0],
+                admin_console=any(s.pgbouncer_admin for _, s in aliases),
+                max_client_conn=None if bouncer is None else bouncer.max_client_conn,
+                default_pool_size=None
+                if bouncer is None
+                else bouncer.default_pool_size,
             )
         )
     return plans
@@ -133,7 +186,7 @@ def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
         options = health_settings()
     except ImproperlyConfigured:  # reported as E016 by check_pool_settings()
         return problems
-    report = check_health(checked, max_age=0, server_view=True)
+    report = check_health(checked, max_age=0, server_view=True, pgbouncer=True)
     if options.workers is not None:
         plans = plan_capacity(report, workers=options.workers, hosts=options.hosts)
         for plan in plans:
@@ -153,6 +206,23 @@ def _disables_timeout(value: object) -> bool:
 
 def _capacity_problem(plan: ServerCapacity) -> Problem:
     names = ", ".join(repr(alias) for alias in plan.aliases)
+    if plan.pgbouncer is not None:
+        allowed = (
+            f"the {plan.available} server connections it lends in session mode "
+            f"(default_pool_size={plan.default_pool_size}), one per client connection"
+            if plan.limit == "default_pool_size"
+            else f"the {plan.available} clients it allows (max_client_conn="
+            f"{plan.max_client_conn})"
+        )
+        return Problem(
+            "W004",
+            f"The pools of {names} may open {plan.worst_case} connections to "
+            f"PgBouncer at {plan.server} ({plan.per_process} per process x "
+            f"{_count(plan.workers, 'worker')} x {_count(plan.hosts, 'host')}), more "
+            f"than {allowed}.",
+            hint="Lower pool_size or max_overflow, run fewer workers, or raise "
+            f"PgBouncer's {plan.limit}.",
+        )
     return Problem(
         "W004",
         f"The pools of {names} may open {plan.worst_case} connections to one server "

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
 from django_poolconf.backends.probes import ServerView
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.stats import PoolStats
@@ -128,11 +129,13 @@ class AliasHealth:
     target: Target | None = None  # shown with detail only, without user or password
     settings: PoolSettings | None = field(default=None, repr=False)
     server_view: ServerView | None = field(default=None, repr=False)
+    # PgBouncer's admin console, read only when asked (poolstatus) and configured.
+    pgbouncer: PgBouncerView | None = field(default=None, repr=False)
 
     def as_dict(self, *, detail: bool = False) -> dict[str, Any]:
         """The alias's JSON object. Every alias has every key, ``null`` when unknown.
 
-        ``server`` and ``error`` are ``null`` unless ``detail`` is true.
+        ``server``, ``error`` and ``pgbouncer`` are ``null`` unless ``detail`` is true.
         """
         return {
             "status": self.status,
@@ -154,6 +157,9 @@ class AliasHealth:
             },
             "server": str(self.target) if detail and self.target is not None else None,
             "error": self.error if detail else None,
+            "pgbouncer": self.pgbouncer.as_dict()
+            if detail and self.pgbouncer is not None
+            else None,
         }
 
 

@@ -27,6 +27,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_poolconf import process
+from django_poolconf.backends.postgresql.pgbouncer_admin import (
+    PgBouncerView,
+    console_address,
+    probe_pgbouncer,
+)
 from django_poolconf.backends.postgresql.probes import probe_pooled, probe_server
 from django_poolconf.backends.probes import ProbeResult
 from django_poolconf.conf.health import HealthSettings, health_settings
@@ -66,6 +71,7 @@ def check_health(
     timeout: float | None = None,
     max_age: float | None = None,
     server_view: bool = False,
+    pgbouncer: bool = False,
 ) -> HealthReport:
     """Check ``aliases`` (default: every pooled alias) at once; return within ``timeout``.
 
@@ -74,6 +80,8 @@ def check_health(
     ``max_age`` seconds (default ``POOLCONF["HEALTH"]["CACHE"]``; ``0`` never) is
     reused. ``server_view`` also reads each server's connections and limits (for
     ``poolstatus``), and never reuses an earlier result that lacks them.
+    ``pgbouncer`` also reads PgBouncer's admin console for each alias whose
+    ``POOL["pgbouncer_admin"]`` names one (never reused).
 
     No connection of a pool is opened, and none is held past the check: a probe
     borrows a pooled connection only when one is idle, else opens its own and closes it.
@@ -87,7 +95,11 @@ def check_health(
     names = pooled_aliases() if aliases is None else list(aliases)
     deadline = time.monotonic() + timeout
     checks = [_start(alias, deadline, max_age, server_view) for alias in names]
-    pending = [c.future for c in checks if c.future is not None]
+    if pgbouncer:
+        for check in checks:
+            _start_admin(check, deadline)
+    pending: list[Future[Any]] = [c.future for c in checks if c.future is not None]
+    pending += [c.admin for c in checks if c.admin is not None]
     if pending:
         wait(pending, timeout=max(0.0, deadline - time.monotonic()))
     results = tuple(_verdict(check, options) for check in checks)
@@ -117,6 +129,7 @@ class _Check:
     target: Target | None = None
     future: Future[ProbeResult] | None = None
     error: str | None = None  # a configuration error: no probe
+    admin: Future[PgBouncerView] | None = None  # PgBouncer's admin console
 
 
 def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _Check:
@@ -168,6 +181,54 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
         wrapper.credentials_for(params) or None,
     )
     return check
+
+
+def _start_admin(check: _Check, deadline: float) -> None:
+    """Read PgBouncer's admin console, if the alias names one, in a thread of its own."""
+    settings = check.settings
+    if settings is None or settings.pgbouncer is None or not settings.pgbouncer_admin:
+        return
+    dbname = "" if check.target is None else check.target.dbname
+    future: Future[PgBouncerView] = Future()
+    check.admin = future
+    thread = threading.Thread(
+        target=_run_admin_probe,
+        args=(future, check.alias, settings.pgbouncer_admin, dbname, deadline),
+        name=f"django_poolconf pgbouncer {check.alias}",
+        daemon=True,
+    )
+    thread.start()
+
+
+def _run_admin_probe(
+    future: Future[PgBouncerView],
+    alias: str,
+    conninfo: str,
+    dbname: str,
+    deadline: float,
+) -> None:
+    future.set_running_or_notify_cancel()
+    try:
+        view = probe_pgbouncer(conninfo, dbname, deadline)
+    except Exception as error:
+        logger.exception("PgBouncer admin console probe of %r failed", alias)
+        view = PgBouncerView(
+            server=console_address(conninfo),
+            error=f"the probe failed ({type(error).__name__})",
+        )
+    future.set_result(view)
+
+
+def _admin_view(check: _Check) -> PgBouncerView | None:
+    if check.admin is None:
+        return None
+    if check.admin.done():
+        return check.admin.result()
+    assert check.settings is not None and check.settings.pgbouncer_admin is not None
+    return PgBouncerView(
+        server=console_address(check.settings.pgbouncer_admin),
+        error="no answer within the timeout",
+    )
 
 
 def _pool_numbers(
@@ -245,6 +306,7 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
         target=check.target,
         settings=check.settings,
         server_view=None if probe is None else probe.server,
+        pgbouncer=_admin_view(check),
     )
 
 

@@ -34,8 +34,10 @@ class Command(BaseCommand):
     help = (
         "Show every pooled alias: its pool's settings and numbers, a live probe of its "
         "server (health, latency, replication lag), the server's own view of its "
-        "connections, and, given the number of workers, whether all their pools fit in "
-        "max_connections. --check exits 1 when unhealthy, 2 when degraded."
+        "connections, PgBouncer's pools when POOL['pgbouncer_admin'] names its admin "
+        "console, and, given the number of workers, whether all their pools fit in "
+        "max_connections (PgBouncer's max_client_conn behind it). --check exits 1 when "
+        "unhealthy, 2 when degraded."
     )
     # A diagnostic must run even when the configuration has errors.
     requires_system_checks: list[str] = []
@@ -165,7 +167,11 @@ class Command(BaseCommand):
     ) -> HealthReport:
         # Always a fresh probe: a command's answer must not be an earlier one's.
         report = check_health(
-            aliases, timeout=timeout, max_age=0, server_view=not as_json
+            aliases,
+            timeout=timeout,
+            max_age=0,
+            server_view=not as_json,
+            pgbouncer=True,
         )
         if as_json:
             # One document per line when watching (JSON Lines); indented otherwise.
@@ -177,6 +183,9 @@ class Command(BaseCommand):
         for health in errors:
             self.stdout.write(f"  {health.alias}: {health.reason}: {health.error}")
         self.stdout.write(_server_views(report))
+        pgbouncers = _pgbouncer_views(report)
+        if pgbouncers:
+            self.stdout.write(pgbouncers)
         if workers is None:
             self.stdout.write(
                 "Capacity: give --workers N (and --hosts M), or set "
@@ -266,6 +275,56 @@ def _server_views(report: HealthReport) -> str:
     return "\n".join(out)
 
 
+def _pgbouncer_views(report: HealthReport) -> str:
+    out: list[str] = []
+    seen: set[str] = set()
+    for h in report.databases:
+        view = h.pgbouncer
+        if view is None or view.server in seen:
+            continue
+        seen.add(view.server)
+        if view.error is not None:
+            out.append(
+                f"PgBouncer's admin console did not answer ({view.server}): {view.error}"
+            )
+            continue
+        out.append(
+            f"PgBouncer at {view.server} (version {view.version}, {view.pool_mode} "
+            f"mode, max_client_conn={view.max_client_conn}, default_pool_size="
+            f"{view.default_pool_size}), SHOW POOLS:"
+        )
+        rows = [
+            (
+                "DATABASE", "USER", "CL_ACTIVE", "CL_WAITING", "SV_ACTIVE", "SV_IDLE",
+                "MAXWAIT",
+            )
+        ]  # fmt: skip
+        rows += [
+            (
+                pool.database,
+                pool.user,
+                str(pool.cl_active),
+                str(pool.cl_waiting),
+                str(pool.sv_active),
+                str(pool.sv_idle),
+                f"{pool.maxwait:g} s",
+            )
+            for pool in view.pools
+        ]
+        if len(rows) == 1:
+            rows.append(("(none)", "", "", "", "", "", ""))
+        out += ["  " + line for line in _columns(rows)]
+    return "\n".join(out)
+
+
+def _verdict(plan: ServerCapacity) -> str:
+    if plan.available is None:
+        if plan.pgbouncer is not None and not plan.admin_console:
+            return "unknown (behind PgBouncer: set pgbouncer_admin)"
+        return "unknown (no answer)"
+    return f"EXCEEDS {plan.limit}" if plan.exceeds else "fits"
+
+
 def _capacity_table(plans: list[ServerCapacity], style: Any) -> str:
     rows = [
         (
@@ -274,13 +333,7 @@ def _capacity_table(plans: list[ServerCapacity], style: Any) -> str:
         )
     ]  # fmt: skip
     for plan in plans:
-        verdict = (
-            "unknown (no answer)"
-            if plan.available is None
-            else "EXCEEDS max_connections"
-            if plan.exceeds
-            else "fits"
-        )
+        verdict = _verdict(plan)
         rows.append(
             (
                 plan.server,

@@ -1,0 +1,213 @@
+"""PgBouncer's admin console: ``SHOW POOLS`` in ``poolstatus``, and the capacity plan.
+
+``POOL["pgbouncer_admin"]`` names the admin console (the ``pgbouncer`` database of
+the same PgBouncer) with a URL. The fixture's PgBouncer lists the suite's user in
+``admin_users`` and trusts it, so the URL's password is never sent: the tests give
+one to see that no output shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from django_poolconf.health import runner
+from django_poolconf.health.capacity import deployment_problems
+from tests.conftest import wsgi_get
+from tests.health.test_runner import use_health
+from tests.pgbouncer import POOL_SIZES, PgBouncer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SECRET = "adm1n-s3cret"
+
+
+@pytest.fixture(autouse=True)
+def fresh_probes():
+    runner._probes.clear()
+    with use_health():
+        yield
+    runner._probes.clear()
+
+
+def admin_url(bouncer: PgBouncer) -> str:
+    user = connections.settings["default"]["USER"]
+    return f"postgresql://{user}:{SECRET}@127.0.0.1:{bouncer.port}/pgbouncer"
+
+
+def poolstatus(*args: str) -> str:
+    out = StringIO()
+    call_command("poolstatus", *args, stdout=out)
+    return out.getvalue()
+
+
+def _row(output: str, first: str) -> list[str]:
+    return next(
+        line.split() for line in output.splitlines() if line.split()[:1] == [first]
+    )
+
+
+def test_poolstatus_shows_pgbouncers_pools_beside_the_apps(
+    pgbouncer, pool_options, test_db_name
+):
+    pool_options(pgbouncer_admin=admin_url(pgbouncer))
+    wsgi_get("/item/")  # one idle client connection of this process's pool
+
+    output = poolstatus("--database", "default")
+
+    assert SECRET not in output
+    assert re.search(
+        rf"PgBouncer at 127\.0\.0\.1:{pgbouncer.port} \(version 1\.\d+\.\d+, "
+        rf"{pgbouncer.mode} mode, max_client_conn=1000, "
+        rf"default_pool_size={POOL_SIZES[pgbouncer.mode]}\), SHOW POOLS:",
+        output,
+    )
+    header = _row(output, "DATABASE")
+    assert header == [
+        "DATABASE", "USER", "CL_ACTIVE", "CL_WAITING", "SV_ACTIVE", "SV_IDLE", "MAXWAIT",
+    ]  # fmt: skip
+    row = _row(output, test_db_name)
+    assert row[1] == connections.settings["default"]["USER"]
+    assert int(row[2]) >= 1  # the pool's idle connection, at least
+    assert row[3] == "0"
+    assert re.fullmatch(r"\d+(\.\d+)? s", " ".join(row[6:]))
+    # The admin console's own pseudo-database is not one of the app's pools.
+    assert not any(line.split()[:1] == ["pgbouncer"] for line in output.splitlines())
+
+
+def test_poolstatus_json_carries_pgbouncers_pools(
+    pgbouncer, pool_options, test_db_name
+):
+    pool_options(pgbouncer_admin=admin_url(pgbouncer))
+    wsgi_get("/item/")
+
+    text = poolstatus("--database", "default", "--json")
+
+    assert SECRET not in text
+    shown = json.loads(text)["databases"]["default"]["pgbouncer"]
+    assert shown["server"] == f"127.0.0.1:{pgbouncer.port}"
+    assert shown["pool_mode"] == pgbouncer.mode
+    assert shown["max_client_conn"] == 1000
+    assert shown["default_pool_size"] == POOL_SIZES[pgbouncer.mode]
+    assert shown["version"].startswith("1.")
+    assert shown["error"] is None
+    [pool] = [p for p in shown["pools"] if p["database"] == test_db_name]
+    assert set(pool) == {
+        "database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle",
+        "maxwait",
+    }  # fmt: skip
+    assert pool["cl_active"] >= 1
+    assert pool["cl_waiting"] == 0
+
+
+def test_health_view_does_not_ask_the_admin_console(pgbouncer, pool_options):
+    pool_options(pgbouncer_admin=admin_url(pgbouncer))
+
+    payload = wsgi_get("/health/db").json()
+
+    assert payload["databases"]["default"]["status"] == "healthy"
+    assert payload["databases"]["default"]["pgbouncer"] is None
+
+
+def test_an_admin_console_that_refuses_is_reported_without_secrets(
+    pgbouncer, pool_options
+):
+    user = connections.settings["default"]["USER"]
+    # A database PgBouncer's admin console is not: refused by PgBouncer.
+    pool_options(pgbouncer_admin=f"postgresql://{user}:{SECRET}@127.0.0.1:1/pgbouncer")
+
+    output = poolstatus("--database", "default")
+    text = poolstatus("--database", "default", "--json")
+
+    assert SECRET not in output + text
+    assert "PgBouncer's admin console did not answer" in output
+    assert json.loads(text)["databases"]["default"]["pgbouncer"]["error"]
+    # The app's own pool is healthy: only the admin console failed.
+    assert json.loads(text)["databases"]["default"]["status"] == "healthy"
+
+
+# -- the capacity plan against PgBouncer's limits ----------------------------------
+
+
+def _plan(output: str, bouncer: PgBouncer) -> list[str]:
+    return _row(output, f"127.0.0.1:{bouncer.port}")
+
+
+def test_capacity_compares_the_worst_case_with_max_client_conn(pgbouncer, pool_options):
+    pool_options(pgbouncer_admin=admin_url(pgbouncer))
+
+    crowded = poolstatus("--database", "default", "--workers", "200")
+    few = poolstatus("--database", "default", "--workers", "2")
+
+    # default's 4 + 4 per process (analytics goes to the server directly).
+    row = _plan(crowded, pgbouncer)
+    assert row[:6] == [
+        f"127.0.0.1:{pgbouncer.port}",
+        "default",
+        "8",
+        "200",
+        "1",
+        "1600",
+    ]
+    if pgbouncer.mode == "transaction":
+        assert row[6:] == ["1000", "EXCEEDS", "max_client_conn"]
+    else:
+        # In session mode each client connection holds a server connection.
+        assert row[6:] == ["20", "EXCEEDS", "default_pool_size"]
+    assert _plan(few, pgbouncer)[5:] == [
+        "16",
+        str(min(1000, 20 if pgbouncer.mode == "session" else 1000)),
+        "fits",
+    ]
+
+
+def test_capacity_in_session_mode_needs_a_server_connection_per_client(
+    pgbouncer, pool_options
+):
+    pool_options(pgbouncer_admin=admin_url(pgbouncer))
+
+    row = _plan(poolstatus("--database", "default", "--workers", "3"), pgbouncer)
+
+    # 24 client connections: within max_client_conn, beyond default_pool_size (20).
+    if pgbouncer.mode == "transaction":
+        assert row[5:] == ["24", "1000", "fits"]
+    else:
+        assert row[5:] == ["24", "20", "EXCEEDS", "default_pool_size"]
+
+
+def test_capacity_behind_pgbouncer_without_the_admin_console_is_unknown(pgbouncer):
+    output = poolstatus("--database", "default", "--workers", "200")
+
+    # Not the server's max_connections: PgBouncer's limits apply, and are not known.
+    row = _plan(output, pgbouncer)
+    assert row[5:] == [
+        "1600",
+        "-",
+        "unknown",
+        "(behind",
+        "PgBouncer:",
+        "set",
+        "pgbouncer_admin)",
+    ]
+
+
+def test_deploy_check_warns_against_max_client_conn(pgbouncer, pool_options):
+    pool_options(pgbouncer_admin=admin_url(pgbouncer))
+
+    with use_health(WORKERS=200):
+        problems = deployment_problems(["default"])
+
+    [problem] = [p for p in problems if p.id == "W004"]
+    limit = (
+        "max_client_conn=1000"
+        if pgbouncer.mode == "transaction"
+        else (f"default_pool_size={POOL_SIZES['session']}")
+    )
+    assert limit in problem.msg
+    assert "PgBouncer" in problem.msg
+    assert SECRET not in str(problem)
