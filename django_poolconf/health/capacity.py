@@ -23,6 +23,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
+from django_poolconf.backends.postgresql.pgbouncer_admin import console_problems
 from django_poolconf.conf.health import health_settings
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.conf.rules import Problem
@@ -155,7 +156,7 @@ def plan_capacity(
 
 
 def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
-    """The problems ``manage.py check --deploy`` reports (``W004`` to ``W006``).
+    """The problems ``manage.py check --deploy`` reports (``W004`` to ``W006``, ``W016``).
 
     Settings alone tell whether ``connect_timeout`` is turned off (``W005``). The
     capacity (``W004``, when the worker count is known) and the idle session timeout
@@ -194,6 +195,10 @@ def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
                 problems.append(_capacity_problem(plan))
     for health in report.databases:
         problems.extend(_recycle_problems(health.alias, health))
+        if health.pgbouncer is not None and health.settings is not None:
+            problems.extend(
+                console_problems(health.alias, health.settings, health.pgbouncer)
+            )
     return problems
 
 

@@ -21,8 +21,16 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from django_poolconf.backends.postgresql.redact import redact
+from django_poolconf.conf.pool import PoolSettings
+from django_poolconf.conf.rules import Problem
 
-__all__ = ["PgBouncerPool", "PgBouncerView", "console_address", "probe_pgbouncer"]
+__all__ = [
+    "PgBouncerPool",
+    "PgBouncerView",
+    "console_address",
+    "console_problems",
+    "probe_pgbouncer",
+]
 
 #: libpq counts ``connect_timeout`` in whole seconds, and takes less than 2 as 2.
 _MIN_CONNECT_TIMEOUT_S: Final = 2
@@ -64,6 +72,7 @@ class PgBouncerView:
     pool_mode: str | None = None
     max_client_conn: int | None = None
     default_pool_size: int | None = None
+    max_prepared_statements: int | None = None  # None: unknown to this version
     pools: tuple[PgBouncerPool, ...] = ()  # of the alias's database
     error: str | None = field(default=None)  # redacted
 
@@ -75,6 +84,7 @@ class PgBouncerView:
             "pool_mode": self.pool_mode,
             "max_client_conn": self.max_client_conn,
             "default_pool_size": self.default_pool_size,
+            "max_prepared_statements": self.max_prepared_statements,
             "pools": [pool.as_dict() for pool in self.pools],
             "error": self.error,
         }
@@ -119,6 +129,7 @@ def probe_pgbouncer(conninfo: str, dbname: str, deadline: float) -> PgBouncerVie
         pool_mode=config.get("pool_mode"),
         max_client_conn=_integer(config.get("max_client_conn")),
         default_pool_size=_integer(config.get("default_pool_size")),
+        max_prepared_statements=_integer(config.get("max_prepared_statements")),
         pools=tuple(
             PgBouncerPool(
                 database=row.get("database") or "",
@@ -135,6 +146,40 @@ def probe_pgbouncer(conninfo: str, dbname: str, deadline: float) -> PgBouncerVie
             if row.get("database") == dbname
         ),
     )
+
+
+def console_problems(
+    alias: str, settings: PoolSettings, view: PgBouncerView
+) -> list[Problem]:
+    """``W016``: what the alias's ``POOL`` declares of PgBouncer, and PgBouncer denies."""
+    if view.error is not None or settings.pgbouncer is None:
+        return []
+    where = f"DATABASES[{alias!r}]['POOL']"
+    problems = []
+    if view.pool_mode is not None and view.pool_mode != settings.pgbouncer:
+        problems.append(
+            Problem(
+                "W016",
+                f"{where}['pgbouncer'] is {settings.pgbouncer!r}, but PgBouncer at "
+                f"{view.server} runs in pool_mode {view.pool_mode!r}.",
+                hint=f"Set POOL['pgbouncer'] to {view.pool_mode!r}, or PgBouncer's "
+                "pool_mode to what POOL declares.",
+            )
+        )
+    if settings.pgbouncer_prepared_statements and not view.max_prepared_statements:
+        problems.append(
+            Problem(
+                "W016",
+                f"{where}['pgbouncer_prepared_statements'] is True, but PgBouncer "
+                f"{view.version} at {view.server} does not keep prepared statements "
+                f"(max_prepared_statements={view.max_prepared_statements}): in "
+                "transaction mode a statement prepared on one server connection "
+                "fails on the next.",
+                hint="Set max_prepared_statements on PgBouncer 1.21 or later, or "
+                "remove pgbouncer_prepared_statements.",
+            )
+        )
+    return problems
 
 
 def console_address(conninfo: str) -> str:

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
+import time
 from io import StringIO
+from typing import Any
 
+import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import connections
@@ -19,7 +24,7 @@ from django.db import connections
 from django_poolconf.health import runner
 from django_poolconf.health.capacity import deployment_problems
 from tests.conftest import wsgi_get
-from tests.health.test_runner import use_health
+from tests.health.test_runner import MARGIN, TIMEOUT, use_health
 from tests.pgbouncer import POOL_SIZES, PgBouncer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,6 +43,18 @@ def fresh_probes():
 def admin_url(bouncer: PgBouncer) -> str:
     user = connections.settings["default"]["USER"]
     return f"postgresql://{user}:{SECRET}@127.0.0.1:{bouncer.port}/pgbouncer"
+
+
+def _through(bouncer: PgBouncer) -> psycopg.Connection[Any]:
+    """A plain client connection through PgBouncer, outside the pool."""
+    settings_dict = connections["default"].settings_dict
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=bouncer.port,
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        autocommit=True,
+    )
 
 
 def poolstatus(*args: str) -> str:
@@ -74,7 +91,7 @@ def test_poolstatus_shows_pgbouncers_pools_beside_the_apps(
     row = _row(output, test_db_name)
     assert row[1] == connections.settings["default"]["USER"]
     assert int(row[2]) >= 1  # the pool's idle connection, at least
-    assert row[3] == "0"
+    assert int(row[3]) >= 0  # the command's probe may be waiting for its server
     assert re.fullmatch(r"\d+(\.\d+)? s", " ".join(row[6:]))
     # The admin console's own pseudo-database is not one of the app's pools.
     assert not any(line.split()[:1] == ["pgbouncer"] for line in output.splitlines())
@@ -102,7 +119,41 @@ def test_poolstatus_json_carries_pgbouncers_pools(
         "maxwait",
     }  # fmt: skip
     assert pool["cl_active"] >= 1
-    assert pool["cl_waiting"] == 0
+    assert pool["cl_waiting"] >= 0
+
+
+def test_poolstatus_shows_clients_waiting_for_a_server_connection(
+    pgbouncer, pool_options, test_db_name
+):
+    pool_options(pgbouncer_admin=admin_url(pgbouncer))
+    # Every server connection PgBouncer may open for the database, each held by a
+    # client in a transaction: the next client's query waits in PgBouncer.
+    holders = [_through(pgbouncer) for _ in range(POOL_SIZES[pgbouncer.mode])]
+    waiter = _through(pgbouncer)
+    thread = threading.Thread(target=waiter.execute, args=("SELECT 1",))
+    try:
+        for holder in holders:
+            holder.execute("BEGIN")
+            holder.execute("SELECT 1")
+        thread.start()
+        time.sleep(0.3)
+
+        shown = json.loads(poolstatus("--database", "default", "--json"))
+
+        [pool] = [
+            p
+            for p in shown["databases"]["default"]["pgbouncer"]["pools"]
+            if p["database"] == test_db_name
+        ]
+        assert pool["cl_waiting"] >= 1
+        assert pool["sv_active"] == POOL_SIZES[pgbouncer.mode]
+        assert pool["sv_idle"] == 0
+        assert pool["maxwait"] >= 0.2
+    finally:
+        for holder in holders:
+            holder.close()
+        thread.join(30)
+        waiter.close()
 
 
 def test_health_view_does_not_ask_the_admin_console(pgbouncer, pool_options):
@@ -129,6 +180,25 @@ def test_an_admin_console_that_refuses_is_reported_without_secrets(
     assert json.loads(text)["databases"]["default"]["pgbouncer"]["error"]
     # The app's own pool is healthy: only the admin console failed.
     assert json.loads(text)["databases"]["default"]["status"] == "healthy"
+
+
+def test_an_admin_console_that_hangs_costs_at_most_the_timeout(pgbouncer, pool_options):
+    user = connections.settings["default"]["USER"]
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        port = hung.getsockname()[1]
+        pool_options(
+            pgbouncer_admin=f"postgresql://{user}:{SECRET}@127.0.0.1:{port}/pgbouncer"
+        )
+        started = time.monotonic()
+        output = poolstatus("--database", "default")
+        elapsed = time.monotonic() - started
+
+    assert elapsed < TIMEOUT + MARGIN
+    assert (
+        f"PgBouncer's admin console did not answer (127.0.0.1:{port}): no answer "
+        "within the timeout" in output
+    )
+    assert SECRET not in output
 
 
 # -- the capacity plan against PgBouncer's limits ----------------------------------
@@ -210,4 +280,38 @@ def test_deploy_check_warns_against_max_client_conn(pgbouncer, pool_options):
     )
     assert limit in problem.msg
     assert "PgBouncer" in problem.msg
+    assert SECRET not in str(problem)
+
+
+# -- what POOL declares of PgBouncer, checked against its admin console -------------
+
+
+def test_deploy_check_warns_when_pgbouncer_runs_in_another_mode(
+    pgbouncer, pool_options
+):
+    other = "session" if pgbouncer.mode == "transaction" else "transaction"
+    pool_options(pgbouncer=other, pgbouncer_admin=admin_url(pgbouncer))
+
+    problems = deployment_problems(["default"])
+
+    [problem] = [p for p in problems if p.id == "W016"]
+    assert problem.msg == (
+        f"DATABASES['default']['POOL']['pgbouncer'] is {other!r}, but PgBouncer at "
+        f"127.0.0.1:{pgbouncer.port} runs in pool_mode {pgbouncer.mode!r}."
+    )
+    assert f"  Warning: {problem}" in poolstatus("--database", "default")
+
+
+def test_deploy_check_warns_when_declared_prepared_statements_are_not_kept(
+    pgbouncer, pool_options
+):
+    pool_options(
+        pgbouncer_prepared_statements=True, pgbouncer_admin=admin_url(pgbouncer)
+    )
+
+    problems = deployment_problems(["default"])
+
+    # PgBouncer 1.18 (Debian's) has no max_prepared_statements: 1.21 added it.
+    [problem] = [p for p in problems if p.id == "W016"]
+    assert "does not keep prepared statements (max_prepared_statements=" in problem.msg
     assert SECRET not in str(problem)
