@@ -23,10 +23,34 @@ __all__ = ["database_from_url", "databases_from_env"]
 POSTGRES_ENGINE: Final = "django_poolconf.backends.postgresql"
 POSTGRES_SCHEMES: Final = frozenset({"postgres", "postgresql", "pgsql"})
 
-_INT_KEYS: Final = frozenset({"pool_size", "max_overflow", "statement_timeout"})
-_BOOL_KEYS: Final = frozenset({"pool_pre_ping", "thread_affinity"})
-_OPTIONAL_KEYS: Final = frozenset({"pool_recycle", "statement_timeout"})
-_TEXT_KEYS: Final = frozenset({"reset_on_return"})
+# How a query string's text is read for each pool option; the others are numbers.
+_INT_KEYS: Final = frozenset(
+    {"pool_size", "max_overflow", "statement_timeout", "max_waiting"}
+)
+_BOOL_KEYS: Final = frozenset(
+    {"pool_pre_ping", "thread_affinity", "pgbouncer_prepared_statements"}
+)
+_OPTIONAL_KEYS: Final = frozenset(
+    {
+        "pool_recycle",
+        "statement_timeout",
+        "read_timeout",
+        "leak_detection_threshold",
+        "slow_checkout_ms",
+        "connect_params",
+        "pgbouncer",
+        "pgbouncer_admin",
+    }
+)
+_TEXT_KEYS: Final = frozenset(
+    {
+        "reset_on_return",
+        "checkout_scope",
+        "connect_params",
+        "pgbouncer",
+        "pgbouncer_admin",
+    }
+)
 #: How a URL begins; a part of a list of URLs that does not is another host.
 _SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 

@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 import django_poolconf
 from django_poolconf.conf import pool_settings
+from django_poolconf.conf.pool import POOL_KEYS
 from django_poolconf.conf.rules import EXAMPLES
 from django_poolconf.database_url import database_from_url, databases_from_env
 
@@ -127,6 +128,51 @@ def test_pool_option_in_query_is_coerced(query, pool):
     assert config["POOL"] == pool
     [(key, value)] = pool.items()
     assert type(config["POOL"][key]) is type(value)
+
+
+#: A value of every pool option, as a query string writes it, and as it is read.
+EVERY_KEY = {
+    "pool_size": ("7", 7),
+    "max_overflow": ("3", 3),
+    "pool_timeout": ("2.5", 2.5),
+    "pool_recycle": ("none", None),
+    "pool_pre_ping": ("false", False),
+    "pre_ping_threshold": ("1", 1.0),
+    "validation_timeout": ("2", 2.0),
+    "connect_timeout": ("3", 3.0),
+    "statement_timeout": ("5000", 5000),
+    "read_timeout": ("none", None),
+    "reset_on_return": ("rollback", "rollback"),
+    "thread_affinity": ("off", False),
+    "checkout_scope": ("transaction", "transaction"),
+    "leak_detection_threshold": ("null", None),
+    "slow_checkout_ms": ("250", 250.0),
+    "max_waiting": ("10", 10),
+    "connect_params": (
+        "tests.backends.test_credentials.vault_params",
+        "tests.backends.test_credentials.vault_params",
+    ),
+    "pgbouncer": ("transaction", "transaction"),
+    "pgbouncer_prepared_statements": ("true", True),
+    "pgbouncer_admin": (
+        "postgresql%3A%2F%2Fstats%40pgbouncer.internal%3A6432%2Fpgbouncer",
+        "postgresql://stats@pgbouncer.internal:6432/pgbouncer",
+    ),
+}
+
+
+@pytest.mark.parametrize("key", sorted(EVERY_KEY))
+def test_every_pool_option_rides_in_the_query_string(key):
+    written, read = EVERY_KEY[key]
+
+    config = database_from_url(f"{URL}?{key}={written}")
+
+    assert config["POOL"] == {key: read}
+    assert type(config["POOL"][key]) is type(read)
+
+
+def test_every_pool_option_has_a_query_string_example():
+    assert set(EVERY_KEY) == set(POOL_KEYS)
 
 
 def test_other_query_options_go_to_options():
