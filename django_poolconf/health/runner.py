@@ -27,17 +27,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_poolconf import process
-from django_poolconf.backends.postgresql.pgbouncer_admin import (
-    PgBouncerView,
-    console_address,
-    probe_pgbouncer,
-)
+from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
 from django_poolconf.backends.postgresql.probes import probe_pooled, probe_server
 from django_poolconf.backends.probes import ProbeResult
 from django_poolconf.conf.health import HealthSettings, health_settings
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.conf.router import router_settings
 from django_poolconf.conf.rules import is_pooled
+from django_poolconf.health.pgbouncer import admin_view, start_admin_probe
 from django_poolconf.health.report import (
     DEGRADED,
     HEALTHY,
@@ -97,7 +94,10 @@ def check_health(
     checks = [_start(alias, deadline, max_age, server_view) for alias in names]
     if pgbouncer:
         for check in checks:
-            _start_admin(check, deadline)
+            if check.settings is not None and check.target is not None:
+                check.admin = start_admin_probe(
+                    check.alias, check.settings, check.target.dbname, deadline
+                )
     pending: list[Future[Any]] = [c.future for c in checks if c.future is not None]
     pending += [c.admin for c in checks if c.admin is not None]
     if pending:
@@ -183,54 +183,6 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
     return check
 
 
-def _start_admin(check: _Check, deadline: float) -> None:
-    """Read PgBouncer's admin console, if the alias names one, in a thread of its own."""
-    settings = check.settings
-    if settings is None or settings.pgbouncer is None or not settings.pgbouncer_admin:
-        return
-    dbname = "" if check.target is None else check.target.dbname
-    future: Future[PgBouncerView] = Future()
-    check.admin = future
-    thread = threading.Thread(
-        target=_run_admin_probe,
-        args=(future, check.alias, settings.pgbouncer_admin, dbname, deadline),
-        name=f"django_poolconf pgbouncer {check.alias}",
-        daemon=True,
-    )
-    thread.start()
-
-
-def _run_admin_probe(
-    future: Future[PgBouncerView],
-    alias: str,
-    conninfo: str,
-    dbname: str,
-    deadline: float,
-) -> None:
-    future.set_running_or_notify_cancel()
-    try:
-        view = probe_pgbouncer(conninfo, dbname, deadline)
-    except Exception as error:
-        logger.exception("PgBouncer admin console probe of %r failed", alias)
-        view = PgBouncerView(
-            server=console_address(conninfo),
-            error=f"the probe failed ({type(error).__name__})",
-        )
-    future.set_result(view)
-
-
-def _admin_view(check: _Check) -> PgBouncerView | None:
-    if check.admin is None:
-        return None
-    if check.admin.done():
-        return check.admin.result()
-    assert check.settings is not None and check.settings.pgbouncer_admin is not None
-    return PgBouncerView(
-        server=console_address(check.settings.pgbouncer_admin),
-        error="no answer within the timeout",
-    )
-
-
 def _pool_numbers(
     alias: str, settings: PoolSettings
 ) -> tuple[Lender | None, tuple[int, int, int, int]]:
@@ -306,7 +258,9 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
         target=check.target,
         settings=check.settings,
         server_view=None if probe is None else probe.server,
-        pgbouncer=_admin_view(check),
+        pgbouncer=None
+        if check.admin is None or check.settings is None
+        else admin_view(check.admin, check.settings),
     )
 
 
