@@ -450,19 +450,12 @@ class EmbeddedServer:
 class EmbeddedCluster:
     """A primary and (optionally) a streaming replica of it, in a temporary directory.
 
-    Start it with :meth:`start`. In a script or a test session, a ``with`` block stops it
-    at the end::
-
-        with EmbeddedCluster.start() as cluster:
-            cluster.create_database("app")
-            run_tests(cluster.databases("app"))
-
-    A process that needs it for its whole life (a development server) starts it and
-    lets interpreter exit stop it::
-
-        cluster = EmbeddedCluster.start()
-        cluster.create_database("app")
-        DATABASES = cluster.databases("app")
+    Start it with :meth:`start`; a ``with`` block, :meth:`stop` or interpreter exit
+    stops it. A test settings module may start one and build ``DATABASES`` with
+    :meth:`databases`. Not a settings module that ``manage.py`` commands share: each
+    command, and each of ``runserver``'s two processes, would start a cluster of its
+    own, empty. For a development server, start one cluster in a program of its own
+    and hand its URLs to the commands (the testing page shows both recipes).
 
     The data lives in a temporary directory and is gone when the cluster stops.
 

@@ -452,6 +452,79 @@ def test_screenshots_of_the_notes_and_live_pool_pages_are_not_blank(
             shutil.copy(path, ROOT / keep / path.name)
 
 
+# Starts the demo as a background job of a shell script (`... &`), which runs it with
+# SIGINT ignored, writes its pid to $PIDFILE, and prints its exit status when it ends.
+BACKGROUND_JOB = (
+    '"$@" >"$LOG" 2>&1 &\necho "$!" >"$PIDFILE"\nwait "$!"\necho "exit $?"\n'
+)
+
+
+@pytest.mark.parametrize("kill", [["kill"], ["kill", "-INT"]], ids=["TERM", "INT"])
+def test_a_background_demo_stops_on_kill_and_leaves_nothing_running(
+    kill: list[str], tmp_path: Path
+) -> None:
+    """``python3 dev.py example &``, then ``kill PID``: the demo and its servers stop.
+
+    A wrapper dev.py left the example orphaned on SIGTERM, serving with both servers
+    running, and its background job ignored SIGINT.
+    """
+    if sys.prefix == sys.base_prefix:
+        pytest.fail(
+            "The demo test runs dev.py in the tests' venv (python3 dev.py test)."
+        )
+    port = _free_port()
+    log, pid_file = tmp_path / "demo.log", tmp_path / "demo.pid"
+    command = [sys.executable, "dev.py", "--venv", sys.prefix, "example"]
+    with subprocess.Popen(
+        ["sh", "-c", BACKGROUND_JOB, "sh", *command, "--port", str(port)],
+        cwd=ROOT,
+        env={**user_environment(), "LOG": str(log), "PIDFILE": str(pid_file)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the cleanup below can end all of it
+    ) as shell:
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def serving() -> bool:
+                assert shell.poll() is None, log.read_text()
+                with (
+                    contextlib.suppress(OSError),
+                    urllib.request.urlopen(f"{url}/health/db/live", timeout=5),
+                ):
+                    return True
+                return False
+
+            wait_for(serving, "the demo to serve", START_TIMEOUT_S)
+            started = re.search(
+                r"^Started in [\d.]+ s, in (\S+) ", log.read_text(), re.M
+            )
+            assert started is not None, log.read_text()
+            base_dir = started[1]
+            servers = postgres_processes(base_dir)
+            assert len(servers) >= 2, f"no PostgreSQL server found under {base_dir}"
+
+            # As typed in the shell; the script ends once the job has.
+            subprocess.run([*kill, pid_file.read_text().strip()], check=True)
+            status = shell.communicate(timeout=STOP_TIMEOUT_S)[0].strip()
+        finally:
+            # What is left of the job's process group, the shell ended or not (an
+            # example orphaned by a wrapper that died stays in it).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell.pid, signal.SIGTERM)
+            shell.wait(timeout=STOP_TIMEOUT_S)
+    output = log.read_text()
+    assert status == "exit 0", output
+    assert "Traceback" not in output, output
+    assert output.rstrip().endswith("Stopped."), output
+    assert not {pid for pid in servers if running(pid)}, output
+    assert not postgres_processes(base_dir)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health/db/live", timeout=5)
+    wait_for(lambda: not processes_naming(base_dir), "the watchdog to leave", 15)
+    assert not Path(base_dir).exists()
+
+
 @pytest.mark.last_in_module
 def test_ctrl_c_in_the_terminal_stops_the_demo_and_its_servers(demo: Demo) -> None:
     base_dir = demo.printed(r"^Started in [\d.]+ s, in (\S+) \(removed at exit\)")
