@@ -129,8 +129,11 @@ def test_async_task_reads_the_write_before_it(immediate, paused_replay):
     with routing_scope():
         Item.objects.create(name="async")
         result = async_to_sync(enqueue)()
+    with routing_scope():
+        unwritten = async_to_sync(enqueue)()
 
     assert result.return_value == {"found": True, "db": "default"}
+    assert unwritten.kwargs == {}
 
 
 def test_task_enqueued_inside_atomic_reads_the_primary(immediate, paused_replay):
