@@ -30,7 +30,8 @@ def configure(directory: Path) -> None:
     queue = directory / "queue"
     processed = directory / "processed"
     results = directory / "results"
-    for folder in (queue, processed, results):
+    control = directory / "control"  # else kombu makes ./control
+    for folder in (queue, processed, results, control):
         folder.mkdir(parents=True, exist_ok=True)
     app.conf.update(
         broker_url="filesystem://",
@@ -38,6 +39,7 @@ def configure(directory: Path) -> None:
             "data_folder_in": str(queue),
             "data_folder_out": str(queue),
             "processed_folder": str(processed),
+            "control_folder": str(control),
         },
         broker_connection_retry_on_startup=True,
         result_backend=f"file://{results}",

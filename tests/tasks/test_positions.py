@@ -105,7 +105,10 @@ def test_async_code_records_the_primary(routing):
 def test_what_is_not_a_position_reads_the_primary():
     scope = positions.scope_for({"default": "zz/1", "replica": 5, 3: "0/1"})
 
-    assert scope.pins == {"default": Pin(math.inf, None), "replica": Pin(math.inf, None)}
+    assert scope.pins == {
+        "default": Pin(math.inf, None),
+        "replica": Pin(math.inf, None),
+    }
     assert positions.scope_for(None).pins == {}
     assert positions.scope_for(["default"]).pins == {}
 
@@ -130,5 +133,7 @@ def test_a_task_reads_a_replica_once_it_has_replayed_the_position(
     assert read_in_task() == (True, "default")
     paused_replay.resume()
     caught_up()
-    wait_until(lambda: read_in_task() == (True, "replica"), "reads stayed on the primary")
+    wait_until(
+        lambda: read_in_task() == (True, "replica"), "reads stayed on the primary"
+    )
     assert format_lsn(parse_lsn(recorded["default"])) == recorded["default"]
