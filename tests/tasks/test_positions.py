@@ -66,6 +66,7 @@ def test_the_clients_pins_are_carried(routing):
     pins = {
         "default": Pin(now + 60, 0x1_0000_0010),
         "analytics": Pin(now - 1, 5),  # expired
+        "renamed": Pin(now + 60, None),  # no longer in DATABASES
     }
     with routing_scope():
         SCOPE.get().pins = pins
