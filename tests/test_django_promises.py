@@ -262,6 +262,62 @@ def test_copy_with_another_database_name_leaves_the_alias_pool_alone(admin):
         admin.execute("DROP DATABASE IF EXISTS poolconf_promises_other (FORCE)")
 
 
+@pytest.fixture
+def default_settings() -> Iterator[dict[str, Any]]:
+    """The default alias's settings, to change in any way (in place too) for one test."""
+    settings_dict = connections.settings["default"]
+    options = settings_dict["OPTIONS"]
+    saved, saved_options = dict(settings_dict), dict(options)
+    yield settings_dict
+    connections["default"].close()
+    options.clear()
+    options.update(saved_options)
+    settings_dict.clear()
+    settings_dict.update(saved)
+    engines.dispose_all()
+
+
+def test_copy_sees_options_changed_in_place_after_it_connected():
+    _query(connection, "SELECT 1")
+    connection.close()
+    wrapper = connection.copy()  # the alias's settings (deep-copied)
+    try:
+        _query(wrapper, "SELECT 1")
+        assert isinstance(wrapper.connection, PooledConnection)
+        wrapper.close()
+        # As Django's tests set it: in place, on the copy's own OPTIONS.
+        wrapper.settings_dict["OPTIONS"]["assume_role"] = "poolconf_no_such_role"
+        with pytest.raises(Exception, match='role "poolconf_no_such_role" does not'):
+            _query(wrapper, "SELECT current_user")
+    finally:
+        wrapper.close()
+
+
+def test_copy_sees_options_replaced_after_it_connected():
+    _query(connection, "SELECT 1")
+    connection.close()
+    wrapper = connection.copy()
+    try:
+        _query(wrapper, "SELECT 1")
+        wrapper.close()
+        wrapper.settings_dict["OPTIONS"] = {
+            **wrapper.settings_dict["OPTIONS"],
+            "assume_role": "poolconf_no_such_role",
+        }
+        with pytest.raises(Exception, match='role "poolconf_no_such_role" does not'):
+            _query(wrapper, "SELECT current_user")
+    finally:
+        wrapper.close()
+
+
+def test_alias_sees_options_changed_in_place_after_close(default_settings, role):
+    user = _query(connection, "SELECT current_user")
+    connection.close()
+    default_settings["OPTIONS"]["assume_role"] = role
+
+    assert _query(connection, "SELECT current_user") == role, f"ran as {user}"
+
+
 # The cursor classes of OPTIONS
 
 

@@ -411,8 +411,8 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self, conn_params: dict[str, Any]
     ) -> tuple[PoolSettings, Hashable]:
         cached = self._fingerprint_cache
-        # Backends hand back the same params dict while nothing changed, pool
-        # settings included: fingerprint it once.
+        # Backends hand back the same params dict while nothing they read changed
+        # (pool settings, OPTIONS' contents): fingerprint it once.
         if cached is not None and cached[0] is conn_params:
             return cached[1], cached[2]
         settings = self.get_pool_settings()
