@@ -277,6 +277,17 @@ def default_settings() -> Iterator[dict[str, Any]]:
     engines.dispose_all()
 
 
+@pytest.fixture
+def other_database(admin: psycopg.Connection[Any]) -> Iterator[str]:
+    name = "poolconf_promises_other"
+    admin.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.execute(f"CREATE DATABASE {name}")
+    yield name
+    connections.close_all()
+    engines.dispose_all()
+    admin.execute(f"DROP DATABASE IF EXISTS {name} (FORCE)")
+
+
 def test_copy_sees_options_changed_in_place_after_it_connected():
     _query(connection, "SELECT 1")
     connection.close()
@@ -316,6 +327,44 @@ def test_alias_sees_options_changed_in_place_after_close(default_settings, role)
     default_settings["OPTIONS"]["assume_role"] = role
 
     assert _query(connection, "SELECT current_user") == role, f"ran as {user}"
+
+
+@pytest.mark.parametrize("affinity", [True, False], ids=["parked", "checked-in"])
+def test_next_request_sees_name_changed_in_place(
+    default_settings, other_database, pool_options, affinity
+):
+    pool_options(thread_affinity=affinity)
+    first = wsgi_get("/sql/", q="SELECT current_database()").json()["row"][0]
+    assert first != other_database
+    # Between two requests, as a database-per-tenant app's middleware might do.
+    default_settings["NAME"] = other_database
+
+    second = wsgi_get("/sql/", q="SELECT current_database()").json()["row"][0]
+    assert second == other_database
+
+
+@pytest.mark.parametrize("affinity", [True, False], ids=["parked", "checked-in"])
+def test_next_request_sees_options_replaced(
+    default_settings, role, pool_options, affinity
+):
+    pool_options(thread_affinity=affinity)
+    assert wsgi_get("/sql/", q="SELECT current_user").json()["row"][0] != role
+    default_settings["OPTIONS"] = {**default_settings["OPTIONS"], "assume_role": role}
+
+    assert wsgi_get("/sql/", q="SELECT current_user").json()["row"][0] == role
+
+
+def test_next_request_sees_options_changed_in_place(default_settings, role):
+    assert wsgi_get("/sql/", q="SELECT current_user").json()["row"][0] != role
+    default_settings["OPTIONS"]["assume_role"] = role
+
+    assert wsgi_get("/sql/", q="SELECT current_user").json()["row"][0] == role
+
+
+def test_parked_connection_is_kept_while_the_settings_are_unchanged():
+    pids = [wsgi_get("/sql/", q="SELECT pg_backend_pid()").json()["pid"] for _ in range(3)]
+    assert len(set(pids)) == 1
+    assert connection._parked
 
 
 # The cursor classes of OPTIONS

@@ -35,6 +35,7 @@ from sqlalchemy import exc as sa_exc
 
 from django_poolconf.backends.credentials import ConnectParams, password_callable
 from django_poolconf.backends.scope import CheckoutScopeMixin
+from django_poolconf.backends.snapshot import SettingsSnapshot
 from django_poolconf.conf.pool import PoolSettings, pool_settings
 from django_poolconf.conf.rules import get_poolconf
 from django_poolconf.errors import ConnectionFailed, PoolTimeout, ReadOnlyServer
@@ -118,6 +119,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
 
     _conn: Any = None  # the driver connection, borrowed or parked
     _parked = False  # returned to the pool at request end, but kept for this object
+    _made_with: SettingsSnapshot | None = None  # the settings of the last pooled connect
 
     _pool_settings_cache: tuple[tuple[object, ...], PoolSettings] | None = None
     _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None
@@ -271,6 +273,12 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         loan = self._loan
         lender = loan.lender
         assert lender is not None
+        made_with = self._made_with
+        if made_with is None or not made_with.matches(self.settings_dict):
+            # The settings changed since it connected (NAME, OPTIONS, ...): into the
+            # pool with it, and Django connects anew with the new ones.
+            lender.checkin_parked(loan)
+            return None
         try:
             record = lender.take_back(loan)
         except Exception:  # noqa: BLE001 - connect() borrows anew, and reports
@@ -473,6 +481,9 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self.health_check_done = True
         self._loan.error = None
         conn_params = self.get_connection_params()  # type: ignore[attr-defined]
+        made_with = self._made_with
+        if made_with is None or not made_with.matches(self.settings_dict):
+            self._made_with = SettingsSnapshot(self.settings_dict)
         self.connection = connection = self.get_new_connection(conn_params)  # type: ignore[attr-defined]
         # Django's set_autocommit(), minus what cannot apply to a connection that was
         # just borrowed (no atomic block, no health check due, and close() already
