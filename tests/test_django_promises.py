@@ -367,6 +367,32 @@ def test_parked_connection_is_kept_while_the_settings_are_unchanged():
     assert connection._parked
 
 
+def test_copy_of_a_copy_with_other_settings_leaves_the_alias_pool_alone(role):
+    _query(connection, "SELECT 1")
+    engine = get_engine()
+    first = _copy_with(assume_role=role)
+    second = first.copy()
+    try:
+        assert _query(second, "SELECT current_user") == role
+        assert not isinstance(second.connection, PooledConnection)
+    finally:
+        second.close()
+        first.close()
+    assert get_engine() is engine  # the alias's pool was left alone
+
+
+def test_copy_of_a_copy_with_the_alias_settings_borrows_from_its_pool():
+    _query(connection, "SELECT 1")
+    first = connection.copy()
+    second = first.copy()
+    try:
+        _query(second, "SELECT 1")
+        assert isinstance(second.connection, PooledConnection)
+    finally:
+        second.close()
+        first.close()
+
+
 # The cursor classes of OPTIONS
 
 

@@ -206,9 +206,13 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self.health_check_done = True
 
     def copy(self, alias: str | None = None) -> Any:
-        """Django's ``copy()``; the copy remembers its original, whose pool it may share."""
+        """Django's ``copy()``; the copy remembers its original, whose pool it may share.
+
+        A copy of a copy remembers the first original: a copy is never the alias's.
+        """
         new = super().copy(alias)  # type: ignore[misc]
-        new._original = weakref.ref(self)
+        original = self._original
+        new._original = weakref.ref(self) if original is None else original
         return new
 
     def shares_alias_pool(self, conn_params: dict[str, Any]) -> bool:
@@ -217,9 +221,10 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         A wrapper Django's ``ConnectionHandler`` makes, or one built by hand, is the
         alias's: a change of its settings (the test runner's database name)
         replaces the pool. A ``copy()`` (Django's idiom for a second connection,
-        often with other ``OPTIONS``) shares its original's pool only when it has
-        the same alias and would make the same connections: never a connection
-        made with other settings.
+        often with other ``OPTIONS``), or a copy of a copy, shares the first
+        original's pool only when it has the same alias and would make the same
+        connections: never a connection made with other settings, and never
+        replacing the alias's pool.
         """
         original_ref = self._original
         if original_ref is None:
