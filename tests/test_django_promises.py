@@ -288,6 +288,16 @@ def other_database(admin: psycopg.Connection[Any]) -> Iterator[str]:
     admin.execute(f"DROP DATABASE IF EXISTS {name} (FORCE)")
 
 
+def test_connection_params_are_made_again_only_when_options_change():
+    wrapper = connection.copy()
+    params = wrapper.get_connection_params()
+    assert wrapper.get_connection_params() is params  # the steady state: reused
+
+    wrapper.settings_dict["OPTIONS"]["application_name"] = "poolconf-changed"
+
+    assert wrapper.get_connection_params()["application_name"] == "poolconf-changed"
+
+
 def test_copy_sees_options_changed_in_place_after_it_connected():
     _query(connection, "SELECT 1")
     connection.close()
@@ -362,7 +372,9 @@ def test_next_request_sees_options_changed_in_place(default_settings, role):
 
 
 def test_parked_connection_is_kept_while_the_settings_are_unchanged():
-    pids = [wsgi_get("/sql/", q="SELECT pg_backend_pid()").json()["pid"] for _ in range(3)]
+    pids = [
+        wsgi_get("/sql/", q="SELECT pg_backend_pid()").json()["pid"] for _ in range(3)
+    ]
     assert len(set(pids)) == 1
     assert connection._parked
 

@@ -119,7 +119,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
 
     _conn: Any = None  # the driver connection, borrowed or parked
     _parked = False  # returned to the pool at request end, but kept for this object
-    _made_with: SettingsSnapshot | None = None  # the settings of the last pooled connect
+    _made_with: SettingsSnapshot | None = None  # the settings it last connected with
 
     _pool_settings_cache: tuple[tuple[object, ...], PoolSettings] | None = None
     _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None

@@ -146,7 +146,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             credentials = self.credentials_for(params)
             return credentials(params) if credentials else params
         settings_dict = self.settings_dict
-        options = settings_dict["OPTIONS"]
+        django_options = settings_dict["OPTIONS"]
         # Django rebuilds the parameters on every connect; they only change when these
         # do, so the steady state reuses them. OPTIONS by its contents: code (Django's
         # tests) changes a key in place, and the next connect must see it.
@@ -160,9 +160,9 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             self.get_pool_settings(),
         )
         cached = self._params_cache
-        if cached is not None and cached[0] == key and cached[1] == options:
+        if cached is not None and cached[0] == key and cached[1] == django_options:
             return cached[2]
-        options = dict(options)
+        django_options = dict(django_options)
         params = super().get_connection_params()
         self._django_context = params.get("context")
         settings = self.get_pool_settings()
@@ -176,7 +176,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
         if settings.pgbouncer is not None:
             # PgBouncer refuses "options": the time zone is set as Django sets it,
             # statement_timeout by the pool's hooks (see pgbouncer.py).
-            self._params_cache = (key, options, params)
+            self._params_cache = (key, django_options, params)
             return params
         options = [params["options"]] if params.get("options") else []
         if settings.statement_timeout is not None:
@@ -188,7 +188,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             options.append(f"-c TimeZone={_escape_option(self.timezone_name)}")
         if options:
             params["options"] = " ".join(options)
-        self._params_cache = (key, options, params)
+        self._params_cache = (key, django_options, params)
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
