@@ -456,6 +456,19 @@ def test_conn_max_age_none_keeps_the_connection_checked_out_across_requests(
     assert get_engine().pool.checkedout() == 0
 
 
+def test_conn_max_age_sends_connection_created_only_when_it_connects(
+    alias_settings, receiver
+):
+    alias_settings(CONN_MAX_AGE=None)
+    seen: list[int] = []
+    receiver(connection_created, lambda sender, connection, **kwargs: seen.append(1))
+
+    for _ in range(3):
+        wsgi_get("/item/")
+
+    assert seen == [1]  # as with Django's own backend: the connection is kept
+
+
 def test_conn_max_age_gives_the_connection_back_once_expired(alias_settings):
     alias_settings(CONN_MAX_AGE=0.2)
     wsgi_get("/item/")
