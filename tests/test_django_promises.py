@@ -262,6 +262,149 @@ def test_copy_with_another_database_name_leaves_the_alias_pool_alone(admin):
         admin.execute("DROP DATABASE IF EXISTS poolconf_promises_other (FORCE)")
 
 
+@pytest.fixture
+def default_settings() -> Iterator[dict[str, Any]]:
+    """The default alias's settings, to change in any way (in place too) for one test."""
+    settings_dict = connections.settings["default"]
+    options = settings_dict["OPTIONS"]
+    saved, saved_options = dict(settings_dict), dict(options)
+    yield settings_dict
+    connections["default"].close()
+    options.clear()
+    options.update(saved_options)
+    settings_dict.clear()
+    settings_dict.update(saved)
+    engines.dispose_all()
+
+
+@pytest.fixture
+def other_database(admin: psycopg.Connection[Any]) -> Iterator[str]:
+    name = "poolconf_promises_other"
+    admin.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.execute(f"CREATE DATABASE {name}")
+    yield name
+    connections.close_all()
+    engines.dispose_all()
+    admin.execute(f"DROP DATABASE IF EXISTS {name} (FORCE)")
+
+
+def test_connection_params_are_made_again_only_when_options_change():
+    wrapper = connection.copy()
+    params = wrapper.get_connection_params()
+    assert wrapper.get_connection_params() is params  # the steady state: reused
+
+    wrapper.settings_dict["OPTIONS"]["application_name"] = "poolconf-changed"
+
+    assert wrapper.get_connection_params()["application_name"] == "poolconf-changed"
+
+
+def test_copy_sees_options_changed_in_place_after_it_connected():
+    _query(connection, "SELECT 1")
+    connection.close()
+    wrapper = connection.copy()  # the alias's settings (deep-copied)
+    try:
+        _query(wrapper, "SELECT 1")
+        assert isinstance(wrapper.connection, PooledConnection)
+        wrapper.close()
+        # As Django's tests set it: in place, on the copy's own OPTIONS.
+        wrapper.settings_dict["OPTIONS"]["assume_role"] = "poolconf_no_such_role"
+        with pytest.raises(Exception, match='role "poolconf_no_such_role" does not'):
+            _query(wrapper, "SELECT current_user")
+    finally:
+        wrapper.close()
+
+
+def test_copy_sees_options_replaced_after_it_connected():
+    _query(connection, "SELECT 1")
+    connection.close()
+    wrapper = connection.copy()
+    try:
+        _query(wrapper, "SELECT 1")
+        wrapper.close()
+        wrapper.settings_dict["OPTIONS"] = {
+            **wrapper.settings_dict["OPTIONS"],
+            "assume_role": "poolconf_no_such_role",
+        }
+        with pytest.raises(Exception, match='role "poolconf_no_such_role" does not'):
+            _query(wrapper, "SELECT current_user")
+    finally:
+        wrapper.close()
+
+
+def test_alias_sees_options_changed_in_place_after_close(default_settings, role):
+    user = _query(connection, "SELECT current_user")
+    connection.close()
+    default_settings["OPTIONS"]["assume_role"] = role
+
+    assert _query(connection, "SELECT current_user") == role, f"ran as {user}"
+
+
+@pytest.mark.parametrize("affinity", [True, False], ids=["parked", "checked-in"])
+def test_next_request_sees_name_changed_in_place(
+    default_settings, other_database, pool_options, affinity
+):
+    pool_options(thread_affinity=affinity)
+    first = wsgi_get("/sql/", q="SELECT current_database()").json()["row"][0]
+    assert first != other_database
+    # Between two requests, as a database-per-tenant app's middleware might do.
+    default_settings["NAME"] = other_database
+
+    second = wsgi_get("/sql/", q="SELECT current_database()").json()["row"][0]
+    assert second == other_database
+
+
+@pytest.mark.parametrize("affinity", [True, False], ids=["parked", "checked-in"])
+def test_next_request_sees_options_replaced(
+    default_settings, role, pool_options, affinity
+):
+    pool_options(thread_affinity=affinity)
+    assert wsgi_get("/sql/", q="SELECT current_user").json()["row"][0] != role
+    default_settings["OPTIONS"] = {**default_settings["OPTIONS"], "assume_role": role}
+
+    assert wsgi_get("/sql/", q="SELECT current_user").json()["row"][0] == role
+
+
+def test_next_request_sees_options_changed_in_place(default_settings, role):
+    assert wsgi_get("/sql/", q="SELECT current_user").json()["row"][0] != role
+    default_settings["OPTIONS"]["assume_role"] = role
+
+    assert wsgi_get("/sql/", q="SELECT current_user").json()["row"][0] == role
+
+
+def test_parked_connection_is_kept_while_the_settings_are_unchanged():
+    pids = [
+        wsgi_get("/sql/", q="SELECT pg_backend_pid()").json()["pid"] for _ in range(3)
+    ]
+    assert len(set(pids)) == 1
+    assert connection._parked
+
+
+def test_copy_of_a_copy_with_other_settings_leaves_the_alias_pool_alone(role):
+    _query(connection, "SELECT 1")
+    engine = get_engine()
+    first = _copy_with(assume_role=role)
+    second = first.copy()
+    try:
+        assert _query(second, "SELECT current_user") == role
+        assert not isinstance(second.connection, PooledConnection)
+    finally:
+        second.close()
+        first.close()
+    assert get_engine() is engine  # the alias's pool was left alone
+
+
+def test_copy_of_a_copy_with_the_alias_settings_borrows_from_its_pool():
+    _query(connection, "SELECT 1")
+    first = connection.copy()
+    second = first.copy()
+    try:
+        _query(second, "SELECT 1")
+        assert isinstance(second.connection, PooledConnection)
+    finally:
+        second.close()
+        first.close()
+
+
 # The cursor classes of OPTIONS
 
 
@@ -311,6 +454,19 @@ def test_conn_max_age_none_keeps_the_connection_checked_out_across_requests(
     assert get_engine().pool.checkedout() == 1  # held by this thread, in the pool
     connection.close()
     assert get_engine().pool.checkedout() == 0
+
+
+def test_conn_max_age_sends_connection_created_only_when_it_connects(
+    alias_settings, receiver
+):
+    alias_settings(CONN_MAX_AGE=None)
+    seen: list[int] = []
+    receiver(connection_created, lambda sender, connection, **kwargs: seen.append(1))
+
+    for _ in range(3):
+        wsgi_get("/item/")
+
+    assert seen == [1]  # as with Django's own backend: the connection is kept
 
 
 def test_conn_max_age_gives_the_connection_back_once_expired(alias_settings):

@@ -35,6 +35,7 @@ from sqlalchemy import exc as sa_exc
 
 from django_poolconf.backends.credentials import ConnectParams, password_callable
 from django_poolconf.backends.scope import CheckoutScopeMixin
+from django_poolconf.backends.snapshot import SettingsSnapshot
 from django_poolconf.conf.pool import PoolSettings, pool_settings
 from django_poolconf.conf.rules import get_poolconf
 from django_poolconf.errors import ConnectionFailed, PoolTimeout, ReadOnlyServer
@@ -118,6 +119,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
 
     _conn: Any = None  # the driver connection, borrowed or parked
     _parked = False  # returned to the pool at request end, but kept for this object
+    _made_with: SettingsSnapshot | None = None  # the settings it last connected with
 
     _pool_settings_cache: tuple[tuple[object, ...], PoolSettings] | None = None
     _fingerprint_cache: tuple[object, PoolSettings, Hashable] | None = None
@@ -204,9 +206,13 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self.health_check_done = True
 
     def copy(self, alias: str | None = None) -> Any:
-        """Django's ``copy()``; the copy remembers its original, whose pool it may share."""
+        """Django's ``copy()``; the copy remembers its original, whose pool it may share.
+
+        A copy of a copy remembers the first original: a copy is never the alias's.
+        """
         new = super().copy(alias)  # type: ignore[misc]
-        new._original = weakref.ref(self)
+        original = self._original
+        new._original = weakref.ref(self) if original is None else original
         return new
 
     def shares_alias_pool(self, conn_params: dict[str, Any]) -> bool:
@@ -215,9 +221,10 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         A wrapper Django's ``ConnectionHandler`` makes, or one built by hand, is the
         alias's: a change of its settings (the test runner's database name)
         replaces the pool. A ``copy()`` (Django's idiom for a second connection,
-        often with other ``OPTIONS``) shares its original's pool only when it has
-        the same alias and would make the same connections: never a connection
-        made with other settings.
+        often with other ``OPTIONS``), or a copy of a copy, shares the first
+        original's pool only when it has the same alias and would make the same
+        connections: never a connection made with other settings, and never
+        replacing the alias's pool.
         """
         original_ref = self._original
         if original_ref is None:
@@ -271,6 +278,12 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         loan = self._loan
         lender = loan.lender
         assert lender is not None
+        made_with = self._made_with
+        if made_with is None or not made_with.matches(self.settings_dict):
+            # The settings changed since it connected (NAME, OPTIONS, ...): into the
+            # pool with it, and Django connects anew with the new ones.
+            lender.checkin_parked(loan)
+            return None
         try:
             record = lender.take_back(loan)
         except Exception:  # noqa: BLE001 - connect() borrows anew, and reports
@@ -411,8 +424,8 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self, conn_params: dict[str, Any]
     ) -> tuple[PoolSettings, Hashable]:
         cached = self._fingerprint_cache
-        # Backends hand back the same params dict while nothing changed, pool
-        # settings included: fingerprint it once.
+        # Backends hand back the same params dict while nothing they read changed
+        # (pool settings, OPTIONS' contents): fingerprint it once.
         if cached is not None and cached[0] is conn_params:
             return cached[1], cached[2]
         settings = self.get_pool_settings()
@@ -473,6 +486,9 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         self.health_check_done = True
         self._loan.error = None
         conn_params = self.get_connection_params()  # type: ignore[attr-defined]
+        made_with = self._made_with
+        if made_with is None or not made_with.matches(self.settings_dict):
+            self._made_with = SettingsSnapshot(self.settings_dict)
         self.connection = connection = self.get_new_connection(conn_params)  # type: ignore[attr-defined]
         # Django's set_autocommit(), minus what cannot apply to a connection that was
         # just borrowed (no atomic block, no health check due, and close() already

@@ -129,7 +129,8 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
     client_class = DatabaseClient
     creation_class = DatabaseCreation
 
-    _params_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    # The key, a shallow copy of OPTIONS, and the parameters made from them.
+    _params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None
     #: The adapters map (``"context"``) of Django's own ``get_connection_params()``.
     _django_context: object = None
 
@@ -145,21 +146,23 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             credentials = self.credentials_for(params)
             return credentials(params) if credentials else params
         settings_dict = self.settings_dict
+        django_options = settings_dict["OPTIONS"]
         # Django rebuilds the parameters on every connect; they only change when these
-        # do, so the steady state reuses them.
+        # do, so the steady state reuses them. OPTIONS by its contents: code (Django's
+        # tests) changes a key in place, and the next connect must see it.
         key = (
             settings_dict["NAME"],
             settings_dict["USER"],
             settings_dict["PASSWORD"],
             settings_dict["HOST"],
             settings_dict["PORT"],
-            id(settings_dict["OPTIONS"]),
             self.timezone_name,
             self.get_pool_settings(),
         )
         cached = self._params_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is not None and cached[0] == key and cached[1] == django_options:
+            return cached[2]
+        django_options = dict(django_options)
         params = super().get_connection_params()
         self._django_context = params.get("context")
         settings = self.get_pool_settings()
@@ -179,7 +182,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             ):
                 # The next transaction's server connection does not know them (W012).
                 params["prepare_threshold"] = None
-            self._params_cache = (key, params)
+            self._params_cache = (key, django_options, params)
             return params
         options = [params["options"]] if params.get("options") else []
         if settings.statement_timeout is not None:
@@ -191,7 +194,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
             options.append(f"-c TimeZone={_escape_option(self.timezone_name)}")
         if options:
             params["options"] = " ".join(options)
-        self._params_cache = (key, params)
+        self._params_cache = (key, django_options, params)
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
