@@ -1,0 +1,181 @@
+"""The pooled MySQL backend on a real MariaDB: the cycle, exhaustion, restarts, resets, fork, ORM."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+
+import pytest
+from django.db import connections, transaction
+from django.db.utils import OperationalError
+
+from django_poolconf import PoolTimeout, engines, pool_stats
+from django_poolconf.health import check_health
+from tests.mariadb import MariaDB
+from tests.testapp.models import Item
+
+
+def _one(alias: str, sql: str):
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()
+
+
+def _connection_id(alias: str) -> int:
+    return int(_one(alias, "SELECT CONNECTION_ID()")[0])
+
+
+def test_connection_cycle_reuses_one_physical_connection(mysql_pool):
+    ids = set()
+    for _ in range(3):
+        ids.add(_connection_id(mysql_pool))
+        # Django's setup holds on every checkout of the reused connection.
+        assert _one(mysql_pool, "SELECT @@tx_isolation")[0] == "READ-COMMITTED"
+        assert _one(mysql_pool, "SELECT @@character_set_client")[0] == "utf8mb4"
+        connections[mysql_pool].close()
+    assert len(ids) == 1
+    stats = pool_stats(mysql_pool)
+    assert stats.connections_opened == 1
+    assert stats.checkouts == 3
+    assert stats.checked_out == 0
+
+
+def test_exhaustion_raises_pool_timeout(mysql_pool):
+    engine = engines.get_engine(mysql_pool)
+    held = [engine.connect() for _ in range(3)]  # pool_size=2, max_overflow=1
+    try:
+        with pytest.raises(PoolTimeout) as raised:
+            _connection_id(mysql_pool)
+        assert isinstance(raised.value, OperationalError)
+        assert "pool_size=2, max_overflow=1" in str(raised.value)
+    finally:
+        for connection in held:
+            connection.close()
+    _connection_id(mysql_pool)  # a connection is free again
+
+
+def test_a_server_restart_is_survived(mysql_pool, mariadb: MariaDB | None):
+    if mariadb is None:
+        pytest.skip("restarting the server needs one of the tests' own")
+    before = _connection_id(mysql_pool)
+    connections[mysql_pool].close()
+    mariadb.restart()
+    # The idle connection is found closed at checkout and replaced.
+    after = _connection_id(mysql_pool)
+    connections[mysql_pool].close()
+    assert after != before
+    assert pool_stats(mysql_pool).connections_opened == 2
+
+
+@pytest.mark.parametrize("reset_on_return", ["auto", "full"])
+def test_a_dirty_return_is_not_seen_by_the_next_borrower(mysql_pool, reset_on_return):
+    settings_dict = connections.settings[mysql_pool]
+    original = settings_dict["POOL"]
+    settings_dict["POOL"] = {**original, "reset_on_return": reset_on_return}
+    try:
+        connection = connections[mysql_pool]
+        sql_mode = _one(mysql_pool, "SELECT @@SESSION.sql_mode")[0]
+        first = _connection_id(mysql_pool)
+        with connection.cursor() as cursor:
+            cursor.execute("SET @x = 42")
+            cursor.execute("CREATE TEMPORARY TABLE scratch (n int)")
+            cursor.execute("SET SESSION sql_mode = 'ANSI_QUOTES'")
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            cursor.execute("SET NAMES latin1")
+            cursor.execute("BEGIN")
+            cursor.execute("INSERT INTO testapp_item (name) VALUES ('uncommitted')")
+        connection.close()
+
+        assert _connection_id(mysql_pool) == first  # the same physical connection
+        assert _one(mysql_pool, "SELECT @x")[0] is None
+        assert _one(mysql_pool, "SELECT @@SESSION.sql_mode")[0] == sql_mode
+        assert _one(mysql_pool, "SELECT @@tx_isolation")[0] == "READ-COMMITTED"
+        assert _one(mysql_pool, "SELECT @@character_set_client")[0] == "utf8mb4"
+        assert not Item.objects.using(mysql_pool).filter(name="uncommitted").exists()
+        with pytest.raises(Exception, match="doesn't exist"):
+            _one(mysql_pool, "SELECT * FROM scratch")
+        connection.close()
+    finally:
+        settings_dict["POOL"] = original
+
+
+def test_a_forked_child_never_touches_its_parents_connections(mysql_pool):
+    parent_id = _connection_id(mysql_pool)  # held across the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            child_id = _connection_id(mysql_pool)
+            connections[mysql_pool].close()
+            # What the interpreter's exit would do: collect the inherited ones.
+            engines.INHERITED.clear()
+            gc.collect()
+            os.write(write, str(child_id).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child_id = int(os.read(read, 100) or b"0")
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_id not in (0, parent_id)
+    # The parent's session is intact.
+    assert _connection_id(mysql_pool) == parent_id
+    connections[mysql_pool].close()
+    assert _connection_id(mysql_pool) == parent_id
+
+
+def test_threads_share_the_pool(mysql_pool):
+    errors = []
+
+    def work() -> None:
+        try:
+            for _ in range(20):
+                _connection_id(mysql_pool)
+                connections[mysql_pool].close()
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert pool_stats(mysql_pool).connections_opened <= 3
+
+
+def test_orm_on_a_migrated_database(mysql_pool):
+    items = Item.objects.using(mysql_pool)
+    items.all().delete()
+    items.create(name="a")
+    with transaction.atomic(using=mysql_pool):
+        items.create(name="b")
+    with pytest.raises(RuntimeError), transaction.atomic(using=mysql_pool):
+        items.create(name="c")
+        raise RuntimeError("roll back")
+    assert sorted(items.values_list("name", flat=True)) == ["a", "b"]
+    assert items.filter(name__startswith="a").count() == 1
+    items.filter(name="a").update(name="a2")
+    assert [item.name for item in items.order_by("id").iterator(chunk_size=1)] == [
+        "a2",
+        "b",
+    ]
+    with connections[mysql_pool].cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM django_content_type")
+        assert cursor.fetchone()[0] > 0  # migrated
+    items.all().delete()
+
+
+def test_health(mysql_pool):
+    _connection_id(mysql_pool)
+    connections[mysql_pool].close()
+    report = check_health([mysql_pool], max_age=0)
+    [health] = report.databases
+    assert health.status == "healthy", health
+    assert health.latency_ms is not None
