@@ -142,6 +142,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, mysql_base.DatabaseWrapper):
             self.alias,
             conn_params,
             self.setup_sql(conn_params),
+            statement_timeout=self.get_pool_settings().statement_timeout,
             credentials=self.credentials_for(conn_params) or None,
         )
 

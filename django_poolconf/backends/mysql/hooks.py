@@ -4,7 +4,8 @@ The reset on return, by ``reset_on_return``:
 
 - ``"auto"`` and ``"full"``: ``COM_RESET_CONNECTION`` (one round trip, by the
   returning thread), then the session's setup (``SET NAMES``,
-  ``OPTIONS["init_command"]``, Django's isolation level and ``SQL_AUTO_IS_NULL``) sent
+  ``OPTIONS["init_command"]``, Django's isolation level and ``SQL_AUTO_IS_NULL``, the
+  pool's ``statement_timeout``) sent
   without waiting; the next checkout reads its result, which has arrived by then.
   ``"full"`` also has Django set the connection up again at the next checkout, as
   ``"auto"`` does when a :data:`~django_poolconf.signals.physical_connection_created`
@@ -49,10 +50,12 @@ class MySQLHooks:
         conn_params: dict[str, Any],
         setup_sql: bytes,
         *,
+        statement_timeout: int | None = None,
         credentials: ConnectParams | None = None,
     ) -> None:
         self.alias = alias
         self.setup_sql = setup_sql
+        self.statement_timeout = statement_timeout
         params = dict(conn_params)
         self.credentials = credentials
         if password_callable(params) is not None:
@@ -89,8 +92,20 @@ class MySQLHooks:
             connection.database = params.get("database") or params.get("db")
             password = params.get("password", params.get("passwd"))
             connection.secret = None if password is None else Secret(str(password))
-            connection.setup_sql = self.setup_sql
             del params, password
+            connection.setup_sql = self.setup_sql
+            if self.statement_timeout is not None:
+                timeout_sql = _statement_timeout_sql(connection, self.statement_timeout)
+                try:
+                    connection.query(timeout_sql)
+                except MySQLdb.Error as error:
+                    connection.close()
+                    raise ConnectionFailed(
+                        f"Could not set statement_timeout on a new connection for "
+                        f"{self.alias!r}: {_describe(error, {})}"
+                    ) from None
+                # Kept through each reset: sent again with the setup.
+                connection.setup_sql += b"; " + timeout_sql
             # Django's bytes workaround (its get_new_connection()).
             if connection.encoders.get(bytes) is bytes:
                 connection.encoders.pop(bytes)
@@ -152,6 +167,17 @@ class MySQLHooks:
             f"get_async_engine({self.alias!r}) is for PostgreSQL only: the MySQL "
             "backend has no asyncio driver."
         )
+
+
+def _statement_timeout_sql(connection: PooledConnection, milliseconds: int) -> bytes:
+    """What bounds each statement: MariaDB's max_statement_time, MySQL's max_execution_time.
+
+    MariaDB's counts seconds and bounds every statement; MySQL's counts milliseconds
+    and bounds read-only SELECT statements only.
+    """
+    if "mariadb" in connection.get_server_info().lower():
+        return f"SET SESSION max_statement_time = {milliseconds / 1000:g}".encode()
+    return f"SET SESSION max_execution_time = {milliseconds:d}".encode()
 
 
 def _describe(error: MySQLdb.Error, params: dict[str, Any]) -> str:

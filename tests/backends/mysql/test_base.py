@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.db import connections, transaction
 from django.db.utils import OperationalError
+from sqlalchemy import text
 
 from django_poolconf import PoolTimeout, engines, pool_stats
 from django_poolconf.health import check_health
+from django_poolconf.signals import physical_connection_created
 from tests.mariadb import MariaDB
 from tests.testapp.models import Item
 
@@ -24,6 +30,22 @@ def _one(alias: str, sql: str):
 
 def _connection_id(alias: str) -> int:
     return int(_one(alias, "SELECT CONNECTION_ID()")[0])
+
+
+@pytest.fixture
+def pool_options(mysql_pool: str) -> Iterator[Callable[..., None]]:
+    """Give the alias other pool options for one test."""
+    settings_dict = connections.settings[mysql_pool]
+    original = settings_dict["POOL"]
+
+    def set_options(**options: Any) -> None:
+        connections[mysql_pool].close()
+        settings_dict["POOL"] = {**original, **options}
+
+    yield set_options
+    connections[mysql_pool].close()
+    settings_dict["POOL"] = original
+    engines.dispose(mysql_pool)
 
 
 def test_connection_cycle_reuses_one_physical_connection(mysql_pool):
@@ -69,35 +91,139 @@ def test_a_server_restart_is_survived(mysql_pool, mariadb: MariaDB | None):
 
 
 @pytest.mark.parametrize("reset_on_return", ["auto", "full"])
-def test_a_dirty_return_is_not_seen_by_the_next_borrower(mysql_pool, reset_on_return):
-    settings_dict = connections.settings[mysql_pool]
-    original = settings_dict["POOL"]
-    settings_dict["POOL"] = {**original, "reset_on_return": reset_on_return}
-    try:
-        connection = connections[mysql_pool]
-        sql_mode = _one(mysql_pool, "SELECT @@SESSION.sql_mode")[0]
-        first = _connection_id(mysql_pool)
-        with connection.cursor() as cursor:
-            cursor.execute("SET @x = 42")
-            cursor.execute("CREATE TEMPORARY TABLE scratch (n int)")
-            cursor.execute("SET SESSION sql_mode = 'ANSI_QUOTES'")
-            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-            cursor.execute("SET NAMES latin1")
-            cursor.execute("BEGIN")
-            cursor.execute("INSERT INTO testapp_item (name) VALUES ('uncommitted')")
-        connection.close()
+def test_a_dirty_return_is_not_seen_by_the_next_borrower(
+    mysql_pool, pool_options, reset_on_return
+):
+    pool_options(reset_on_return=reset_on_return)
+    connection = connections[mysql_pool]
+    sql_mode = _one(mysql_pool, "SELECT @@SESSION.sql_mode")[0]
+    first = _connection_id(mysql_pool)
+    with connection.cursor() as cursor:
+        cursor.execute("SET @x = 42")
+        cursor.execute("CREATE TEMPORARY TABLE scratch (n int)")
+        cursor.execute("SELECT GET_LOCK('poolconf', 0)")
+        cursor.execute("SET SESSION sql_mode = 'ANSI_QUOTES'")
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        cursor.execute("SET NAMES latin1")
+        cursor.execute("BEGIN")
+        cursor.execute("INSERT INTO testapp_item (name) VALUES ('uncommitted')")
+    connection.close()
 
-        assert _connection_id(mysql_pool) == first  # the same physical connection
-        assert _one(mysql_pool, "SELECT @x")[0] is None
-        assert _one(mysql_pool, "SELECT @@SESSION.sql_mode")[0] == sql_mode
-        assert _one(mysql_pool, "SELECT @@tx_isolation")[0] == "READ-COMMITTED"
-        assert _one(mysql_pool, "SELECT @@character_set_client")[0] == "utf8mb4"
-        assert not Item.objects.using(mysql_pool).filter(name="uncommitted").exists()
-        with pytest.raises(Exception, match="doesn't exist"):
-            _one(mysql_pool, "SELECT * FROM scratch")
+    assert _connection_id(mysql_pool) == first  # the same physical connection
+    assert _one(mysql_pool, "SELECT @x")[0] is None
+    assert _one(mysql_pool, "SELECT IS_USED_LOCK('poolconf')")[0] is None
+    assert _one(mysql_pool, "SELECT @@SESSION.sql_mode")[0] == sql_mode
+    assert _one(mysql_pool, "SELECT @@tx_isolation")[0] == "READ-COMMITTED"
+    assert _one(mysql_pool, "SELECT @@character_set_client")[0] == "utf8mb4"
+    assert _one(mysql_pool, "SELECT @@in_transaction")[0] == 0
+    assert not Item.objects.using(mysql_pool).filter(name="uncommitted").exists()
+    with pytest.raises(Exception, match="doesn't exist"):
+        _one(mysql_pool, "SELECT * FROM scratch")
+
+
+def test_the_rollback_policy_rolls_back_and_keeps_the_session(mysql_pool, pool_options):
+    pool_options(reset_on_return="rollback")
+    connection = connections[mysql_pool]
+    with connection.cursor() as cursor:
+        cursor.execute("SET @x = 42")
+        cursor.execute("BEGIN")
+        cursor.execute("INSERT INTO testapp_item (name) VALUES ('uncommitted')")
+    connection.close()
+    assert _one(mysql_pool, "SELECT @@in_transaction")[0] == 0
+    assert not Item.objects.using(mysql_pool).filter(name="uncommitted").exists()
+    assert _one(mysql_pool, "SELECT @x")[0] == 42  # documented: only a rollback
+
+
+def test_djangos_setup_runs_once_per_physical_connection(mysql_pool):
+    connection = connections[mysql_pool]
+    connection.force_debug_cursor = True
+    try:
+        _connection_id(mysql_pool)
         connection.close()
+        first = [query["sql"] for query in connection.queries_log]
+        connection.queries_log.clear()
+        _connection_id(mysql_pool)
+        connection.close()
+        again = [query["sql"] for query in connection.queries_log]
     finally:
-        settings_dict["POOL"] = original
+        connection.force_debug_cursor = False
+        connection.queries_log.clear()
+    # Django's init_connection_state() on the new connection only.
+    assert any("ISOLATION LEVEL" in sql for sql in first), first
+    assert again == ["SELECT CONNECTION_ID()"]
+
+
+def test_a_physical_connection_created_receiver_holds_for_every_borrower(mysql_pool):
+    calls = []
+
+    def set_up(sender: Any, connection: Any, **kwargs: Any) -> None:
+        calls.append(connection.alias)
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION sql_mode = 'ANSI_QUOTES'")
+
+    physical_connection_created.connect(set_up)
+    try:
+        for _ in range(2):
+            assert _one(mysql_pool, "SELECT @@SESSION.sql_mode")[0] == "ANSI_QUOTES"
+            connections[mysql_pool].close()
+    finally:
+        physical_connection_created.disconnect(set_up)
+    # What it set cannot be restored as a baseline on MySQL: it runs again.
+    assert calls == [mysql_pool, mysql_pool]
+    assert pool_stats(mysql_pool).connections_opened == 1
+
+
+def test_statement_timeout(mysql_pool, pool_options):
+    pool_options(statement_timeout=300)
+    for _ in range(2):  # the new connection, then the reset one
+        began = time.monotonic()
+        with pytest.raises(OperationalError, match="max_statement_time"):
+            _one(mysql_pool, "SELECT SLEEP(3)")
+        assert time.monotonic() - began < 2
+        assert _one(mysql_pool, "SELECT 1")[0] == 1  # still usable
+        connections[mysql_pool].close()
+    assert pool_stats(mysql_pool).connections_opened == 1
+
+
+def test_sqlalchemy_and_django_share_connections(mysql_pool):
+    django_id = _connection_id(mysql_pool)
+    connections[mysql_pool].close()
+    engine = engines.get_engine(mysql_pool)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT CONNECTION_ID()")).scalar() == django_id
+        connection.execute(text("INSERT INTO testapp_item (name) VALUES ('sqla')"))
+        connection.rollback()  # SQLAlchemy's transaction, as on a fresh connection
+    assert not Item.objects.using(mysql_pool).filter(name="sqla").exists()
+    assert connections[mysql_pool].get_autocommit()
+    assert _connection_id(mysql_pool) == django_id
+
+
+def test_leak_detection(mysql_pool, pool_options, caplog):
+    pool_options(leak_detection_threshold=0.2)
+    caplog.set_level(logging.INFO, logger="django_poolconf.leaks")
+    _connection_id(mysql_pool)
+    deadline = time.monotonic() + 5
+    while "longer than leak_detection_threshold" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.05)
+    assert repr(mysql_pool) in caplog.text
+    connections[mysql_pool].close()
+
+
+def test_transaction_scope_holds_a_connection_only_while_it_works(
+    mysql_pool, pool_options
+):
+    pool_options(checkout_scope="transaction")
+    connection = connections[mysql_pool]
+    _connection_id(mysql_pool)
+    assert pool_stats(mysql_pool).checked_out == 0  # parked between statements
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")  # a transaction Django knows nothing of
+    assert pool_stats(mysql_pool).checked_out == 1
+    with connection.cursor() as cursor:
+        cursor.execute("ROLLBACK")
+    connection.close()
+    assert pool_stats(mysql_pool).checked_out == 0
 
 
 def test_a_forked_child_never_touches_its_parents_connections(mysql_pool):
@@ -179,3 +305,21 @@ def test_health(mysql_pool):
     [health] = report.databases
     assert health.status == "healthy", health
     assert health.latency_ms is not None
+
+
+def test_poolstatus(mysql_pool):
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    _connection_id(mysql_pool)
+    connections[mysql_pool].close()
+    out = io.StringIO()
+    call_command("poolstatus", "--database", mysql_pool, "--json", stdout=out)
+    shown = json.loads(out.getvalue())
+    assert shown["databases"][mysql_pool]["status"] == "healthy", shown
+    assert "poolconf-test" not in out.getvalue()  # no password
+    out = io.StringIO()
+    call_command("poolstatus", "--database", mysql_pool, stdout=out)
+    assert mysql_pool in out.getvalue()
