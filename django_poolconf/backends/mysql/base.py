@@ -33,10 +33,12 @@ _DISCONNECTS: Final = frozenset({2006, 2013, 2055, 1927, 4031, 1053})
 
 #: Statements after which the session may hold state beyond them: SET (variables,
 #: NAMES, a transaction's characteristics), a transaction begun by hand, locks,
-#: temporary tables, prepared statements, user variables assigned in a query, USE.
+#: temporary tables, prepared statements, procedures, USE, user variables assigned
+#: in a query, LAST_INSERT_ID(expr); at the start of any statement of a query.
 _SESSION_CHANGE: Final = re.compile(
-    rb"^\s*(?:SET|BEGIN|START|LOCK|UNLOCK|PREPARE|USE|HANDLER|XA|SAVEPOINT)\b"
-    rb"|\bTEMPORARY\b|:=|\bGET_LOCK\b|\bINTO\s+@",
+    rb"(?:^|;)\s*(?:SET|BEGIN|START|LOCK|UNLOCK|PREPARE|USE|HANDLER|XA|SAVEPOINT|CALL"
+    rb"|FLUSH)\b|\bTEMPORARY\b|:=|\bGET_LOCK\b|\bLOCK\b|\bINTO\s+@"
+    rb"|\bLAST_INSERT_ID\s*\(\s*[^\s)]",
     re.IGNORECASE,
 )
 

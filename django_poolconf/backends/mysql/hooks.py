@@ -16,7 +16,6 @@ The reset on return, by ``reset_on_return``:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import MySQLdb
@@ -86,7 +85,6 @@ class MySQLHooks:
                 f"{_describe(error, params)}"
             )
         else:
-            connection.pid = os.getpid()
             connection.generation = process.GENERATION.value
             connection.user = str(params.get("user", ""))
             connection.database = params.get("database") or params.get("db")

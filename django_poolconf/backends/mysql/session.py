@@ -96,19 +96,53 @@ class PooledConnection(Connection):  # type: ignore[misc]
     setup_sql: bytes = b""
     setup_pending: bool = False  # setup_sql sent on return, its results not read yet
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.pid = os.getpid()  # first: connecting runs the checked calls
+        super().__init__(*args, **kwargs)
+
     def __repr__(self) -> str:
         # mysqlclient's repr names the host: pool logs must not.
         state = "open" if self.open else "closed"
         return f"<{type(self).__name__} {state} at {id(self):#x}>"
 
-    def query(self, query: Any) -> Any:
+    # Everything that talks to the server checks the process first: a child must
+    # send nothing on its parent's session, not a ROLLBACK nor a ping.
+
+    def _check_owner(self) -> None:
         if self.pid != os.getpid():
             raise MySQLdb.OperationalError(
                 2006,
                 "this connection belongs to the parent process; a forked child must "
                 "open its own",
             )
+
+    def query(self, query: Any) -> Any:
+        self._check_owner()
         return super().query(query)
+
+    def send_query(self, query: Any) -> Any:
+        self._check_owner()
+        return super().send_query(query)
+
+    def autocommit(self, on: bool) -> Any:
+        self._check_owner()
+        return super().autocommit(on)
+
+    def commit(self) -> Any:
+        self._check_owner()
+        return super().commit()
+
+    def rollback(self) -> Any:
+        self._check_owner()
+        return super().rollback()
+
+    def ping(self, *args: Any) -> Any:
+        self._check_owner()
+        return super().ping(*args)
+
+    def change_user(self, *args: Any) -> Any:
+        self._check_owner()
+        return super().change_user(*args)
 
     def close(self) -> None:
         if self.pid != os.getpid():
@@ -145,6 +179,7 @@ def reset_session(connection: PooledConnection) -> None:
 
     :raises MySQLdb.Error: when the server did not take it.
     """
+    connection._check_owner()
     handle = _handle(connection) if _reset_connection is not None else None
     if handle is not None:
         if _reset_connection(handle) != 0:

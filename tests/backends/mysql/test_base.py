@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from django.db import connections, transaction
-from django.db.utils import OperationalError
+from django.db.utils import DatabaseError, OperationalError
 from sqlalchemy import text
 
 from django_poolconf import PoolTimeout, engines, pool_stats
@@ -226,6 +227,38 @@ def test_transaction_scope_holds_a_connection_only_while_it_works(
     assert pool_stats(mysql_pool).checked_out == 0
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET @x = 1",
+        "SELECT 1; SET @x = 1",
+        "SELECT @x := 1",
+        "SELECT 1 INTO @x",
+        "CREATE TEMPORARY TABLE scratch (n int)",
+        "SELECT GET_LOCK('poolconf', 0)",
+        "CALL sys_missing_procedure()",
+    ],
+)
+def test_transaction_scope_holds_a_connection_whose_session_changed(
+    mysql_pool, pool_options, sql
+):
+    pool_options(checkout_scope="transaction")
+    connection = connections[mysql_pool]
+    # A procedure that does not exist fails: what a procedure sets is not known.
+    with connection.cursor() as cursor, contextlib.suppress(DatabaseError):
+        cursor.execute(sql)
+    assert pool_stats(mysql_pool).checked_out == 1
+    connection.close()
+    assert pool_stats(mysql_pool).checked_out == 0
+
+
+def test_transaction_scope_parks_between_plain_statements(mysql_pool, pool_options):
+    pool_options(checkout_scope="transaction")
+    for sql in ("SELECT 1", "SELECT * FROM testapp_item FOR UPDATE"):
+        _one(mysql_pool, sql)
+        assert pool_stats(mysql_pool).checked_out == 0, sql
+
+
 def test_a_forked_child_never_touches_its_parents_connections(mysql_pool):
     parent_id = _connection_id(mysql_pool)  # held across the fork
     read, write = os.pipe()
@@ -252,6 +285,58 @@ def test_a_forked_child_never_touches_its_parents_connections(mysql_pool):
     assert _connection_id(mysql_pool) == parent_id
     connections[mysql_pool].close()
     assert _connection_id(mysql_pool) == parent_id
+
+
+def test_a_forked_child_cannot_use_a_connection_its_parent_holds(mysql_pool):
+    engine = engines.get_engine(mysql_pool)
+    held = engine.connect()  # in SQLAlchemy's transaction, across the fork
+    held.execute(text("INSERT INTO testapp_item (name) VALUES ('parent')"))
+    parent_id = held.execute(text("SELECT CONNECTION_ID()")).scalar()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        outcome = b""
+        try:
+            for use in (
+                held.connection.dbapi_connection.rollback,  # the driver's own call
+                lambda: held.execute(text("SELECT 1")),
+            ):
+                try:
+                    use()
+                    outcome += b"used it;"
+                except Exception as error:  # noqa: BLE001
+                    outcome += b"refused;" if "parent process" in str(error) else b"?;"
+            held.close()  # SQLAlchemy's rollback: refused too, and not sent
+            engines.INHERITED.clear()
+            gc.collect()
+        finally:
+            os.write(write, outcome)
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    outcome = os.read(read, 100)
+    os.close(read)
+    try:
+        assert outcome == b"refused;refused;"
+        # The parent's session, and its transaction, are intact.
+        assert held.execute(text("SELECT CONNECTION_ID()")).scalar() == parent_id
+        count = "SELECT COUNT(*) FROM testapp_item WHERE name = 'parent'"
+        assert held.execute(text(count)).scalar() == 1
+    finally:
+        held.close()  # rolled back
+    assert not Item.objects.using(mysql_pool).filter(name="parent").exists()
+
+
+def test_a_connection_killed_while_borrowed_is_replaced(mysql_pool):
+    victim = _connection_id(mysql_pool)
+    engine = engines.get_engine(mysql_pool)
+    with engine.connect() as other:
+        other.execute(text(f"KILL CONNECTION {victim}"))
+    with pytest.raises(OperationalError):
+        _connection_id(mysql_pool)
+    connections[mysql_pool].close()
+    assert _connection_id(mysql_pool) not in (victim, 0)
+    connections[mysql_pool].close()
 
 
 def test_threads_share_the_pool(mysql_pool):
