@@ -144,8 +144,8 @@ class MariaDB:
             "--innodb-buffer-pool-size=32M",
             "--innodb-log-file-size=16M",
             "--max-connections=200",
-            "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_unicode_ci",
+            # MariaDB's default server character set (latin1) stays: a reset
+            # session falls back to it, and the backend must set utf8mb4 again.
         ]
         if self.user is not None:
             command.append(f"--user={self.user}")

@@ -53,7 +53,11 @@ def mysql(mysql_server: dict[str, Any], django_db_blocker: Any) -> Iterator[str]
         "NAME": "poolconf",
         **mysql_server,
         "POOL": {"pool_size": 2, "max_overflow": 1, "pool_timeout": 2},
-        "TEST": {"NAME": "test_poolconf_mysql"},
+        "TEST": {
+            "NAME": "test_poolconf_mysql",
+            "CHARSET": "utf8mb4",
+            "COLLATION": "utf8mb4_unicode_ci",
+        },
     }
     configured = connections.configure_settings(
         {**connections.settings, ALIAS: settings_dict}

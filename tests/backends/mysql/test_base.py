@@ -118,6 +118,11 @@ def test_a_dirty_return_is_not_seen_by_the_next_borrower(
     assert _one(mysql_pool, "SELECT @@character_set_client")[0] == "utf8mb4"
     assert _one(mysql_pool, "SELECT @@in_transaction")[0] == 0
     assert not Item.objects.using(mysql_pool).filter(name="uncommitted").exists()
+    # Not the server's default (latin1): the connection's, set again.
+    assert _one(mysql_pool, "SELECT @@global.character_set_client")[0] != "utf8mb4"
+    assert (
+        Item.objects.using(mysql_pool).create(name="\N{SNOWMAN}").name == "\N{SNOWMAN}"
+    )
     with pytest.raises(Exception, match="doesn't exist"):
         _one(mysql_pool, "SELECT * FROM scratch")
 
