@@ -54,9 +54,11 @@ def _function(name: str, restype: Any, argtypes: list[Any]) -> Any:
     return function
 
 
-_get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-_get_pointer.restype = ctypes.c_void_p
-_get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+# A prototype of our own: setting argtypes on ctypes.pythonapi's shared function
+# object would change it for every other user in the process.
+_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi)
+)
 _reset_connection = _function("mysql_reset_connection", ctypes.c_int, [ctypes.c_void_p])
 _get_info = _function(
     "mariadb_get_infov", ctypes.c_char, [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]

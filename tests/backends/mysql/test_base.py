@@ -17,6 +17,7 @@ from django.db.utils import DatabaseError, OperationalError
 from sqlalchemy import text
 
 from django_poolconf import PoolTimeout, engines, pool_stats
+from django_poolconf.backends.mysql import session
 from django_poolconf.health import check_health
 from django_poolconf.signals import physical_connection_created
 from tests.mariadb import MariaDB
@@ -125,6 +126,21 @@ def test_a_dirty_return_is_not_seen_by_the_next_borrower(
     )
     with pytest.raises(Exception, match="doesn't exist"):
         _one(mysql_pool, "SELECT * FROM scratch")
+
+
+def test_without_com_reset_connection_the_reset_is_change_user(mysql_pool, monkeypatch):
+    # A client library without mysql_reset_connection(): COM_CHANGE_USER instead,
+    # which authenticates again with the connection's own credentials.
+    monkeypatch.setattr(session, "_reset_connection", None)
+    first = _connection_id(mysql_pool)
+    with connections[mysql_pool].cursor() as cursor:
+        cursor.execute("SET @x = 42")
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+    connections[mysql_pool].close()
+    assert _connection_id(mysql_pool) == first
+    assert _one(mysql_pool, "SELECT @x")[0] is None
+    assert _one(mysql_pool, "SELECT @@tx_isolation")[0] == "READ-COMMITTED"
+    assert _one(mysql_pool, "SELECT DATABASE()")[0] == "test_poolconf_mysql"
 
 
 def test_the_rollback_policy_rolls_back_and_keeps_the_session(mysql_pool, pool_options):
