@@ -64,9 +64,8 @@ def mysql(mysql_server: dict[str, Any], django_db_blocker: Any) -> Iterator[str]
     )[ALIAS]
     settings.DATABASES[ALIAS] = connections.settings[ALIAS] = configured
     with django_db_blocker.unblock():
-        connections[ALIAS].creation.create_test_db(
-            verbosity=0, autoclobber=True, serialize=False
-        )
+        # No serialize argument: Django 6 deprecates it (the contents are tiny).
+        connections[ALIAS].creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         yield ALIAS
     finally:
