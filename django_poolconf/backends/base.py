@@ -387,6 +387,10 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         """Whether a driver connection must be closed rather than pooled (no round trip)."""
         raise NotImplementedError  # pragma: no cover
 
+    def connection_autocommit(self, dbapi_connection: Any) -> bool | None:
+        """The driver connection's autocommit mode, as the driver knows it (no round trip)."""
+        return getattr(dbapi_connection, "autocommit", None)
+
     def session_in_transaction(self) -> bool:
         """Whether the open driver connection's session is in a transaction (no round trip).
 
@@ -495,7 +499,7 @@ class PooledDatabaseWrapperMixin(CheckoutScopeMixin):
         # dropped the commit hooks), and minus the driver call when the connection
         # is already in that mode.
         autocommit = self.settings_dict["AUTOCOMMIT"]
-        if getattr(connection, "autocommit", None) != autocommit:
+        if self.connection_autocommit(connection) != autocommit:
             self._set_autocommit(autocommit)  # type: ignore[attr-defined]
         self.autocommit = autocommit
         self.run_commit_hooks_on_set_autocommit_on = False

@@ -91,7 +91,7 @@ class Target:
         return cls(
             host=shown(params.get("host"), "localhost"),
             port=shown(params.get("port"), "5432"),
-            dbname=shown(params.get("dbname"), ""),
+            dbname=shown(params.get("dbname", params.get("database")), ""),
             user=shown(params.get("user"), ""),
             has_password=bool(given),
         )

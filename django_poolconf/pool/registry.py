@@ -298,8 +298,13 @@ def _build_engine(
         pool_pre_ping=False,
         # The reset listener decides how much reset a connection needs.
         pool_reset_on_return=None,
-        use_native_hstore=False,
         hide_parameters=True,
+        # psycopg's dialect only: Django's connections register no hstore adapter.
+        **(
+            {"use_native_hstore": False}
+            if hooks.dialect_url.startswith("postgresql")
+            else {}
+        ),
     )
     compat.check_internals(engine)  # once per process: what the pool relies on
     lender = Lender(engine, settings, hooks, life)

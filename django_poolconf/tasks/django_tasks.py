@@ -57,11 +57,8 @@ def read_your_writes(task: TaskT) -> TaskT:
     """Make ``task`` read what was written before it was enqueued.
 
     Put it above ``@task`` (``@task()`` too), so that the module-level name is the
-    task it returns, which a worker imports::
-
-        @read_your_writes
-        @task
-        def send_receipt(order_id): ...
+    task it returns, which a worker imports (see :ref:`task-read-your-writes` for
+    an example).
 
     Returns a task of a subclass of ``task``'s class, with the same options, whose
     ``enqueue()`` and ``aenqueue()`` add the positions to the keyword arguments

@@ -24,6 +24,7 @@ from django_poolconf.backends.base import (
     PooledDatabaseWrapperMixin,
 )
 from django_poolconf.backends.credentials import password_callable
+from django_poolconf.backends.postgresql import probes
 from django_poolconf.backends.postgresql.client import DatabaseClient
 from django_poolconf.backends.postgresql.hooks import PostgresHooks
 from django_poolconf.backends.postgresql.pgbouncer import session_setup_sql
@@ -128,6 +129,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, postgresql_base.DatabaseWrappe
 
     client_class = DatabaseClient
     creation_class = DatabaseCreation
+    health_probes = probes
 
     # The key, a shallow copy of OPTIONS, and the parameters made from them.
     _params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None

@@ -1,0 +1,1 @@
+"""The pooled MySQL/MariaDB backend (mysqlclient)."""
