@@ -27,8 +27,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_poolconf import process
+from django_poolconf.backends.postgresql import probes as postgresql_probes
 from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
-from django_poolconf.backends.postgresql.probes import probe_pooled, probe_server
 from django_poolconf.backends.probes import ProbeResult
 from django_poolconf.conf.health import HealthSettings, health_settings
 from django_poolconf.conf.pool import PoolSettings
@@ -179,6 +179,8 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
         max_age,
         server_view,
         wrapper.credentials_for(params) or None,
+        # The vendor's probes (a module with probe_pooled and probe_server).
+        getattr(wrapper, "health_probes", postgresql_probes),
     )
     return check
 
@@ -305,6 +307,7 @@ def _probe(
     max_age: float,
     server_view: bool,
     credentials: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    probes: Any = postgresql_probes,
 ) -> Future[ProbeResult]:
     key = _fingerprint(params)
     with _lock:
@@ -328,7 +331,16 @@ def _probe(
         _probes[alias] = _Probe(key, server_view, future)
     thread = threading.Thread(
         target=_run_probe,
-        args=(future, alias, params, lender, deadline, server_view, credentials),
+        args=(
+            future,
+            alias,
+            params,
+            lender,
+            deadline,
+            server_view,
+            credentials,
+            probes,
+        ),
         name=f"django_poolconf health {alias}",
         daemon=True,  # a hung server must not hold up the interpreter's exit
     )
@@ -344,11 +356,12 @@ def _run_probe(
     deadline: float,
     server_view: bool,
     credentials: Callable[[Mapping[str, Any]], dict[str, Any]] | None,
+    probes: Any,
 ) -> None:
     future.set_running_or_notify_cancel()
     try:
         if lender is not None:
-            result = probe_pooled(
+            result = probes.probe_pooled(
                 lender,
                 params,
                 deadline,
@@ -356,7 +369,7 @@ def _run_probe(
                 credentials=credentials,
             )
         else:
-            result = probe_server(
+            result = probes.probe_server(
                 params, deadline, server_view=server_view, credentials=credentials
             )
     except Exception as error:
