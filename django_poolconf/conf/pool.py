@@ -22,6 +22,7 @@ from django_poolconf.backends.postgresql.pgbouncer import (
     admin_console,
     pgbouncer_problems,
 )
+from django_poolconf.backends.sqlite3.rules import sqlite_problems
 from django_poolconf.conf.health import validate_health
 from django_poolconf.conf.replicas import replica_problems
 from django_poolconf.conf.rules import (
@@ -259,6 +260,8 @@ def validate_alias(
         )
 
     problems.extend(pgbouncer_problems(where, settings_dict, values))
+    # The alias's own POOL: a project-wide default (POOLCONF) may be for servers.
+    problems.extend(sqlite_problems(where, settings_dict, raw))
 
     host = settings_dict.get("HOST")
     name = settings_dict.get("NAME")
