@@ -7,6 +7,7 @@ a pool of different databases.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -39,6 +40,9 @@ _FILE_FAILURE_TEXT: Final = re.compile(
     r"|file is not a database|Cannot operate on a closed database"
 )
 
+#: The files SQLite keeps beside a database file, in WAL mode and in rollback mode.
+_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
 #: Statements that may set state for the rest of the session (transaction scope).
 _SESSION_CHANGE: Final = re.compile(
     r"\b(?:PRAGMA|ATTACH|DETACH|TEMP|TEMPORARY)\b", re.IGNORECASE
@@ -50,7 +54,8 @@ class DatabaseCreation(sqlite_creation.DatabaseCreation):
 
     Django's SQLite test database is in memory unless ``TEST["NAME"]`` names a file;
     here it defaults to ``test_<NAME>`` beside the database. An idle pooled
-    connection to a file that is deleted would go on using the deleted file.
+    connection to a file that is deleted would go on using the deleted file, and a
+    copy of a file in WAL mode would miss what is still in its ``-wal`` file.
     """
 
     def _get_test_db_name(self) -> str:
@@ -73,12 +78,20 @@ class DatabaseCreation(sqlite_creation.DatabaseCreation):
         return super()._create_test_db(verbosity, autoclobber, keepdb)  # type: ignore[misc, no-any-return]
 
     def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
+        # Django copies the file. In WAL mode the latest writes may be in the -wal
+        # file still: the last connection's close checkpoints them into the file.
+        self.connection.close()
         registry.dispose_all()
         super()._clone_test_db(suffix, verbosity, keepdb)  # type: ignore[misc]
 
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
         registry.dispose_all()
         super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
+        # Django removes the file only. A clone's parallel worker may have ended
+        # without closing its connections, which leaves WAL mode's files behind.
+        for suffix in _SIDE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{test_database_name}{suffix}")
 
 
 class DatabaseWrapper(PooledDatabaseWrapperMixin, sqlite_base.DatabaseWrapper):

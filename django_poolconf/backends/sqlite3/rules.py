@@ -21,7 +21,9 @@ def is_in_memory(name: object) -> bool:
     if isinstance(name, Path):
         return False
     text = str(name)
-    return text == ":memory:" or text.startswith("file::memory:") or "mode=memory" in text
+    return (
+        text == ":memory:" or text.startswith("file::memory:") or "mode=memory" in text
+    )
 
 
 def is_sqlite(settings_dict: Mapping[str, Any]) -> bool:

@@ -64,23 +64,50 @@ PRAGMAS: Final[tuple[str, ...]] = (
     "journal_mode",
 )
 
-#: One statement, one row: the whole session as a borrower may change it. Reading it
-#: is local (no file I/O beyond what SQLite caches), so every return reads it.
-_STATE_SQL: Final = (
-    "SELECT "
-    + ", ".join(
-        f"(SELECT group_concat(item, char(10)) FROM (SELECT {item} AS item FROM {source}"
-        " ORDER BY 1))"
-        for item, source in (
-            ("type || ' ' || name", "temp.sqlite_master"),
-            ("name || '=' || file", "pragma_database_list"),
-            ("name || '/' || narg", "pragma_function_list WHERE builtin = 0"),
-            ("name", "pragma_collation_list"),
-        )
-    )
-    + ", "
-    + ", ".join(f"(SELECT * FROM pragma_{name}())" for name in PRAGMAS)
+#: What the state reads besides the PRAGMAs: one text per item, sorted lines.
+_LISTS: Final[tuple[tuple[str, str], ...]] = (
+    ("type || ' ' || name", "temp.sqlite_master"),
+    ("name || '=' || file", "pragma_database_list"),
+    ("name || '/' || narg", "pragma_function_list WHERE builtin = 0"),
+    ("name", "pragma_collation_list"),
 )
+#: The state's statement for this process's SQLite (see :func:`_state_sql`).
+_state_sql_cache: list[str] = []
+
+
+def _state_sql(connection: sqlite3.Connection) -> str:
+    """One statement, one row: the whole session as a borrower may change it.
+
+    Reading it is local (no file I/O beyond what SQLite caches), so every return
+    reads it. What this SQLite cannot report (an older or a trimmed build lacks
+    some PRAGMAs, and ``function_list`` before 3.30) reads as NULL, once chosen
+    for the process: every connection runs the same library.
+    """
+    if _state_sql_cache:
+        return _state_sql_cache[0]
+    parts = []
+    for item, source in _LISTS:
+        part = (
+            f"(SELECT group_concat(item, char(10)) FROM (SELECT {item} AS item"
+            f" FROM {source} ORDER BY 1))"
+        )
+        parts.append(part if _answers(connection, part) else "NULL")
+    for name in PRAGMAS:
+        part = f"(SELECT * FROM pragma_{name}())"
+        parts.append(part if _answers(connection, part) else "NULL")
+    sql = "SELECT " + ", ".join(parts)
+    _state_sql_cache.append(sql)
+    return sql
+
+
+def _answers(connection: sqlite3.Connection, part: str) -> bool:
+    try:
+        sqlite3.Connection.execute(connection, f"SELECT {part}").fetchone()
+    except sqlite3.Error:
+        return False
+    return True
+
+
 _TEMP, _DATABASES, _FUNCTIONS, _COLLATIONS = range(4)
 _FIRST_PRAGMA: Final = 4
 #: Dropped first: a view or trigger may name a table, and a table's drop takes its
@@ -173,8 +200,9 @@ class Baseline:
 
 
 def read_state(connection: sqlite3.Connection) -> tuple[Any, ...]:
-    """The session state of :data:`_STATE_SQL`, as one tuple."""
-    return tuple(sqlite3.Connection.execute(connection, _STATE_SQL).fetchone())
+    """The session state of :func:`_state_sql`, as one tuple."""
+    sql = _state_sql_cache[0] if _state_sql_cache else _state_sql(connection)
+    return tuple(sqlite3.Connection.execute(connection, sql).fetchone())
 
 
 def file_identity(path: str) -> tuple[int, int] | None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
 import threading
+import time
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import django
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
@@ -79,8 +82,12 @@ def test_returned_connection_is_lent_again(sqlite_alias: Configure):
 
 
 def test_django_setup_runs_once_per_physical_connection(sqlite_alias: Configure):
+    # OPTIONS["init_command"] is Django 5.1's; before, sqlite3.connect() refuses it.
+    init = django.VERSION >= (5, 1)
     alias = sqlite_alias(
         OPTIONS={"init_command": "PRAGMA synchronous = OFF; PRAGMA cache_size = -4321"}
+        if init
+        else {}
     )
     created: list[object] = []
 
@@ -99,9 +106,10 @@ def test_django_setup_runs_once_per_physical_connection(sqlite_alias: Configure)
     finally:
         signals.physical_connection_created.disconnect(receiver)
     assert len(created) == 1
-    assert _scalar(alias, "PRAGMA synchronous") == 0
-    assert _scalar(alias, "PRAGMA cache_size") == -4321
     assert _scalar(alias, "PRAGMA foreign_keys") == 1
+    if init:
+        assert _scalar(alias, "PRAGMA synchronous") == 0
+        assert _scalar(alias, "PRAGMA cache_size") == -4321
 
 
 def test_exhausted_pool_raises_pool_timeout(sqlite_alias: Configure):
@@ -159,9 +167,17 @@ def test_open_transaction_is_rolled_back_on_return(sqlite_alias: Configure):
 
 
 def test_session_state_is_reset_on_return(sqlite_alias: Configure, tmp_path: Path):
-    alias = sqlite_alias(
-        {"pool_size": 1}, OPTIONS={"init_command": "PRAGMA synchronous = OFF"}
-    )
+    alias = sqlite_alias({"pool_size": 1})
+
+    def set_up(sender: Any, connection: Any, **kwargs: Any) -> None:
+        # Part of the baseline, as Django's own setup is.
+        connection.connection.execute("PRAGMA synchronous = OFF")
+
+    signals.physical_connection_created.connect(set_up)
+    try:
+        connections[alias].ensure_connection()
+    finally:
+        signals.physical_connection_created.disconnect(set_up)
     wrapper = connections[alias]
     traced: list[str] = []
     with wrapper.cursor() as cursor:
@@ -412,3 +428,37 @@ def test_pool_false_asks_for_a_plain_connection(sqlite_alias: Configure):
     assert _scalar(alias, "SELECT 1") == 1
     assert type(connections[alias].connection) is sqlite3.Connection
     assert engines.stats_of(alias) is None
+
+
+def test_transaction_scope_lends_the_connection_between_statements(
+    sqlite_alias: Configure,
+):
+    alias = sqlite_alias(
+        {"pool_size": 1, "checkout_scope": "transaction", "pool_timeout": 0.2}
+    )
+    wrapper = connections[alias]
+    assert _scalar(alias, "SELECT 1") == 1
+
+    # Idle: another thread borrows the only connection meanwhile.
+    assert _in_thread(lambda: _scalar(alias, "SELECT 2")) == 2
+    # A statement that may set session state holds it until the request ends.
+    with wrapper.cursor() as cursor:
+        cursor.execute("PRAGMA cache_size = -1234")
+    with pytest.raises(PoolTimeout):
+        _in_thread(lambda: connections[alias].ensure_connection())
+    wrapper.close()
+    assert _in_thread(lambda: _scalar(alias, "PRAGMA cache_size")) == -2000
+
+
+def test_leak_detection_names_the_borrower(
+    sqlite_alias: Configure, caplog: pytest.LogCaptureFixture
+):
+    alias = sqlite_alias({"leak_detection_threshold": 0.05})
+
+    with caplog.at_level(logging.WARNING, logger="django_poolconf.leaks"):
+        connections[alias].ensure_connection()
+        deadline = time.monotonic() + 10
+        while "longer than leak_detection_threshold" not in caplog.text:
+            assert time.monotonic() < deadline, "the leak was never reported"
+            time.sleep(0.02)
+    assert "test_leak_detection_names_the_borrower" in caplog.text
