@@ -462,3 +462,73 @@ def test_leak_detection_names_the_borrower(
             assert time.monotonic() < deadline, "the leak was never reported"
             time.sleep(0.02)
     assert "test_leak_detection_names_the_borrower" in caplog.text
+
+
+def test_a_replaced_django_function_is_registered_again(sqlite_alias: Configure):
+    alias = sqlite_alias({"pool_size": 1})
+    wrapper = connections[alias]
+    wrapper.ensure_connection()
+    wrapper.connection.create_function("DJANGO_DATE_EXTRACT", 2, lambda *args: -1)
+    assert _scalar(alias, "SELECT django_date_extract('year', '2024-05-06')") == -1
+    wrapper.close()
+
+    assert (
+        _in_thread(
+            lambda: _scalar(alias, "SELECT django_date_extract('year', '2024-05-06')")
+        )
+        == 2024
+    )
+
+
+def test_the_same_cached_statement_is_reset_at_every_return(sqlite_alias: Configure):
+    alias = sqlite_alias({"pool_size": 1})
+
+    def borrow() -> int:
+        before = _scalar(alias, "PRAGMA cache_size")
+        with connections[alias].cursor() as cursor:
+            # The same text each time: sqlite3's statement cache compiles it once.
+            cursor.execute("PRAGMA cache_size = -1234")
+        return before
+
+    assert [_in_thread(borrow) for _ in range(3)] == [-2000, -2000, -2000]
+
+
+def test_a_borrowers_authorizer_is_removed_and_does_not_hide_changes(
+    sqlite_alias: Configure,
+):
+    alias = sqlite_alias({"pool_size": 1})
+    seen: list[int] = []
+
+    def borrower() -> None:
+        connection = connections[alias]
+        connection.ensure_connection()
+
+        def authorizer(action: int, *args: Any) -> int:
+            seen.append(action)
+            return sqlite3.SQLITE_OK
+
+        connection.connection.set_authorizer(authorizer)
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA foreign_keys = OFF")
+
+    _in_thread(borrower)
+    count = len(seen)
+    assert count > 0
+
+    assert _in_thread(lambda: _scalar(alias, "PRAGMA foreign_keys")) == 1
+    assert len(seen) == count
+
+
+def test_rollback_policy_keeps_sql_state_but_not_functions(sqlite_alias: Configure):
+    alias = sqlite_alias({"pool_size": 1, "reset_on_return": "rollback"})
+    with connections[alias].cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE kept (x INTEGER)")
+    connections[alias].connection.create_function("borrowers_own", 0, lambda: 1)
+    connections[alias].close()
+
+    def next_borrower() -> int:
+        with pytest.raises(DatabaseError):
+            _scalar(alias, "SELECT borrowers_own()")
+        return _scalar(alias, "SELECT count(*) FROM temp.sqlite_master")
+
+    assert _in_thread(next_borrower) == 1
