@@ -532,3 +532,24 @@ def test_rollback_policy_keeps_sql_state_but_not_functions(sqlite_alias: Configu
         return _scalar(alias, "SELECT count(*) FROM temp.sqlite_master")
 
     assert _in_thread(next_borrower) == 1
+
+
+def test_a_connection_closed_by_its_borrower_is_not_pooled(sqlite_alias: Configure):
+    alias = sqlite_alias({"pool_size": 1})
+    wrapper = connections[alias]
+    wrapper.ensure_connection()
+    closed = wrapper.connection
+    closed.close()  # the driver's, behind Django's back
+    with pytest.raises(DatabaseError, match="closed database"):
+        _scalar(alias, "SELECT 1")
+    wrapper.close()
+
+    def next_borrower() -> bool:
+        return (
+            _scalar(alias, "SELECT 1") == 1
+            and connections[alias].connection is not closed
+        )
+
+    assert _in_thread(next_borrower)
+    stats = engines.stats_of(alias)
+    assert stats is not None and stats.connections_opened == 2
