@@ -260,8 +260,7 @@ def validate_alias(
         )
 
     problems.extend(pgbouncer_problems(where, settings_dict, values))
-    # The alias's own POOL: a project-wide default (POOLCONF) may be for servers.
-    problems.extend(sqlite_problems(where, settings_dict, raw))
+    problems.extend(sqlite_problems(where, settings_dict, raw, values))
 
     host = settings_dict.get("HOST")
     name = settings_dict.get("NAME")

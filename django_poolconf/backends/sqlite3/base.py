@@ -114,7 +114,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, sqlite_base.DatabaseWrapper):
             params: dict[str, Any] = super().get_connection_params()
             params.pop("pool", None)
             return params
-        # An in-memory NAME, a server's option: ImproperlyConfigured (E019, E020).
+        # An in-memory NAME, a server's option: ImproperlyConfigured (E020, E021).
         settings = self.get_pool_settings()
         settings_dict = self.settings_dict
         # Django rebuilds the parameters on every connect (and sets what its

@@ -410,16 +410,58 @@ def test_checks_report_in_memory_and_server_options(monkeypatch: pytest.MonkeyPa
         {
             "default": alias_settings(**sqlite, NAME=":memory:"),
             "files": alias_settings(
-                **sqlite, NAME="db.sqlite3", POOL={"read_timeout": 5}
+                **sqlite,
+                NAME="db.sqlite3",
+                POOL={
+                    "read_timeout": 5,
+                    "pgbouncer_admin": "postgresql://stats@127.0.0.1:6432/pgbouncer",
+                    "pgbouncer_prepared_statements": False,
+                },
             ),
             "postgres": alias_settings(POOL={"read_timeout": 5}),
         },
     )
 
-    messages = check_pool_settings()
+    # The PgBouncer options' own warnings aside.
+    messages = [m for m in check_pool_settings() if m.is_serious()]
 
-    assert [m.id for m in messages] == ["django_poolconf.E019", "django_poolconf.E020"]
+    assert [m.id for m in messages] == [
+        "django_poolconf.E020",
+        "django_poolconf.E021",
+        "django_poolconf.E021",
+    ]
     assert "DATABASES['files']['POOL']['read_timeout']" in messages[1].msg
+    # Never the URL: it may hold a password.
+    assert messages[2].msg == (
+        "DATABASES['files']['POOL']['pgbouncer_admin'] is not supported by the "
+        "SQLite backend."
+    )
+
+
+def test_checks_report_pgbouncer_set_for_every_alias(monkeypatch: pytest.MonkeyPatch):
+    from django.test import override_settings
+
+    from django_poolconf.checks import check_pool_settings
+    from tests.test_checks import alias_settings
+
+    sqlite = {"ENGINE": "django_poolconf.backends.sqlite3", "HOST": "", "PORT": ""}
+    monkeypatch.setitem(
+        connections.__dict__,
+        "settings",
+        {"default": alias_settings(**sqlite, NAME="db.sqlite3")},
+    )
+    poolconf = {"POOL": {"pgbouncer": "transaction", "statement_timeout": 1000}}
+
+    with override_settings(POOLCONF=poolconf):
+        messages = [m for m in check_pool_settings() if m.is_serious()]
+
+    assert [(m.id, m.msg) for m in messages] == [
+        (
+            "django_poolconf.E021",
+            "DATABASES['default'] gets 'pgbouncer' from POOLCONF['POOL'], which the "
+            "SQLite backend does not support.",
+        )
+    ]
 
 
 def test_pool_false_asks_for_a_plain_connection(sqlite_alias: Configure):
