@@ -595,3 +595,23 @@ def test_a_connection_closed_by_its_borrower_is_not_pooled(sqlite_alias: Configu
     assert _in_thread(next_borrower)
     stats = engines.stats_of(alias)
     assert stats is not None and stats.connections_opened == 2
+
+
+def test_test_database_is_a_file_beside_the_database(sqlite_alias: Configure):
+    alias = sqlite_alias()
+    creation = connections[alias].creation
+    name = connections.settings[alias]["NAME"]
+
+    assert creation._get_test_db_name() == str(
+        Path(name).with_name(f"test_{Path(name).name}")
+    )
+
+    connections[alias].settings_dict["TEST"] = {"NAME": ":memory:"}
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=re.escape(
+            "DATABASES['sqlite']['TEST']['NAME'] is ':memory:', an in-memory "
+            "database, which a pool cannot share."
+        ),
+    ):
+        creation._get_test_db_name()
