@@ -22,6 +22,7 @@ from django_poolconf.backends.postgresql.pgbouncer import (
     admin_console,
     pgbouncer_problems,
 )
+from django_poolconf.backends.sqlite3.rules import sqlite_problems
 from django_poolconf.conf.health import validate_health
 from django_poolconf.conf.replicas import replica_problems
 from django_poolconf.conf.rules import (
@@ -259,6 +260,7 @@ def validate_alias(
         )
 
     problems.extend(pgbouncer_problems(where, settings_dict, values))
+    problems.extend(sqlite_problems(where, settings_dict, raw, values))
 
     host = settings_dict.get("HOST")
     name = settings_dict.get("NAME")

@@ -58,6 +58,8 @@ class Target:
     has_password: bool = field(default=False)
 
     def __str__(self) -> str:
+        if not self.host and not self.port:
+            return self.dbname  # a database file: no server
         # libpq's multi-host HOST and PORT are comma lists, a single port applying
         # to every host: show each server as host:port.
         hosts, ports = self.host.split(","), self.port.split(",")
@@ -88,6 +90,9 @@ class Target:
             # Whatever else is shown, the password never is.
             return text.replace(password, "***") if password else text
 
+        if "database" in params and not {"host", "dbname"} & params.keys():
+            # SQLite's: a database file, no server.
+            return cls(host="", port="", dbname=shown(params["database"], ""), user="")
         return cls(
             host=shown(params.get("host"), "localhost"),
             port=shown(params.get("port"), "5432"),

@@ -285,6 +285,13 @@ def _dispose_async(engine: AsyncEngine) -> None:
 def _build_engine(
     alias: str, settings: PoolSettings, hooks: ConnectionHooks, life: Life
 ) -> Lender:
+    # psycopg's dialect would register hstore adapters on each connection; other
+    # dialects refuse the option.
+    dialect_options = (
+        {"use_native_hstore": False}
+        if hooks.dialect_url.startswith("postgresql")
+        else {}
+    )
     engine = sqlalchemy.create_engine(
         hooks.dialect_url,
         creator=hooks.connect,
@@ -299,12 +306,7 @@ def _build_engine(
         # The reset listener decides how much reset a connection needs.
         pool_reset_on_return=None,
         hide_parameters=True,
-        # psycopg's dialect only: Django's connections register no hstore adapter.
-        **(
-            {"use_native_hstore": False}
-            if hooks.dialect_url.startswith("postgresql")
-            else {}
-        ),
+        **dialect_options,
     )
     compat.check_internals(engine)  # once per process: what the pool relies on
     lender = Lender(engine, settings, hooks, life)

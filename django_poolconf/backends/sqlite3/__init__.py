@@ -1,0 +1,1 @@
+"""The pooled SQLite backend. Django imports ``DatabaseWrapper`` from ``.base``."""
