@@ -23,7 +23,12 @@ nox.options.default_venv_backend = "none"  # dev.py makes and keeps the venvs
 nox.options.error_on_missing_interpreters = True
 
 #: The lowest versions pyproject.toml accepts: keep them in step with its floors.
-LOWEST = ("django==4.2.1", "SQLAlchemy[asyncio]==2.0.16", "psycopg[binary]==3.1.8")
+LOWEST = (
+    "django==4.2.1",
+    "SQLAlchemy[asyncio]==2.0.16",
+    "psycopg[binary]==3.1.8",
+    "mysqlclient==2.2.0",  # the mysql extra's floor
+)
 #: The demo and the documented recipes (processes and servers of their own, the same
 #: under every version) run in the README's row only.
 MATRIX_ONLY = ("-p", "no:randomly", "-m", "not demo")
@@ -87,7 +92,7 @@ def django6(session: nox.Session) -> None:
 
 @nox.session
 def lowest(session: nox.Session) -> None:
-    """The lowest Django, SQLAlchemy and psycopg that pyproject.toml accepts."""
+    """The lowest Django, SQLAlchemy, psycopg and mysqlclient that pyproject.toml accepts."""
     pins = [arg for pin in LOWEST for arg in ("--pin", pin)]
     _test(session, ".venv-lowest", *pins, *MATRIX_ONLY)
 
