@@ -142,7 +142,9 @@ class MariaDB:
         """Run ``statements`` as root over the socket; return the last one's rows."""
         import MySQLdb
 
-        root = MySQLdb.connect(unix_socket=str(self.socket), user="root")
+        root = MySQLdb.connect(
+            unix_socket=str(self.socket), user="root", autocommit=True
+        )
         try:
             cursor = root.cursor()
             for statement in statements:

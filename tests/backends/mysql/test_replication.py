@@ -80,15 +80,14 @@ def test_a_stopped_sql_thread_sends_reads_to_the_primary(
     mariadb_replica.execute("STOP SLAVE SQL_THREAD")
     _insert(mariadb, "while stopped")
 
-    # Its lag is unknown: too far behind, as PostgreSQL's unknown lag.
-    _wait_until(
-        lambda: replicas.replica_states()[routed].lag_s is None,
-        "the stopped replica's lag was still measured",
-    )
+    # Reads ask for measurements; its lag is unknown: too far behind, as
+    # PostgreSQL's unknown lag.
+    _wait_until(_reads_go_to("mysql", "while stopped"), "reads stayed on the replica")
     for _ in range(5):
         assert _served_by("while stopped") == "mysql"
+        time.sleep(FAST["CHECK_INTERVAL"])
     state = replicas.replica_states()[routed]
-    assert (state.in_recovery, state.breaker) == (True, "closed")
+    assert (state.in_recovery, state.lag_s, state.breaker) == (True, None, "closed")
 
     mariadb_replica.execute("START SLAVE SQL_THREAD")
     mariadb_replica.wait_for(mariadb)
