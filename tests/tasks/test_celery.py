@@ -125,10 +125,12 @@ def test_task_sent_without_a_write_reads_a_replica(worker, caught_up, tmp_path):
 def test_eager_task_runs_in_its_callers_scope(paused_replay):
     poolconf_celery.install()
     try:
-        with override_settings(DATABASE_ROUTERS=[ROUTER], POOLCONF={"ROUTER": FAST}):
-            with routing_scope():
-                Item.objects.create(name="eager")
-                seen = celery_app.read_item.apply(["eager"]).get()
+        with (
+            override_settings(DATABASE_ROUTERS=[ROUTER], POOLCONF={"ROUTER": FAST}),
+            routing_scope(),
+        ):
+            Item.objects.create(name="eager")
+            seen = celery_app.read_item.apply(["eager"]).get()
     finally:
         poolconf_celery.uninstall()
 
