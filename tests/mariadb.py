@@ -8,6 +8,11 @@ as root; as root it runs as the package's ``mysql`` account. ``POOLCONF_TEST_MYS
 (``mysql://user:password@host:port/``) names an existing server instead; the tests
 that restart the server then need one of their own and say so.
 
+The server writes a binary log (``server_id`` 1), so that a second ``mariadbd`` can
+replicate it: :meth:`MariaDB.initialize_replica` starts one, replicating with GTIDs
+from the primary's first event on, and :meth:`MariaDB.wait_for` waits until it has
+applied everything the primary logged.
+
 Nothing here touches a server it did not start (a system service on port 3306, say).
 """
 
@@ -72,7 +77,8 @@ def external_settings() -> dict[str, Any] | None:
 class MariaDB:
     """One ``mariadbd`` in a temporary directory, listening on 127.0.0.1 only."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, server_id: int = 1) -> None:
+        self.server_id = server_id
         self.server = _binary("mariadbd", "mysqld")
         self.install_db = _binary("mariadb-install-db", "mysql_install_db")
         self.port = _free_port()
@@ -100,6 +106,54 @@ class MariaDB:
 
     def initialize(self) -> None:
         """Make the data directory, start the server and add the tests' account."""
+        self._install()
+        self.start()
+        self.execute(
+            f"CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'",
+            f"GRANT ALL ON *.* TO '{USER}'@'127.0.0.1'",
+        )
+
+    def initialize_replica(self, primary: MariaDB) -> None:
+        """Make the data directory, start the server as a replica of ``primary``, and
+        wait until it has applied the primary's log (the tests' account included)."""
+        self._install()
+        self.start()
+        self.execute(
+            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, "
+            f"MASTER_USER='{USER}', MASTER_PASSWORD='{PASSWORD}', "
+            "MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
+            "START SLAVE",
+        )
+        self.wait_for(primary)
+
+    def wait_for(self, primary: MariaDB) -> None:
+        """Wait until this replica has applied everything ``primary`` has logged."""
+        [(position,)] = primary.execute("SELECT @@global.gtid_binlog_pos")
+        [(waited,)] = self.execute(
+            f"SELECT MASTER_GTID_WAIT('{position}', {START_TIMEOUT_S})"
+        )
+        if waited != 0:
+            raise RuntimeError(
+                f"the replica did not reach the primary's position {position}:\n"
+                f"{self.tail()}"
+            )
+
+    def execute(self, *statements: str) -> Any:
+        """Run ``statements`` as root over the socket; return the last one's rows."""
+        import MySQLdb
+
+        root = MySQLdb.connect(
+            unix_socket=str(self.socket), user="root", autocommit=True
+        )
+        try:
+            cursor = root.cursor()
+            for statement in statements:
+                cursor.execute(statement)
+            return cursor.fetchall()
+        finally:
+            root.close()
+
+    def _install(self) -> None:
         command = [
             self.install_db,
             "--no-defaults",
@@ -117,18 +171,6 @@ class MariaDB:
                 f"mariadb-install-db failed ({result.returncode}):\n"
                 f"{(result.stdout + result.stderr)[-2000:]}"
             )
-        self.start()
-        import MySQLdb
-
-        root = MySQLdb.connect(unix_socket=str(self.socket), user="root")
-        try:
-            cursor = root.cursor()
-            cursor.execute(
-                f"CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'"
-            )
-            cursor.execute(f"GRANT ALL ON *.* TO '{USER}'@'127.0.0.1'")
-        finally:
-            root.close()
 
     def start(self) -> None:
         command = [
@@ -140,13 +182,18 @@ class MariaDB:
             f"--socket={self.socket}",
             f"--pid-file={self.directory / 'mariadbd.pid'}",
             "--skip-name-resolve",
-            "--skip-log-bin",
+            f"--server-id={self.server_id}",
+            # The primary logs its writes for a replica; the replica logs nothing.
+            "--log-bin=mariadb-bin" if self.server_id == 1 else "--skip-log-bin",
+            "--binlog-format=ROW",
             "--innodb-buffer-pool-size=32M",
             "--innodb-log-file-size=16M",
             "--max-connections=200",
             # MariaDB's default server character set (latin1) stays: a reset
             # session falls back to it, and the backend must set utf8mb4 again.
         ]
+        if self.server_id != 1:
+            command.append("--read-only")  # as replicas are run
         if self.user is not None:
             command.append(f"--user={self.user}")
         with self.log.open("ab") as log:

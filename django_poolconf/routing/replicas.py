@@ -20,15 +20,16 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_poolconf import conf, process
-from django_poolconf.backends.postgresql.replication import STATUS_SQL
+from django_poolconf.backends.mysql import replication as mysql_replication
+from django_poolconf.backends.postgresql import replication as postgresql_replication
 from django_poolconf.errors import PoolError
 
 __all__ = [
@@ -53,8 +54,12 @@ BACKOFF_JITTER: Final = 0.1
 #: A lag measured longer ago than this many check intervals is not trusted.
 STALE_INTERVALS: Final = 3
 
-# What a replica's lag is: one query and one definition, shared with /health/db.
-_STATUS_SQL: Final[Mapping[str, str]] = {"postgresql": STATUS_SQL}
+# What a replica's lag is, by vendor: one reading and one definition, shared with
+# /health/db. Each reads (in_recovery, read_only, position, lag) on a cursor.
+_READ_STATUS: Final[Mapping[str, Callable[[Any], tuple[Any, Any, Any, Any]]]] = {
+    "postgresql": postgresql_replication.read_status,
+    "mysql": mysql_replication.read_status,
+}
 
 # The insert position, not pg_current_wal_lsn() (the write position): with
 # synchronous_commit=off a committed transaction's WAL may still sit in the WAL
@@ -415,17 +420,14 @@ def _measure(alias: str) -> tuple[bool | None, int | None, float | None]:
     """One round trip on a connection borrowed from the replica's pool, then returned."""
     wrapper = connections[alias]
     try:
-        sql = _STATUS_SQL.get(wrapper.vendor)
+        read_status = _READ_STATUS.get(wrapper.vendor)
         with wrapper.cursor() as cursor:
-            if sql is None:
+            if read_status is None:
                 cursor.execute("SELECT 1")
                 return None, None, None
-            cursor.execute(sql)
-            row = cursor.fetchone()
+            in_recovery, _, replayed, lag = read_status(cursor)
     finally:
         wrapper.close()
-    assert row is not None
-    in_recovery, _, replayed, lag = row
     return in_recovery, parse_lsn(replayed), None if lag is None else float(lag)
 
 

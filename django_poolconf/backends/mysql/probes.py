@@ -1,9 +1,10 @@
-"""Bounded probes of one MySQL/MariaDB server: is it there, how fast, is it read only.
+"""Bounded probes of one MySQL/MariaDB server: is it there, how fast, which role, how far behind.
 
 The same contract as :mod:`django_poolconf.backends.postgresql.probes`: a deadline,
 an idle pooled connection when the caller hands a lender, else a short-lived
 connection of its own, always closed; error text without the password, the user or
-the host. Replication lag is not measured here (``replication_lag_s`` is None).
+the host. Role and lag are read as the router reads them
+(:mod:`django_poolconf.backends.mysql.replication`), in two round trips.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Any, Final
 import MySQLdb
 from sqlalchemy import exc as sa_exc
 
+from django_poolconf.backends.mysql import replication
+from django_poolconf.backends.mysql.replication import Result
 from django_poolconf.backends.probes import Failure, ProbeResult
 from django_poolconf.errors import ConnectionFailed, PoolError
 from django_poolconf.pool.lender import Lender
 
 __all__ = ["probe_pooled", "probe_server"]
 
-_STATE_QUERY: Final = b"SELECT @@global.read_only"
 #: The client's error codes of a connect or read that ran out of time.
 _TIMEOUTS: Final = frozenset({2013, 4031})
 
@@ -93,26 +95,35 @@ def probe_pooled(
 def _measure(
     connection: Any, deadline: float, params: Mapping[str, Any]
 ) -> ProbeResult:
-    try:
+    round_trips: list[float] = []
+
+    def run(sql: str) -> Result:
         started = time.perf_counter()
-        connection.send_query(_STATE_QUERY)
+        connection.send_query(sql.encode())
         remaining = deadline - time.monotonic()
         readable, _, _ = select.select([connection.fileno()], [], [], max(remaining, 0))
         if not readable:
             raise _Timeout
         connection.read_query_result()
+        round_trips.append(time.perf_counter() - started)
         result = connection.store_result()
-        row = result.fetch_row()[0]
-        latency_ms = (time.perf_counter() - started) * 1000
+        if result is None:
+            return (), ()
+        return [column[0] for column in result.describe()], result.fetch_row(maxrows=0)
+
+    try:
+        in_recovery, read_only, _, lag = replication.read_status_with(run)
     except _Timeout:
         return _failed("timeout", None)
     except MySQLdb.Error as error:
         return _failed("unreachable", _safe_error(error, params))
     return ProbeResult(
         finished_at=time.monotonic(),
-        latency_ms=latency_ms,
-        in_recovery=None,
-        read_only=bool(int(row[0] or 0)),
+        latency_ms=round_trips[0] * 1000,  # the first round trip, as on PostgreSQL
+        in_recovery=in_recovery,
+        read_only=read_only,
+        # Only a replica has a replication lag to report.
+        replication_lag_s=lag if in_recovery else None,
     )
 
 

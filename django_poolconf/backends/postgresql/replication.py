@@ -6,9 +6,9 @@ Both ask the same question (how far behind is this replica?), so both send
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["STATUS_SQL"]
+__all__ = ["STATUS_SQL", "read_status"]
 
 #: One round trip, one row: ``in_recovery`` (bool), ``read_only`` (bool: the
 #: session's ``transaction_read_only``), ``position`` (text LSN: the replayed
@@ -38,3 +38,12 @@ SELECT pg_is_in_recovery(),
          ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
        END
 """
+
+
+def read_status(cursor: Any) -> tuple[bool, bool, str | None, float | None]:
+    """:data:`STATUS_SQL`'s row, on a DB-API cursor of the server (the router's measurement)."""
+    cursor.execute(STATUS_SQL)
+    row = cursor.fetchone()
+    assert row is not None
+    in_recovery, read_only, position, lag = row
+    return in_recovery, read_only, position, None if lag is None else float(lag)

@@ -2,7 +2,8 @@
 
 The server starts once per test session, and only when these tests run (see
 ``tests/mariadb.py``); the alias exists while this package's tests run, so that the
-rest of the suite (the health checks of every alias, say) never sees it.
+rest of the suite (the health checks of every alias, say) never sees it. A second
+server replicating the first starts only for the tests that ask for ``mysql_replica``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import pytest
 from django.conf import settings
 from django.db import connections
 
-from django_poolconf import engines
+from django_poolconf import engines, replicas
 from django_poolconf.health import runner
+from django_poolconf.routing import router
 from tests.mariadb import MariaDB, external_settings
 
 ALIAS = "mysql"
+REPLICA = "mysql_replica"
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +98,62 @@ def mysql_pool(mysql: str, unblocked: None) -> Iterator[str]:
     yield mysql
     connections[mysql].close()
     engines.dispose(mysql)
+
+
+@pytest.fixture(scope="session")
+def mariadb_replica(mariadb: MariaDB | None) -> Iterator[MariaDB]:
+    """A second server, replicating the tests' own (GTID, from its first event on)."""
+    if mariadb is None:
+        pytest.skip(
+            "a replica needs the tests' own primary, not POOLCONF_TEST_MYSQL_URL's"
+        )
+    server = MariaDB(server_id=2)
+    try:
+        server.initialize_replica(mariadb)
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def mysql_replica(
+    mysql: str, mariadb: MariaDB, mariadb_replica: MariaDB, unblocked: None
+) -> Iterator[str]:
+    """The ``mysql_replica`` alias (``REPLICA_OF`` the ``mysql`` alias), caught up.
+
+    For one test: its pool, the router's state and the health probes start afresh.
+    """
+    if mariadb_replica.process is None or mariadb_replica.process.poll() is not None:
+        mariadb_replica.start()  # a test stopped it
+    mariadb_replica.execute("START SLAVE")  # a test may have stopped a thread
+    mariadb_replica.wait_for(mariadb)
+    primary = connections.settings[mysql]
+    settings_dict = {
+        "ENGINE": primary["ENGINE"],
+        "NAME": primary["NAME"],  # the test database, replicated
+        **mariadb_replica.settings(),
+        "POOL": dict(primary["POOL"]),
+        "REPLICA_OF": mysql,
+    }
+    configured = connections.configure_settings(
+        {**connections.settings, REPLICA: settings_dict}
+    )[REPLICA]
+    settings.DATABASES[REPLICA] = connections.settings[REPLICA] = configured
+    _forget_routing()
+    try:
+        yield REPLICA
+    finally:
+        _forget_routing()
+        connections[REPLICA].close()
+        engines.dispose(REPLICA)
+        del connections[REPLICA]
+        connections.settings.pop(REPLICA, None)
+        settings.DATABASES.pop(REPLICA, None)
+        connections[mysql].close()
+        engines.dispose(mysql)
+
+
+def _forget_routing() -> None:
+    replicas.reset()
+    router._config = None
+    runner._probes.pop(REPLICA, None)
