@@ -36,10 +36,12 @@ _DISCONNECTS: Final = frozenset({2006, 2013, 2055, 1927, 4031, 1053})
 #: temporary tables, prepared statements, procedures, USE, user variables assigned
 #: in a query, LAST_INSERT_ID(expr); at the start of any statement of a query.
 _SESSION_CHANGE: Final = re.compile(
-    rb"(?:^|;)\s*(?:SET|BEGIN|START|LOCK|UNLOCK|PREPARE|USE|HANDLER|XA|SAVEPOINT|CALL"
+    # Comments before a statement are skipped; /*! ... */ is run, not a comment.
+    rb"(?:^|;)(?:\s|/\*(?!!).*?\*/|/\*!\d*|(?:--|\#)[^\n]*(?:\n|$))*"
+    rb"(?:SET|BEGIN|START|LOCK|UNLOCK|PREPARE|USE|HANDLER|XA|SAVEPOINT|CALL"
     rb"|FLUSH)\b|\bTEMPORARY\b|:=|\bGET_LOCK\b|\bLOCK\b|\bINTO\s+@"
     rb"|\bLAST_INSERT_ID\s*\(\s*[^\s)]",
-    re.IGNORECASE,
+    re.IGNORECASE | re.DOTALL,
 )
 
 
@@ -66,7 +68,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, mysql_base.DatabaseWrapper):
     creation_class = DatabaseCreation
     health_probes = probes
 
-    _params_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    _params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None
 
     def get_connection_params(self) -> dict[str, Any]:
         if not self.is_pooled:
@@ -75,19 +77,22 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, mysql_base.DatabaseWrapper):
             credentials = self.credentials_for(params)
             return credentials(params) if credentials else params
         settings_dict = self.settings_dict
+        django_options = settings_dict["OPTIONS"]
+        # OPTIONS by its contents: code changes a key in place, and the next connect
+        # must see it (a new pool, its parameters being others).
         key = (
             settings_dict["NAME"],
             settings_dict["USER"],
             settings_dict["PASSWORD"],
             settings_dict["HOST"],
             settings_dict["PORT"],
-            id(settings_dict["OPTIONS"]),
             self.get_pool_settings(),
         )
         cached = self._params_cache
-        if cached is not None and cached[0] == key:
-            self.isolation_level = cached[1]["isolation_level"]
-            return cached[1]["params"]  # type: ignore[no-any-return]
+        if cached is not None and cached[0] == key and cached[1] == django_options:
+            self.isolation_level = cached[2]["isolation_level"]
+            return cached[2]["params"]  # type: ignore[no-any-return]
+        django_options = dict(django_options)
         params = super().get_connection_params()
         settings = self.get_pool_settings()
         params.setdefault(
@@ -97,6 +102,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, mysql_base.DatabaseWrapper):
             params.setdefault("read_timeout", max(1, math.ceil(settings.read_timeout)))
         self._params_cache = (
             key,
+            django_options,
             {"params": params, "isolation_level": self.isolation_level},
         )
         return params

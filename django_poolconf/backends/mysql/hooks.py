@@ -3,7 +3,8 @@
 The reset on return, by ``reset_on_return``:
 
 - ``"auto"`` and ``"full"``: ``COM_RESET_CONNECTION`` (one round trip, by the
-  returning thread), then the session's setup (``SET NAMES``,
+  returning thread), then the session's setup (``USE`` of the configured database,
+  ``SET ROLE`` back to the role at connect, ``SET NAMES``,
   ``OPTIONS["init_command"]``, Django's isolation level and ``SQL_AUTO_IS_NULL``, the
   pool's ``statement_timeout``) sent
   without waiting; the next checkout reads its result, which has arrived by then.
@@ -12,11 +13,13 @@ The reset on return, by ``reset_on_return``:
   receiver is connected (what it set is not known, so it runs again).
 - ``"rollback"``: a rollback when a transaction is open, nothing else: the session's
   variables, temporary tables and locks stay for the next borrower.
+
+Under each, a client character set a borrower changed is set back first.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import MySQLdb
 
@@ -91,7 +94,16 @@ class MySQLHooks:
             password = params.get("password", params.get("passwd"))
             connection.secret = None if password is None else Secret(str(password))
             del params, password
-            connection.setup_sql = self.setup_sql
+            try:
+                restore = _restore_sql(connection)
+            except MySQLdb.Error as error:
+                connection.close()
+                raise ConnectionFailed(
+                    f"Could not read the role of a new connection for "
+                    f"{self.alias!r}: {_describe(error, {})}"
+                ) from None
+            # First, as at connect: then the init_command, which may change them.
+            connection.setup_sql = b"; ".join([*restore, self.setup_sql])
             if self.statement_timeout is not None:
                 timeout_sql = _statement_timeout_sql(connection, self.statement_timeout)
                 try:
@@ -129,6 +141,7 @@ class MySQLHooks:
         return True
 
     def reset(self, dbapi_connection: PooledConnection, policy: str) -> bool:
+        dbapi_connection.restore_charset()
         if policy == "rollback":
             if in_transaction(dbapi_connection) is not False:
                 dbapi_connection.rollback()
@@ -165,6 +178,42 @@ class MySQLHooks:
             f"get_async_engine({self.alias!r}) is for PostgreSQL only: the MySQL "
             "backend has no asyncio driver."
         )
+
+
+#: CURRENT_ROLE() of a server without roles (MySQL 5.7): ER_SP_DOES_NOT_EXIST.
+_NO_ROLES: Final = 1305
+
+
+def _restore_sql(connection: PooledConnection) -> list[bytes]:
+    """What puts back the database and the role the connection has now.
+
+    Neither ``COM_RESET_CONNECTION`` nor ``COM_CHANGE_USER`` undoes ``USE`` (the
+    former) or ``SET ROLE`` (both): sent again after each reset, with the setup.
+    """
+    statements = []
+    if connection.database:
+        statements.append(f"USE {_quote(str(connection.database))}".encode())
+    try:
+        connection.query(b"SELECT CURRENT_ROLE()")
+    except MySQLdb.Error as error:
+        if error.args[:1] != (_NO_ROLES,):
+            raise
+        return statements
+    rows = connection.store_result().fetch_row()
+    role = rows[0][0] if rows else None
+    if isinstance(role, bytes):
+        role = role.decode()
+    if role is None or role == "NONE":  # none: MariaDB's NULL, MySQL's NONE
+        statements.append(b"SET ROLE NONE")
+    elif role.startswith("`"):  # MySQL's: `name`@`host`, each quoted, comma separated
+        statements.append(f"SET ROLE {role}".encode())
+    else:  # MariaDB's: one name as it is
+        statements.append(f"SET ROLE {_quote(role)}".encode())
+    return statements
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _statement_timeout_sql(connection: PooledConnection, milliseconds: int) -> bytes:

@@ -12,6 +12,7 @@ authenticates again, and :func:`in_transaction` answers ``None`` (unknown).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -93,14 +94,25 @@ class PooledConnection(Connection):  # type: ignore[misc]
     user: str = ""
     database: str | None = None
     secret: Any = None  # a redaction.Secret: the password, for change_user()
-    #: The session as Django's setup left it, set again after each reset: SET NAMES,
-    #: OPTIONS["init_command"], Django's assignments.
+    #: The session as Django's setup left it, set again after each reset: USE, SET
+    #: ROLE, SET NAMES, OPTIONS["init_command"], Django's assignments.
     setup_sql: bytes = b""
     setup_pending: bool = False  # setup_sql sent on return, its results not read yet
+    #: The client library's character set after connecting: a borrower may change it
+    #: (``set_character_set()``), which no reset of the session undoes.
+    charset: str = ""
+    encoding_at_connect: str = ""
+    #: The socket's (st_dev, st_ino): a forked child may have closed it and opened
+    #: a file of its own under the same descriptor.
+    socket_id: tuple[int, int] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.pid = os.getpid()  # first: connecting runs the checked calls
         super().__init__(*args, **kwargs)
+        self.charset = self.character_set_name()
+        self.encoding_at_connect = self.encoding
+        with contextlib.suppress(OSError, MySQLdb.Error):
+            self.socket_id = _file_id(self.fileno())
 
     def __repr__(self) -> str:
         # mysqlclient's repr names the host: pool logs must not.
@@ -152,6 +164,17 @@ class PooledConnection(Connection):  # type: ignore[misc]
             return
         super().close()
 
+    def restore_charset(self) -> None:
+        """The client library's character set back to the one it connected with.
+
+        Only when a borrower changed it: reading it is no round trip, setting it is.
+        """
+        if (
+            self.character_set_name() != self.charset
+            or self.encoding != self.encoding_at_connect
+        ):
+            self.set_character_set(self.charset)
+
     def detach(self) -> None:
         """In a forked child: make closing this connection touch nothing of the parent's."""
         if not self.open:
@@ -159,6 +182,15 @@ class PooledConnection(Connection):  # type: ignore[misc]
         try:
             fileno = self.fileno()
         except MySQLdb.Error:
+            return
+        try:
+            ours = _file_id(fileno) == self.socket_id
+        except OSError:
+            ours = False
+        if not ours:
+            # The child closed the socket and the descriptor now names something of
+            # its own: closing would close that. Never closed, kept from collection.
+            _ABANDONED.append(self)
             return
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
@@ -170,6 +202,15 @@ class PooledConnection(Connection):  # type: ignore[misc]
     def __del__(self) -> None:
         if self.pid and self.pid != os.getpid():
             self.detach()
+
+
+#: Inherited connections whose descriptor a forked child reused: never closed.
+_ABANDONED: list[PooledConnection] = []
+
+
+def _file_id(fileno: int) -> tuple[int, int]:
+    status = os.fstat(fileno)
+    return status.st_dev, status.st_ino
 
 
 def reset_session(connection: PooledConnection) -> None:
