@@ -95,6 +95,13 @@ def database_from_url(
             split = split._replace(netloc=f"{userinfo}{at}localhost")
         split.port  # noqa: B018 - urlsplit checks the port lazily
     except ValueError:
+        if _unencoded_admin_url(url):
+            encode = (
+                "Its pgbouncer_admin query parameter holds a URL that is not "
+                "encoded. Percent-encode the whole admin console URL "
+                "(urllib.parse.quote(url, safe='')): its @ is %40, : is %3A, / is "
+                "%2F."
+            )
         raise ImproperlyConfigured(f"{where} is not a valid URL. {encode}") from None
     if split.scheme not in POSTGRES_SCHEMES:
         raise ImproperlyConfigured(
@@ -187,6 +194,22 @@ def databases_from_env(
             replica_url, alias=alias, replica_of="default", **pool
         )
     return databases
+
+
+def _unencoded_admin_url(url: str) -> bool:
+    """Whether the only ``@`` after the URL's netloc is in its ``pgbouncer_admin`` parameter.
+
+    Then the outer URL is sound, and the admin console's URL inside it was not
+    percent-encoded; an ``@`` elsewhere is the outer password's.
+    """
+    _, _, after = url.partition("?")
+    if not after or "@" not in after:
+        return False
+    parts = after.split("&")
+    admin = [part for part in parts if part.startswith("pgbouncer_admin=")]
+    others = [part for part in parts if not part.startswith("pgbouncer_admin=")]
+    path = url.partition("?")[0].partition("://")[2].partition("/")[2]
+    return bool(admin) and "@" not in path and not any("@" in p for p in others)
 
 
 def _host_list(text: str) -> list[tuple[str, str]]:

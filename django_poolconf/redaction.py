@@ -10,13 +10,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Collection, Mapping
 from typing import Any, Final
 
-__all__ = ["Secret", "fingerprint"]
+__all__ = ["Secret", "fingerprint", "hide_passwords"]
 
 #: Connection parameters (libpq's names) that are secrets.
 SECRET_PARAMS: Final = frozenset({"password", "sslpassword"})
+
+# What a password looks like inside a text: a URL's "scheme://user:password@", a
+# conninfo's "password=value" (quoted or not), a mapping's "'PASSWORD': 'value'".
+_IN_TEXT: Final = (
+    (re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s]*):[^@\s]*@"), r"\1:***@"),
+    (
+        re.compile(r"(\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)", re.I),
+        r"\1***",
+    ),
+    (
+        re.compile(
+            r"""(['"][^'"]*(?:password|passwd|secret)[^'"]*['"]\s*:\s*)"""
+            r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,}\]]+)""",
+            re.I,
+        ),
+        r"\1'***'",
+    ),
+)
 
 # Fingerprints hash secrets with a key of this process, so that a hash seen in a
 # repr cannot be looked up in a table of common passwords. A forked child keeps
@@ -72,3 +91,14 @@ def fingerprint(
             if isinstance(value, str | int | float | bool) or value is None
         )
     )
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` with what looks like a password masked as ``***``.
+
+    For messages that show a value a user wrote where it does not belong: a
+    database URL's password, a conninfo's ``password=``, a dict's ``'PASSWORD'``.
+    """
+    for pattern, replacement in _IN_TEXT:
+        text = pattern.sub(replacement, text)
+    return text

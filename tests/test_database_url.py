@@ -654,3 +654,19 @@ def test_env_multi_host_replica_url_is_one_replica():
         "5432,5432",
     )
     assert databases["replica2"]["HOST"] == "r3"
+
+
+def test_an_unencoded_admin_url_in_the_query_string_is_named():
+    # Review 16: the message spoke of the outer URL's user and password.
+    url = (
+        "postgres://app:pw@db.example/app?pgbouncer=transaction"
+        "&pgbouncer_admin=postgresql://st:s3cret@pgb:6432/pgbouncer"
+    )
+    with pytest.raises(ImproperlyConfigured) as raised:
+        database_from_url(url)
+
+    message = str(raised.value)
+    assert "pgbouncer_admin" in message
+    assert "Percent-encode" in message
+    assert "user and password" not in message
+    assert "s3cret" not in message

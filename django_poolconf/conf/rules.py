@@ -24,6 +24,8 @@ from django.db.utils import load_backend
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from django_poolconf.redaction import hide_passwords
+
 __all__ = [
     "DAY_S",
     "EXAMPLES",
@@ -205,13 +207,13 @@ def callable_path(signature: str) -> Rule:
         except Exception as error:  # noqa: BLE001 - any failure of the user's module
             return Problem(
                 "E018",
-                f"{where} {value!r} cannot be imported ({type(error).__name__}).",
+                f"{where} {show_value(value)} cannot be imported ({type(error).__name__}).",
                 hint=hint,
             )
         if not callable(target):
             return Problem(
                 "E018",
-                f"{where} {value!r} is not callable ({type(target).__name__}).",
+                f"{where} {show_value(value)} is not callable ({type(target).__name__}).",
                 hint=hint,
             )
         return None
@@ -333,8 +335,12 @@ def unknown_key(
 
 
 def show_value(value: object) -> str:
-    """A short repr for messages: long values are cut, so nothing large leaks."""
-    text = repr(value)
+    """A short repr for messages: long values are cut, so nothing large leaks.
+
+    What looks like a password (a URL's, a conninfo's ``password=``, a dict's
+    ``'PASSWORD'``) is masked first: a value given to the wrong key may hold one.
+    """
+    text = hide_passwords(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 

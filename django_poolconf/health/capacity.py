@@ -10,7 +10,8 @@ reserves for superusers (``superuser_reserved_connections``, and
 Behind PgBouncer (``POOL["pgbouncer"]``) the pools connect to PgBouncer, not to the
 server: the worst case must fit in PgBouncer's ``max_client_conn``, and in session
 mode, where each client connection holds a server connection for its life, in its
-``default_pool_size`` too. Those are read from PgBouncer's admin console
+``default_pool_size`` too (or the ``pool_mode`` and ``pool_size`` its ``[databases]``
+section gives the alias's database). Those are read from PgBouncer's admin console
 (``POOL["pgbouncer_admin"]``); without it the limit is unknown.
 """
 
@@ -48,7 +49,10 @@ class ServerCapacity:
     pgbouncer: str | None = None  # PgBouncer's pool_mode, if the server is one
     admin_console: bool = False  # whether an alias names PgBouncer's admin console
     max_client_conn: int | None = None  # PgBouncer's; None: not known
-    default_pool_size: int | None = None  # PgBouncer's; None: not known
+    # PgBouncer's server connections per pool (the database's pool_size, else
+    # default_pool_size); None: not known.
+    default_pool_size: int | None = None
+    pool_size_setting: str = "default_pool_size"  # or "pool_size", the database's
 
     @property
     def worst_case(self) -> int:
@@ -68,7 +72,7 @@ class ServerCapacity:
                 or self.default_pool_size < self.max_client_conn
             )
         ):
-            return "default_pool_size"
+            return self.pool_size_setting
         return "max_client_conn"
 
     @property
@@ -77,7 +81,7 @@ class ServerCapacity:
         if self.pgbouncer is not None:
             if self.max_client_conn is None:
                 return None
-            if self.limit == "default_pool_size":
+            if self.limit == self.pool_size_setting:
                 return self.default_pool_size
             return self.max_client_conn
         if self.max_connections is None:
@@ -139,17 +143,21 @@ def plan_capacity(
                 if view is None
                 else view.reserved_connections,
                 total_connections=None if view is None else view.total_connections,
-                # PgBouncer's own pool_mode when it answered, else the declared one.
+                # PgBouncer's own pool_mode (the database's) when it answered, else
+                # the declared one.
                 pgbouncer=None
                 if not modes
-                else bouncer.pool_mode
-                if bouncer is not None and bouncer.pool_mode
+                else bouncer.effective_pool_mode
+                if bouncer is not None and bouncer.effective_pool_mode
                 else modes[0],
                 admin_console=any(s.pgbouncer_admin for _, s in aliases),
                 max_client_conn=None if bouncer is None else bouncer.max_client_conn,
                 default_pool_size=None
                 if bouncer is None
-                else bouncer.default_pool_size,
+                else bouncer.effective_pool_size,
+                pool_size_setting="default_pool_size"
+                if bouncer is None
+                else bouncer.pool_size_setting,
             )
         )
     return plans
@@ -214,8 +222,9 @@ def _capacity_problem(plan: ServerCapacity) -> Problem:
     if plan.pgbouncer is not None:
         allowed = (
             f"the {plan.available} server connections it lends in session mode "
-            f"(default_pool_size={plan.default_pool_size}), one per client connection"
-            if plan.limit == "default_pool_size"
+            f"({plan.pool_size_setting}={plan.default_pool_size}), one per client "
+            "connection"
+            if plan.limit == plan.pool_size_setting
             else f"the {plan.available} clients it allows (max_client_conn="
             f"{plan.max_client_conn})"
         )

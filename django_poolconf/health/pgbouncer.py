@@ -25,7 +25,11 @@ logger = logging.getLogger("django_poolconf.health")
 
 
 def start_admin_probe(
-    alias: str, settings: PoolSettings, dbname: str, deadline: float
+    alias: str,
+    settings: PoolSettings,
+    dbname: str,
+    deadline: float,
+    user: str | None = None,
 ) -> Future[PgBouncerView] | None:
     """Start reading the admin console the alias names, if it is behind PgBouncer."""
     conninfo = settings.pgbouncer_admin
@@ -34,7 +38,7 @@ def start_admin_probe(
     future: Future[PgBouncerView] = Future()
     thread = threading.Thread(
         target=_run,
-        args=(future, alias, conninfo, dbname, deadline),
+        args=(future, alias, conninfo, dbname, deadline, user),
         name=f"django_poolconf pgbouncer {alias}",
         daemon=True,  # a hung console must not hold up the interpreter's exit
     )
@@ -59,10 +63,11 @@ def _run(
     conninfo: str,
     dbname: str,
     deadline: float,
+    user: str | None,
 ) -> None:
     future.set_running_or_notify_cancel()
     try:
-        view = probe_pgbouncer(conninfo, dbname, deadline)
+        view = probe_pgbouncer(conninfo, dbname, deadline, user)
     except Exception as error:
         logger.exception("PgBouncer admin console probe of %r failed", alias)
         view = PgBouncerView(

@@ -96,7 +96,11 @@ def check_health(
         for check in checks:
             if check.settings is not None and check.target is not None:
                 check.admin = start_admin_probe(
-                    check.alias, check.settings, check.target.dbname, deadline
+                    check.alias,
+                    check.settings,
+                    check.target.dbname,
+                    deadline,
+                    check.target.user,
                 )
     pending: list[Future[Any]] = [c.future for c in checks if c.future is not None]
     pending += [c.admin for c in checks if c.admin is not None]

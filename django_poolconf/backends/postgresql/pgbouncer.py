@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from django_poolconf.conf.rules import Problem, show_value, type_problem
+from django_poolconf.conf.rules import Problem, example, show_value
 
 __all__ = ["admin_console", "pgbouncer_problems", "session_setup_sql"]
 
@@ -117,13 +117,18 @@ def pgbouncer_problems(
 def admin_console(where: str, key: str, value: object) -> Problem | None:
     """The rule of ``pgbouncer_admin``: ``None``, or a URL naming the database ``pgbouncer``.
 
-    ``E019`` never shows the URL: it may carry a password (and libpq's parse errors
-    repeat it).
+    Neither ``E019`` nor ``E003`` shows the value: it may carry a password (and
+    libpq's parse errors repeat it).
     """
     if value is None:
         return None
     if not isinstance(value, str):
-        return type_problem(where, key, value, "a URL", True)
+        # Its type only: bytes, a dict or a list of URLs may hold the password too.
+        return Problem(
+            "E003",
+            f"{where} must be a URL or None, got a {type(value).__name__}.",
+            hint=f"For example: {key}={example(key)}.",
+        )
     hint = (
         "Give the URL of PgBouncer's admin console, whose database is 'pgbouncer', "
         "for a user in its admin_users or stats_users: "

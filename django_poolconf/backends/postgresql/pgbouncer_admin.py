@@ -1,5 +1,9 @@
 """PgBouncer's admin console: its pools (``SHOW POOLS``), its limits and its version.
 
+PgBouncer's ``[databases]`` section may give a database its own ``pool_mode`` and
+``pool_size``: those of the alias's database come from ``SHOW POOLS`` and ``SHOW
+DATABASES``, and PgBouncer's global ones (``SHOW CONFIG``) when it has none.
+
 ``POOL["pgbouncer_admin"]`` names the console, the ``pgbouncer`` database of the
 PgBouncer in front of the alias. It speaks the simple query protocol only, and
 takes no transaction: :func:`probe_pgbouncer` opens a plain autocommit connection
@@ -67,14 +71,35 @@ class PgBouncerPool:
 class PgBouncerView:
     """What PgBouncer's admin console says; ``error`` is set when it did not answer."""
 
-    server: str  # host:port of the admin console
+    server: str  # host:port of the admin console, each host's if several
     version: str | None = None
-    pool_mode: str | None = None
+    pool_mode: str | None = None  # the global one, SHOW CONFIG's
     max_client_conn: int | None = None
-    default_pool_size: int | None = None
+    default_pool_size: int | None = None  # the global one, SHOW CONFIG's
+    database: str | None = None  # the alias's database
+    # The alias's database's own, from [databases] (None: the global one).
+    database_pool_mode: str | None = None
+    database_pool_size: int | None = None
     max_prepared_statements: int | None = None  # None: unknown to this version
     pools: tuple[PgBouncerPool, ...] = ()  # of the alias's database
     error: str | None = field(default=None)  # redacted
+
+    @property
+    def effective_pool_mode(self) -> str | None:
+        """The pool_mode the alias's database runs in: its own, else the global one."""
+        return self.database_pool_mode or self.pool_mode
+
+    @property
+    def effective_pool_size(self) -> int | None:
+        """Server connections per user of the alias's database: its own, else the global."""
+        if self.database_pool_size is not None:
+            return self.database_pool_size
+        return self.default_pool_size
+
+    @property
+    def pool_size_setting(self) -> str:
+        """Which setting :attr:`effective_pool_size` is: ``pool_size`` or ``default_pool_size``."""
+        return "default_pool_size" if self.database_pool_size is None else "pool_size"
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON object under an alias's ``pgbouncer`` key."""
@@ -84,6 +109,9 @@ class PgBouncerView:
             "pool_mode": self.pool_mode,
             "max_client_conn": self.max_client_conn,
             "default_pool_size": self.default_pool_size,
+            "database": self.database,
+            "database_pool_mode": self.database_pool_mode,
+            "database_pool_size": self.database_pool_size,
             "max_prepared_statements": self.max_prepared_statements,
             "pools": [pool.as_dict() for pool in self.pools],
             "error": self.error,
@@ -94,12 +122,15 @@ class _Timeout(Exception):
     """The deadline passed."""
 
 
-def probe_pgbouncer(conninfo: str, dbname: str, deadline: float) -> PgBouncerView:
+def probe_pgbouncer(
+    conninfo: str, dbname: str, deadline: float, user: str | None = None
+) -> PgBouncerView:
     """Read the pools of ``dbname``, and PgBouncer's limits, before ``deadline``.
 
     ``conninfo`` is ``POOL["pgbouncer_admin"]``; ``deadline`` is a
-    :func:`time.monotonic` time. Never raises for what the console does: a failure
-    is the view's ``error``.
+    :func:`time.monotonic` time; ``user`` is the alias's, whose pool's ``pool_mode``
+    is the one that applies. Never raises for what the console does: a failure is
+    the view's ``error``.
     """
     params = conninfo_to_dict(conninfo)
     server = console_address(conninfo)
@@ -116,6 +147,7 @@ def probe_pgbouncer(conninfo: str, dbname: str, deadline: float) -> PgBouncerVie
         config = {
             row["key"]: row["value"] for row in _show(pgconn, b"SHOW CONFIG", deadline)
         }
+        databases = _show(pgconn, b"SHOW DATABASES", deadline)
         pools = _show(pgconn, b"SHOW POOLS", deadline)
     except _Timeout:
         return PgBouncerView(server=server, error="no answer within the timeout")
@@ -123,12 +155,24 @@ def probe_pgbouncer(conninfo: str, dbname: str, deadline: float) -> PgBouncerVie
         return PgBouncerView(server=server, error=_safe_error(error, params))
     finally:
         connection.close()
+    pool_mode = config.get("pool_mode")
+    default_pool_size = _integer(config.get("default_pool_size"))
+    database_pool_mode, database_pool_size = _database_settings(
+        dbname, user, databases, pools
+    )
     return PgBouncerView(
         server=server,
         version=_version(versions),
-        pool_mode=config.get("pool_mode"),
+        pool_mode=pool_mode,
         max_client_conn=_integer(config.get("max_client_conn")),
-        default_pool_size=_integer(config.get("default_pool_size")),
+        default_pool_size=default_pool_size,
+        database=dbname,
+        database_pool_mode=None
+        if database_pool_mode == pool_mode
+        else database_pool_mode,
+        database_pool_size=None
+        if database_pool_size == default_pool_size
+        else database_pool_size,
         max_prepared_statements=_integer(config.get("max_prepared_statements")),
         pools=tuple(
             PgBouncerPool(
@@ -148,6 +192,32 @@ def probe_pgbouncer(conninfo: str, dbname: str, deadline: float) -> PgBouncerVie
     )
 
 
+def _database_settings(
+    dbname: str,
+    user: str | None,
+    databases: list[dict[str, str | None]],
+    pools: list[dict[str, str | None]],
+) -> tuple[str | None, int | None]:
+    """The ``pool_mode`` and ``pool_size`` PgBouncer applies to ``dbname``, if it says.
+
+    ``SHOW POOLS`` gives each pool's mode (the user's, the database's or the global
+    one; PgBouncer 1.18 and later), ``SHOW DATABASES`` the database's own mode
+    (empty when it has none) and its pool size. A database that ``*`` serves is
+    listed once a client has connected to it.
+    """
+    modes = [
+        (row.get("user") == user, row["pool_mode"])
+        for row in pools
+        if row.get("database") == dbname and row.get("pool_mode")
+    ]
+    row = next((row for row in databases if row.get("name") == dbname), None)
+    mode = max(modes, key=lambda pair: pair[0])[1] if modes else None
+    if mode is None and row is not None:
+        mode = row.get("pool_mode") or None
+    size = None if row is None else _integer(row.get("pool_size"))
+    return mode, None if size is None or size < 0 else size
+
+
 def console_problems(
     alias: str, settings: PoolSettings, view: PgBouncerView
 ) -> list[Problem]:
@@ -156,14 +226,22 @@ def console_problems(
         return []
     where = f"DATABASES[{alias!r}]['POOL']"
     problems = []
-    if view.pool_mode is not None and view.pool_mode != settings.pgbouncer:
+    mode = view.effective_pool_mode
+    if mode is not None and mode != settings.pgbouncer:
+        setting = (
+            "pool_mode"
+            if view.database_pool_mode is None
+            else f"pool_mode of {view.database!r} (its [databases] entry)"
+        )
         problems.append(
             Problem(
                 "W016",
                 f"{where}['pgbouncer'] is {settings.pgbouncer!r}, but PgBouncer at "
-                f"{view.server} runs in pool_mode {view.pool_mode!r}.",
-                hint=f"Set POOL['pgbouncer'] to {view.pool_mode!r}, or PgBouncer's "
-                "pool_mode to what POOL declares.",
+                f"{view.server} runs "
+                + ("" if view.database_pool_mode is None else f"{view.database!r} ")
+                + f"in pool_mode {mode!r}.",
+                hint=f"Set POOL['pgbouncer'] to {mode!r}, or PgBouncer's "
+                f"{setting} to what POOL declares.",
             )
         )
     if settings.pgbouncer_prepared_statements and not view.max_prepared_statements:
@@ -183,9 +261,22 @@ def console_problems(
 
 
 def console_address(conninfo: str) -> str:
-    """``host:port`` of the admin console that ``conninfo`` names (libpq's defaults)."""
+    """``host:port`` of the admin console that ``conninfo`` names (libpq's defaults).
+
+    libpq's multi-host ``host`` and ``port`` are comma lists, a single port applying
+    to every host: each host is shown with its port, ``h1:6432,h2:6432``.
+    """
     params = conninfo_to_dict(conninfo)
-    return f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+    hosts = str(params.get("host") or "").split(",")
+    ports = str(params.get("port") or "").split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    if len(ports) != len(hosts):
+        return f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+    return ",".join(
+        f"{host or 'localhost'}:{port or 5432}"
+        for host, port in zip(hosts, ports, strict=True)
+    )
 
 
 def _version(rows: list[dict[str, str | None]]) -> str | None:

@@ -289,10 +289,14 @@ def _pgbouncer_views(report: HealthReport) -> str:
                 f"PgBouncer's admin console did not answer ({view.server}): {view.error}"
             )
             continue
+        # The alias's database's own pool_mode and pool_size, if it has them.
+        mode = f"{view.effective_pool_mode} mode" + (
+            "" if view.database_pool_mode is None else f" for {view.database!r}"
+        )
         out.append(
-            f"PgBouncer at {view.server} (version {view.version}, {view.pool_mode} "
-            f"mode, max_client_conn={view.max_client_conn}, default_pool_size="
-            f"{view.default_pool_size}), SHOW POOLS:"
+            f"PgBouncer at {view.server} (version {view.version}, {mode}, "
+            f"max_client_conn={view.max_client_conn}, {view.pool_size_setting}="
+            f"{view.effective_pool_size}), SHOW POOLS:"
         )
         rows = [
             (

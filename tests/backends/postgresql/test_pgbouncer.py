@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import OperationalError, connection, connections, transaction
 
 from tests.conftest import RESET_STATEMENTS, wsgi_get
@@ -314,6 +315,49 @@ def test_pgbouncer_admin_must_name_the_admin_console_of_a_declared_pgbouncer():
     ],
 )
 def test_pgbouncer_admin_problems_never_show_its_password(pool):
+    from django_poolconf.conf.pool import validate_alias
+    from tests.conf.conftest import pooled
+
+    problems = validate_alias("default", pooled(POOL=pool), poolconf={})[1]
+    assert problems
+    assert not any("secret-pw" in str(problem) for problem in problems)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"postgresql://stats:secret-pw@h:6432/pgbouncer",
+        {"PASSWORD": "secret-pw", "NAME": "pgbouncer"},
+        ["postgresql://stats:secret-pw@h:6432/pgbouncer"],
+    ],
+)
+def test_pgbouncer_admin_of_another_type_is_shown_by_its_type_only(value):
+    # Review 16: E003 repeated the value (and so its password) in manage.py check,
+    # poolstatus, the health view's detail and the ImproperlyConfigured at connect.
+    from django_poolconf.conf.pool import pool_settings, validate_alias
+    from tests.conf.conftest import pooled
+
+    pool = {"pgbouncer": "transaction", "pgbouncer_admin": value}
+    [problem] = validate_alias("default", pooled(POOL=pool), poolconf={})[1]
+    assert problem.id == "E003"
+    assert "secret-pw" not in str(problem)
+    assert f"got a {type(value).__name__}" in problem.msg
+    with pytest.raises(ImproperlyConfigured) as raised:
+        pool_settings("default", pooled(POOL=pool), poolconf={})
+    assert "secret-pw" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        # The console's URL given to the wrong key: E004 shows the value.
+        {"pgbouncer": "postgresql://stats:secret-pw@h:6432/pgbouncer"},
+        {"pgbouncer": "host=h password=secret-pw dbname=pgbouncer"},
+        {"connect_params": "postgresql://stats:secret-pw@h:6432/pgbouncer"},
+        {"reset_on_return": {"password": "secret-pw"}},
+    ],
+)
+def test_no_pool_problem_shows_a_password_given_to_another_key(pool):
     from django_poolconf.conf.pool import validate_alias
     from tests.conf.conftest import pooled
 

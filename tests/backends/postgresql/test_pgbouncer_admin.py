@@ -315,3 +315,112 @@ def test_deploy_check_warns_when_declared_prepared_statements_are_not_kept(
     [problem] = [p for p in problems if p.id == "W016"]
     assert "does not keep prepared statements (max_prepared_statements=" in problem.msg
     assert SECRET not in str(problem)
+
+
+# -- review 16 ----------------------------------------------------------------------
+
+
+def test_an_admin_url_of_another_type_is_never_shown(pgbouncer, pool_options):
+    # bytes: E003 showed the value, password and all, everywhere a check message goes.
+    from django.core import checks
+
+    user = connections.settings["default"]["USER"]
+    url = f"postgresql://{user}:{SECRET}@127.0.0.1:{pgbouncer.port}/pgbouncer"
+    pool_options(pgbouncer_admin=url.encode())
+    out, err = StringIO(), StringIO()
+    call_command("poolstatus", "--database", "default", stdout=out, stderr=err)
+    call_command(
+        "poolstatus", "--database", "default", "--json", stdout=out, stderr=err
+    )
+    text = out.getvalue() + err.getvalue()
+    text += wsgi_get("/health/db", detail="1").body.decode()
+    messages = checks.run_checks(include_deployment_checks=True)
+    text += "\n".join(str(message) for message in messages)
+    assert "pgbouncer_admin'] must be a URL or None, got a bytes" in text
+    assert SECRET not in text
+
+
+@pytest.fixture
+def per_database_bouncer(db):
+    """A PgBouncer in session mode (default_pool_size=20) whose [databases] entry runs
+    the app's database in transaction mode with pool_size=4."""
+    from django_poolconf import engines
+
+    settings_dict = connections.settings["default"]
+    original = settings_dict["HOST"], settings_dict["PORT"], settings_dict["POOL"]
+    bouncer = PgBouncer(
+        "session", str(original[0]), int(original[1]), str(settings_dict["USER"])
+    )
+    line = f"* = host={original[0]} port={original[1]}\n"
+    text = bouncer.ini.read_text()
+    assert line in text
+    bouncer.ini.write_text(
+        text.replace(line, f"{line[:-1]} pool_mode=transaction pool_size=4\n")
+    )
+    connections.close_all()
+    engines.dispose_all()
+    try:
+        bouncer.start()
+        settings_dict["HOST"], settings_dict["PORT"] = "127.0.0.1", str(bouncer.port)
+        settings_dict["POOL"] = {
+            **original[2],
+            "pgbouncer": "transaction",
+            "pgbouncer_admin": admin_url(bouncer),
+        }
+        yield bouncer
+    finally:
+        connections.close_all()
+        engines.dispose_all()
+        settings_dict["HOST"], settings_dict["PORT"], settings_dict["POOL"] = original
+        bouncer.close()
+
+
+def test_the_app_databases_own_pool_mode_and_size_are_what_count(
+    per_database_bouncer, pool_options
+):
+    # Review 16: W016 and the capacity plan read the global pool_mode and
+    # default_pool_size of SHOW CONFIG, not the database's own.
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connections["default"].close()
+
+    problems = deployment_problems(["default"])
+
+    assert [p for p in problems if p.id == "W016"] == []
+    output = poolstatus("--database", "default", "--workers", "3")
+    port = per_database_bouncer.port
+    assert (
+        f"PgBouncer at 127.0.0.1:{port} (version 1.18.0, transaction mode for "
+        f"{connections.settings['default']['NAME']!r}, max_client_conn=1000, "
+        "pool_size=4)" in output
+    )
+    assert "default_pool_size" not in output
+    assert "Warning" not in output
+
+    # Declared session: PgBouncer says transaction for this database.
+    pool_options(pgbouncer="session")
+    [problem] = [p for p in deployment_problems(["default"]) if p.id == "W016"]
+    assert (
+        f"runs {connections.settings['default']['NAME']!r} in pool_mode 'transaction'."
+        in problem.msg
+    )
+    assert SECRET not in str(problem)
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "shown"),
+    [
+        (
+            "postgresql://u:pw@127.0.0.1:1,127.0.0.2:2/pgbouncer",
+            "127.0.0.1:1,127.0.0.2:2",
+        ),
+        ("postgresql://u:pw@a,b:6432/pgbouncer", "a:5432,b:6432"),
+        ("host=a,b port=1,2 dbname=pgbouncer", "a:1,b:2"),
+        ("postgresql://u:pw@h/pgbouncer", "h:5432"),
+        ("dbname=pgbouncer", "localhost:5432"),
+    ],
+)
+def test_console_address_shows_each_host_with_its_port(conninfo, shown):
+    from django_poolconf.backends.postgresql.pgbouncer_admin import console_address
+
+    assert console_address(conninfo) == shown
