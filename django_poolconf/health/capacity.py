@@ -23,7 +23,6 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from django_poolconf.backends.postgresql.pgbouncer_admin import console_problems
 from django_poolconf.conf.health import health_settings
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.conf.rules import Problem
@@ -196,6 +195,11 @@ def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
     for health in report.databases:
         problems.extend(_recycle_problems(health.alias, health))
         if health.pgbouncer is not None and health.settings is not None:
+            # Here: it imports psycopg, which a MySQL or SQLite project may lack.
+            from django_poolconf.backends.postgresql.pgbouncer_admin import (
+                console_problems,
+            )
+
             problems.extend(
                 console_problems(health.alias, health.settings, health.pgbouncer)
             )

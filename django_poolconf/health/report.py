@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
 from django_poolconf.backends.probes import ServerView
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.stats import PoolStats
+
+if TYPE_CHECKING:  # it imports psycopg, which a MySQL or SQLite project may lack
+    from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
 
 __all__ = [
     "DEGRADED",

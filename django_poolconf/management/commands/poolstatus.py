@@ -11,7 +11,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from django_poolconf.backends.postgresql.pgbouncer_admin import console_problems
 from django_poolconf.conf.health import health_settings
 from django_poolconf.conf.rules import is_pooled
 from django_poolconf.health import (
@@ -316,6 +315,11 @@ def _pgbouncer_views(report: HealthReport) -> str:
             rows.append(("(none)", "", "", "", "", "", ""))
         out += ["  " + line for line in _columns(rows)]
         if h.settings is not None:
+            # Imported here: psycopg, which it needs, may be absent on SQLite or MySQL.
+            from django_poolconf.backends.postgresql.pgbouncer_admin import (
+                console_problems,
+            )
+
             out += [
                 f"  Warning: {problem}"
                 for problem in console_problems(h.alias, h.settings, view)
