@@ -12,6 +12,9 @@ server: the worst case must fit in PgBouncer's ``max_client_conn``, and in sessi
 mode, where each client connection holds a server connection for its life, in its
 ``default_pool_size`` too. Those are read from PgBouncer's admin console
 (``POOL["pgbouncer_admin"]``); without it the limit is unknown.
+
+An SQLite file has no server and no connection limit: its plan shows the worst
+case, with no limit to compare it with.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ __all__ = ["ServerCapacity", "deployment_problems", "plan_capacity"]
 class ServerCapacity:
     """The worst case of one server against its limit."""
 
-    server: str  # "host:port"
+    server: str  # "host:port", or an SQLite file's path
     aliases: tuple[str, ...]  # every pooled alias that connects to it
     per_process: int  # sum of pool_size + max_overflow over those aliases
     workers: int
@@ -48,6 +51,7 @@ class ServerCapacity:
     admin_console: bool = False  # whether an alias names PgBouncer's admin console
     max_client_conn: int | None = None  # PgBouncer's; None: not known
     default_pool_size: int | None = None  # PgBouncer's; None: not known
+    file: bool = False  # an SQLite file: no server, no limit
 
     @property
     def worst_case(self) -> int:
@@ -111,6 +115,11 @@ def plan_capacity(
         and h.pgbouncer.error is None
     }
     wanted = {h.target.server for h in report.databases if h.target is not None}
+    files = {
+        h.target.server: h.target.is_file
+        for h in report.databases
+        if h.target is not None
+    }
     members: dict[tuple[str, str], list[tuple[str, PoolSettings]]] = {}
     for alias in pooled_aliases():
         wrapper: Any = connections[alias]
@@ -128,7 +137,9 @@ def plan_capacity(
         modes = [s.pgbouncer for _, s in aliases if s.pgbouncer is not None]
         plans.append(
             ServerCapacity(
-                server=":".join(server),
+                server=server[1]
+                if not server[0] and files.get(server)
+                else ":".join(server),
                 aliases=tuple(alias for alias, _ in aliases),
                 per_process=sum(settings.capacity for _, settings in aliases),
                 workers=workers,
@@ -149,6 +160,7 @@ def plan_capacity(
                 default_pool_size=None
                 if bouncer is None
                 else bouncer.default_pool_size,
+                file=files.get(server, False),
             )
         )
     return plans

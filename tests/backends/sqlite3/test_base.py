@@ -399,6 +399,38 @@ def test_poolstatus_names_the_file(sqlite_alias: Configure):
     assert "localhost" not in out.getvalue()
 
 
+def test_poolstatus_workers_show_the_file_and_no_server_limit(
+    sqlite_alias: Configure, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    alias = sqlite_alias({"max_overflow": 1})
+    name = connections.settings[alias]["NAME"]
+    out = StringIO()
+
+    call_command("poolstatus", "--database", alias, "--workers", "4", stdout=out)
+    without = StringIO()
+    call_command("poolstatus", "--database", alias, stdout=without)
+
+    table = out.getvalue().split("Capacity")[1]
+    [row] = [line.split() for line in table.splitlines() if name in line]
+    assert row == [
+        name,
+        alias,
+        "3",
+        "4",
+        "1",
+        "12",
+        "-",
+        "no",
+        "server",
+        "(SQLite",
+        "file)",
+    ]
+    assert "max_connections" not in out.getvalue()
+    assert "max_connections" not in without.getvalue()
+    assert "unknown" not in out.getvalue()
+
+
 def test_checks_report_in_memory_and_server_options(monkeypatch: pytest.MonkeyPatch):
     from django_poolconf.checks import check_pool_settings
     from tests.test_checks import alias_settings
