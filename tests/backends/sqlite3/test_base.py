@@ -470,6 +470,50 @@ def test_checks_report_in_memory_and_server_options(monkeypatch: pytest.MonkeyPa
     )
 
 
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ((4, 2, 16, "final", 0), ["init_command", "transaction_mode"]),
+        ((5, 1, 0, "final", 0), []),
+    ],
+)
+def test_checks_report_options_sqlite_refuses_before_django_5_1(
+    monkeypatch: pytest.MonkeyPatch, version: tuple[Any, ...], expected: list[str]
+):
+    import django
+
+    from django_poolconf.checks import check_pool_settings
+    from tests.test_checks import alias_settings
+
+    monkeypatch.setattr(django, "VERSION", version)
+    monkeypatch.setitem(
+        connections.__dict__,
+        "settings",
+        {
+            "default": alias_settings(
+                ENGINE="django_poolconf.backends.sqlite3",
+                HOST="",
+                PORT="",
+                NAME="db.sqlite3",
+                OPTIONS={
+                    "init_command": "PRAGMA journal_mode = WAL",
+                    "transaction_mode": "IMMEDIATE",
+                    "timeout": 10,
+                },
+            ),
+        },
+    )
+
+    messages = [m for m in check_pool_settings() if m.is_serious()]
+
+    assert [m.id for m in messages] == ["django_poolconf.E022"] * len(expected)
+    for message, key in zip(messages, expected, strict=True):
+        assert message.msg == (
+            f"DATABASES['default']['OPTIONS'][{key!r}] needs Django 5.1 or later: "
+            "before it, sqlite3.connect() refuses it."
+        )
+
+
 def test_checks_report_pgbouncer_set_for_every_alias(monkeypatch: pytest.MonkeyPatch):
     from django.test import override_settings
 
