@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 
 _BLOCK = """
@@ -71,6 +73,8 @@ def test_poolstatus_on_an_sqlite_project_without_psycopg(tmp_path: Path):
 
 
 def test_the_mysql_backend_imports_without_psycopg(tmp_path: Path):
+    pytest.importorskip("MySQLdb")  # mysqlclient, the mysql extra
+
     ran = _run(
         tmp_path,
         "import django_poolconf.backends.mysql.base\n"
