@@ -13,6 +13,9 @@ mode, where each client connection holds a server connection for its life, in it
 ``default_pool_size`` too (or the ``pool_mode`` and ``pool_size`` its ``[databases]``
 section gives the alias's database). Those are read from PgBouncer's admin console
 (``POOL["pgbouncer_admin"]``); without it the limit is unknown.
+
+An SQLite file has no server and no connection limit: its plan shows the worst
+case, with no limit to compare it with.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from django_poolconf.backends.postgresql.pgbouncer_admin import console_problems
 from django_poolconf.conf.health import health_settings
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.conf.rules import Problem
@@ -38,7 +40,7 @@ __all__ = ["ServerCapacity", "deployment_problems", "plan_capacity"]
 class ServerCapacity:
     """The worst case of one server against its limit."""
 
-    server: str  # "host:port"
+    server: str  # "host:port", or an SQLite file's path
     aliases: tuple[str, ...]  # every pooled alias that connects to it
     per_process: int  # sum of pool_size + max_overflow over those aliases
     workers: int
@@ -53,6 +55,7 @@ class ServerCapacity:
     # default_pool_size); None: not known.
     default_pool_size: int | None = None
     pool_size_setting: str = "default_pool_size"  # or "pool_size", the database's
+    file: bool = False  # an SQLite file: no server, no limit
 
     @property
     def worst_case(self) -> int:
@@ -116,6 +119,11 @@ def plan_capacity(
         and h.pgbouncer.error is None
     }
     wanted = {h.target.server for h in report.databases if h.target is not None}
+    files = {
+        h.target.server: h.target.is_file
+        for h in report.databases
+        if h.target is not None
+    }
     members: dict[tuple[str, str], list[tuple[str, PoolSettings]]] = {}
     for alias in pooled_aliases():
         wrapper: Any = connections[alias]
@@ -133,7 +141,9 @@ def plan_capacity(
         modes = [s.pgbouncer for _, s in aliases if s.pgbouncer is not None]
         plans.append(
             ServerCapacity(
-                server=":".join(server),
+                server=server[1]
+                if not server[0] and files.get(server)
+                else ":".join(server),
                 aliases=tuple(alias for alias, _ in aliases),
                 per_process=sum(settings.capacity for _, settings in aliases),
                 workers=workers,
@@ -158,6 +168,7 @@ def plan_capacity(
                 pool_size_setting="default_pool_size"
                 if bouncer is None
                 else bouncer.pool_size_setting,
+                file=files.get(server, False),
             )
         )
     return plans
@@ -204,6 +215,11 @@ def deployment_problems(databases: Sequence[str] | None) -> list[Problem]:
     for health in report.databases:
         problems.extend(_recycle_problems(health.alias, health))
         if health.pgbouncer is not None and health.settings is not None:
+            # Here: it imports psycopg, which a MySQL or SQLite project may lack.
+            from django_poolconf.backends.postgresql.pgbouncer_admin import (
+                console_problems,
+            )
+
             problems.extend(
                 console_problems(health.alias, health.settings, health.pgbouncer)
             )

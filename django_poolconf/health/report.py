@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
 from django_poolconf.backends.probes import ServerView
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.stats import PoolStats
+
+if TYPE_CHECKING:  # it imports psycopg, which a MySQL or SQLite project may lack
+    from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
 
 __all__ = [
     "DEGRADED",
@@ -58,7 +60,7 @@ class Target:
     has_password: bool = field(default=False)
 
     def __str__(self) -> str:
-        if not self.host and not self.port:
+        if self.is_file:
             return self.dbname  # a database file: no server
         # libpq's multi-host HOST and PORT are comma lists, a single port applying
         # to every host: show each server as host:port.
@@ -103,8 +105,18 @@ class Target:
 
     @property
     def server(self) -> tuple[str, str]:
-        """What identifies the server: aliases with the same one share its connections."""
+        """What identifies the server: aliases with the same one share its connections.
+
+        A database file's is ``("", path)``: no server, but aliases on one file share it.
+        """
+        if self.is_file:
+            return ("", self.dbname)
         return (self.host, self.port)
+
+    @property
+    def is_file(self) -> bool:
+        """Whether the target is a database file (SQLite's), not a server."""
+        return not self.host and not self.port
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,20 +21,18 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_poolconf import process
-from django_poolconf.backends.postgresql import probes as postgresql_probes
-from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
 from django_poolconf.backends.probes import ProbeResult
 from django_poolconf.conf.health import HealthSettings, health_settings
 from django_poolconf.conf.pool import PoolSettings
 from django_poolconf.conf.router import router_settings
 from django_poolconf.conf.rules import is_pooled
-from django_poolconf.health.pgbouncer import admin_view, start_admin_probe
 from django_poolconf.health.report import (
     DEGRADED,
     HEALTHY,
@@ -50,6 +48,25 @@ from django_poolconf.pool import registry
 from django_poolconf.pool.lender import Lender
 from django_poolconf.redaction import SECRET_PARAMS, fingerprint
 from django_poolconf.routing import replicas
+
+if TYPE_CHECKING:
+    from django_poolconf.backends.postgresql.pgbouncer_admin import PgBouncerView
+
+# PostgreSQL's probes and PgBouncer's console are imported when used: they import
+# psycopg, which a project on SQLite or MySQL alone may lack (or find no libpq for).
+
+
+def _postgresql_probes() -> ModuleType:
+    from django_poolconf.backends.postgresql import probes
+
+    return probes
+
+
+def _admin_view(future: Future[PgBouncerView], settings: PoolSettings) -> PgBouncerView:
+    from django_poolconf.health.pgbouncer import admin_view
+
+    return admin_view(future, settings)
+
 
 __all__ = ["check_health", "pooled_aliases"]
 
@@ -94,7 +111,13 @@ def check_health(
     checks = [_start(alias, deadline, max_age, server_view) for alias in names]
     if pgbouncer:
         for check in checks:
-            if check.settings is not None and check.target is not None:
+            if (
+                check.settings is not None
+                and check.settings.pgbouncer_admin is not None
+                and check.target is not None
+            ):
+                from django_poolconf.health.pgbouncer import start_admin_probe
+
                 check.admin = start_admin_probe(
                     check.alias,
                     check.settings,
@@ -184,7 +207,7 @@ def _start(alias: str, deadline: float, max_age: float, server_view: bool) -> _C
         server_view,
         wrapper.credentials_for(params) or None,
         # The vendor's probes (a module with probe_server() and probe_pooled()).
-        getattr(wrapper, "health_probes", postgresql_probes),
+        getattr(wrapper, "health_probes", None) or _postgresql_probes(),
     )
     return check
 
@@ -266,7 +289,7 @@ def _verdict(check: _Check, options: HealthSettings) -> AliasHealth:
         server_view=None if probe is None else probe.server,
         pgbouncer=None
         if check.admin is None or check.settings is None
-        else admin_view(check.admin, check.settings),
+        else _admin_view(check.admin, check.settings),
     )
 
 
@@ -311,8 +334,10 @@ def _probe(
     max_age: float,
     server_view: bool,
     credentials: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
-    probes: Any = postgresql_probes,
+    probes: Any = None,
 ) -> Future[ProbeResult]:
+    if probes is None:
+        probes = _postgresql_probes()
     key = _fingerprint(params)
     with _lock:
         current = _probes.get(alias)

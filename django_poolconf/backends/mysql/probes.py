@@ -4,7 +4,11 @@ The same contract as :mod:`django_poolconf.backends.postgresql.probes`: a deadli
 an idle pooled connection when the caller hands a lender, else a short-lived
 connection of its own, always closed; error text without the password, the user or
 the host. Role and lag are read as the router reads them
-(:mod:`django_poolconf.backends.mysql.replication`), in two round trips.
+(:mod:`django_poolconf.backends.mysql.replication`), in two round trips. With
+``server_view``, three more read the server's ``max_connections``, the connections
+in use (``Threads_connected``) and the other sessions on this database
+(``information_schema.PROCESSLIST``, by user and command: an account without the
+``PROCESS`` privilege sees its own only), for the capacity plan.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 
 from django_poolconf.backends.mysql import replication
 from django_poolconf.backends.mysql.replication import Result
-from django_poolconf.backends.probes import Failure, ProbeResult
+from django_poolconf.backends.probes import Failure, ProbeResult, ServerView
 from django_poolconf.errors import ConnectionFailed, PoolError
 from django_poolconf.pool.lender import Lender
 
@@ -28,6 +32,14 @@ __all__ = ["probe_pooled", "probe_server"]
 
 #: The client's error codes of a connect or read that ran out of time.
 _TIMEOUTS: Final = frozenset({2013, 4031})
+
+#: The server view's statements; SHOW GLOBAL STATUS needs no privilege.
+_LIMIT_SQL: Final = "SELECT @@GLOBAL.max_connections"
+_IN_USE_SQL: Final = "SHOW GLOBAL STATUS LIKE 'Threads_connected'"
+_SESSIONS_SQL: Final = (
+    "SELECT USER, COMMAND, COUNT(*) FROM information_schema.PROCESSLIST "
+    "WHERE DB = DATABASE() AND ID <> CONNECTION_ID() GROUP BY USER, COMMAND"
+)
 
 
 class _Timeout(Exception):
@@ -56,7 +68,7 @@ def probe_server(
         failure: Failure = "timeout" if code in _TIMEOUTS else "unreachable"
         return _failed(failure, _safe_error(error, params))
     try:
-        return _measure(connection, deadline, params)
+        return _measure(connection, deadline, params, server_view)
     finally:
         connection.close()
 
@@ -77,13 +89,15 @@ def probe_pooled(
             return _failed("timeout", None)
         return _failed("unreachable", _safe_error(error, params))
     if record is None:
-        return probe_server(params, deadline, credentials=credentials)
+        return probe_server(
+            params, deadline, server_view=server_view, credentials=credentials
+        )
     if time.monotonic() >= deadline:
         lender.checkin(record)
         return _failed("timeout", None)
     result: ProbeResult | None = None
     try:
-        result = _measure(record.dbapi_connection, deadline, params)
+        result = _measure(record.dbapi_connection, deadline, params, server_view)
         return result
     finally:
         if result is not None and result.failure is None:
@@ -93,7 +107,7 @@ def probe_pooled(
 
 
 def _measure(
-    connection: Any, deadline: float, params: Mapping[str, Any]
+    connection: Any, deadline: float, params: Mapping[str, Any], server_view: bool
 ) -> ProbeResult:
     round_trips: list[float] = []
 
@@ -113,6 +127,7 @@ def _measure(
 
     try:
         in_recovery, read_only, _, lag = replication.read_status_with(run)
+        server = _server_view(run) if server_view else None
     except _Timeout:
         return _failed("timeout", None)
     except MySQLdb.Error as error:
@@ -124,7 +139,33 @@ def _measure(
         read_only=read_only,
         # Only a replica has a replication lag to report.
         replication_lag_s=lag if in_recovery else None,
+        server=server,
     )
+
+
+def _server_view(run: Callable[[str], Result]) -> ServerView:
+    [(max_connections,)] = run(_LIMIT_SQL)[1]
+    in_use = run(_IN_USE_SQL)[1]
+    sessions = run(_SESSIONS_SQL)[1]
+    return ServerView(
+        max_connections=int(max_connections),
+        # The server keeps one connection beyond max_connections for an account
+        # with SUPER (or CONNECTION_ADMIN): none within it.
+        reserved_connections=0,
+        # wait_timeout closes idle sessions too, but a pooled connection the server
+        # closed while idle is seen at checkout and replaced: no W006.
+        idle_session_timeout_s=None,
+        total_connections=int(in_use[0][1]) if in_use else 0,
+        connections=tuple(
+            (_str(user), _str(command), int(count)) for user, command, count in sessions
+        ),
+    )
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)
 
 
 def _failed(failure: Failure, error: str | None) -> ProbeResult:

@@ -22,9 +22,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
 from django_poolconf.conf.rules import Problem, example, show_value
 
 __all__ = ["admin_console", "pgbouncer_problems", "session_setup_sql"]
@@ -134,6 +131,9 @@ def admin_console(where: str, key: str, value: object) -> Problem | None:
         "for a user in its admin_users or stats_users: "
         "'postgresql://stats@pgbouncer.internal:6432/pgbouncer'."
     )
+    import psycopg  # here: an SQLite or MySQL project may have no psycopg (nor libpq)
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         dbname = conninfo_to_dict(value).get("dbname")
     except psycopg.Error:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import django
 from django.db.utils import load_backend
 
 from django_poolconf.conf.rules import Problem, show_value
@@ -25,6 +26,10 @@ SERVER_ONLY_OPTIONS: Final = (
 _BEHIND_PGBOUNCER: Final = frozenset(
     {"pgbouncer", "pgbouncer_prepared_statements", "pgbouncer_admin"}
 )
+
+
+#: OPTIONS that Django passes to sqlite3.connect() from 5.1 on, and refuses before.
+_FROM_DJANGO_5_1: Final = ("init_command", "transaction_mode")
 
 
 def is_in_memory(name: object) -> bool:
@@ -70,6 +75,19 @@ def sqlite_problems(
                 hint="Name a database file, or use Django's own "
                 "'django.db.backends.sqlite3' for an in-memory database.",
             )
+        )
+    options = settings_dict.get("OPTIONS") or {}
+    if django.VERSION < (5, 1) and isinstance(options, Mapping):
+        # Django < 5.1 hands them to sqlite3.connect(): TypeError at the first connect.
+        problems.extend(
+            Problem(
+                "E022",
+                f"{where}['OPTIONS'][{key!r}] needs Django 5.1 or later: before it, "
+                "sqlite3.connect() refuses it.",
+                hint="Remove it from OPTIONS, or upgrade Django to 5.1 or later.",
+            )
+            for key in _FROM_DJANGO_5_1
+            if key in options
         )
     problems.extend(
         Problem(

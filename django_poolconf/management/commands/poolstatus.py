@@ -11,7 +11,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from django_poolconf.backends.postgresql.pgbouncer_admin import console_problems
 from django_poolconf.conf.health import health_settings
 from django_poolconf.conf.rules import is_pooled
 from django_poolconf.health import (
@@ -187,7 +186,12 @@ class Command(BaseCommand):
         pgbouncers = _pgbouncer_views(report)
         if pgbouncers:
             self.stdout.write(pgbouncers)
-        if workers is None:
+        files_only = all(
+            h.target is not None and h.target.is_file for h in report.databases
+        )
+        if workers is None and files_only:
+            pass  # SQLite files: no server, no max_connections to compare with
+        elif workers is None:
             self.stdout.write(
                 "Capacity: give --workers N (and --hosts M), or set "
                 "POOLCONF['HEALTH']['WORKERS'] or WEB_CONCURRENCY, to compare the worst "
@@ -258,11 +262,19 @@ def _server_views(report: HealthReport) -> str:
         if view is None or target is None or str(target) in seen:
             continue
         seen.add(str(target))
+        mysql = _vendor(h.alias) == "mysql"
         out.append(
-            f"Connections to {target} by application_name and state (pg_stat_activity, "
-            "this command's probe left out):"
+            f"Connections to {target} by user and command "
+            "(information_schema.PROCESSLIST, this command's probe left out):"
+            if mysql
+            else f"Connections to {target} by application_name and state "
+            "(pg_stat_activity, this command's probe left out):"
         )
-        rows = [("APPLICATION_NAME", "STATE", "COUNT")]
+        rows = [
+            ("USER", "COMMAND", "COUNT")
+            if mysql
+            else ("APPLICATION_NAME", "STATE", "COUNT")
+        ]
         rows += [
             (name or "-", state or "?", str(n)) for name, state, n in view.connections
         ]
@@ -271,9 +283,21 @@ def _server_views(report: HealthReport) -> str:
         out += ["  " + line for line in _columns(rows)]
         out.append(
             f"  {view.total_connections} of max_connections={view.max_connections} in "
-            f"use on this server; {view.reserved_connections} reserved for superusers."
+            "use on this server; "
+            + (
+                "one more is kept for an account with SUPER or CONNECTION_ADMIN."
+                if mysql
+                else f"{view.reserved_connections} reserved for superusers."
+            )
         )
     return "\n".join(out)
+
+
+def _vendor(alias: str) -> str:
+    try:
+        return str(connections[alias].vendor)
+    except Exception:  # a misconfigured alias is reported elsewhere
+        return ""
 
 
 def _pgbouncer_views(report: HealthReport) -> str:
@@ -320,6 +344,11 @@ def _pgbouncer_views(report: HealthReport) -> str:
             rows.append(("(none)", "", "", "", "", "", ""))
         out += ["  " + line for line in _columns(rows)]
         if h.settings is not None:
+            # Imported here: psycopg, which it needs, may be absent on SQLite or MySQL.
+            from django_poolconf.backends.postgresql.pgbouncer_admin import (
+                console_problems,
+            )
+
             out += [
                 f"  Warning: {problem}"
                 for problem in console_problems(h.alias, h.settings, view)
@@ -328,6 +357,8 @@ def _pgbouncer_views(report: HealthReport) -> str:
 
 
 def _verdict(plan: ServerCapacity) -> str:
+    if plan.file:
+        return "no server (SQLite file)"
     if plan.available is None:
         if plan.pgbouncer is not None and not plan.admin_console:
             return "unknown (behind PgBouncer: set pgbouncer_admin)"

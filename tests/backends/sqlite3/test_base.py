@@ -399,6 +399,38 @@ def test_poolstatus_names_the_file(sqlite_alias: Configure):
     assert "localhost" not in out.getvalue()
 
 
+def test_poolstatus_workers_show_the_file_and_no_server_limit(
+    sqlite_alias: Configure, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    alias = sqlite_alias({"max_overflow": 1})
+    name = connections.settings[alias]["NAME"]
+    out = StringIO()
+
+    call_command("poolstatus", "--database", alias, "--workers", "4", stdout=out)
+    without = StringIO()
+    call_command("poolstatus", "--database", alias, stdout=without)
+
+    table = out.getvalue().split("Capacity")[1]
+    [row] = [line.split() for line in table.splitlines() if name in line]
+    assert row == [
+        name,
+        alias,
+        "3",
+        "4",
+        "1",
+        "12",
+        "-",
+        "no",
+        "server",
+        "(SQLite",
+        "file)",
+    ]
+    assert "max_connections" not in out.getvalue()
+    assert "max_connections" not in without.getvalue()
+    assert "unknown" not in out.getvalue()
+
+
 def test_checks_report_in_memory_and_server_options(monkeypatch: pytest.MonkeyPatch):
     from django_poolconf.checks import check_pool_settings
     from tests.test_checks import alias_settings
@@ -436,6 +468,50 @@ def test_checks_report_in_memory_and_server_options(monkeypatch: pytest.MonkeyPa
         "DATABASES['files']['POOL']['pgbouncer_admin'] is not supported by the "
         "SQLite backend."
     )
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ((4, 2, 16, "final", 0), ["init_command", "transaction_mode"]),
+        ((5, 1, 0, "final", 0), []),
+    ],
+)
+def test_checks_report_options_sqlite_refuses_before_django_5_1(
+    monkeypatch: pytest.MonkeyPatch, version: tuple[Any, ...], expected: list[str]
+):
+    import django
+
+    from django_poolconf.checks import check_pool_settings
+    from tests.test_checks import alias_settings
+
+    monkeypatch.setattr(django, "VERSION", version)
+    monkeypatch.setitem(
+        connections.__dict__,
+        "settings",
+        {
+            "default": alias_settings(
+                ENGINE="django_poolconf.backends.sqlite3",
+                HOST="",
+                PORT="",
+                NAME="db.sqlite3",
+                OPTIONS={
+                    "init_command": "PRAGMA journal_mode = WAL",
+                    "transaction_mode": "IMMEDIATE",
+                    "timeout": 10,
+                },
+            ),
+        },
+    )
+
+    messages = [m for m in check_pool_settings() if m.is_serious()]
+
+    assert [m.id for m in messages] == ["django_poolconf.E022"] * len(expected)
+    for message, key in zip(messages, expected, strict=True):
+        assert message.msg == (
+            f"DATABASES['default']['OPTIONS'][{key!r}] needs Django 5.1 or later: "
+            "before it, sqlite3.connect() refuses it."
+        )
 
 
 def test_checks_report_pgbouncer_set_for_every_alias(monkeypatch: pytest.MonkeyPatch):
